@@ -1,0 +1,20 @@
+"""The one place that imports every built-in registration (tasks, models, criterions, optim).
+
+``import speechkit`` runs nothing; ``speechkit.train`` and tools that resolve registry names call
+``import_all()`` once. Add a new built-in module to the lists below.
+"""
+
+from __future__ import annotations
+
+import importlib
+
+BUILTIN_MODULES = [
+    "speechkit.optim.optimizers",
+    "speechkit.optim.lr_schedulers",
+]
+
+
+def import_all() -> None:
+    """Import every built-in registering module (idempotent)."""
+    for name in BUILTIN_MODULES:
+        importlib.import_module(name)

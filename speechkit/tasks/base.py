@@ -1,0 +1,96 @@
+"""Task base class: a task owns the data and builds the model and criterion (fairseq's split).
+
+The trainer only talks to a task through this interface:
+
+* ``build_model(cfg)`` / ``build_criterion(cfg)``
+* ``dataset(split)``: a ``torch.utils.data.Dataset`` with a ``collater(list) -> batch`` method
+  and, optionally, ``set_epoch(epoch)`` (for per-epoch deterministic augmentation).
+* ``batches(split, epoch)``: the *global* list of index batches for one epoch, a deterministic
+  function of ``(seed, epoch)``; the trainer shards it across ranks and skips the batches already
+  consumed when it resumes in the middle of an epoch.
+* ``train_step`` / ``valid_step``: one forward pass returning ``(loss, sample_size, logging)``.
+* ``validate(...)``: optional whole-split validation (e.g. EER over a trial list) that cannot be
+  written as a sum of per-batch numbers.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+
+from speechkit.dataclass import SpeechkitDataclass
+from speechkit.registry import CRITERION_REGISTRY, MODEL_REGISTRY
+
+
+class Task:
+    """Base class of all tasks.
+
+    Args:
+        cfg: the task's registered config dataclass. Implementations check their data paths
+            in ``__init__`` and raise ``speechkit.errors.DataError`` naming the missing file, so
+            a bad path fails before any model is built.
+    """
+
+    def __init__(self, cfg: SpeechkitDataclass):
+        self.cfg = cfg
+        self._datasets: dict[str, Any] = {}
+
+    # -- building -----------------------------------------------------------------------------
+    def build_model(self, cfg: Any) -> nn.Module:
+        """Build the registered model named by ``cfg._name`` (``cls(cfg)``)."""
+        return MODEL_REGISTRY.build(cfg)
+
+    def build_criterion(self, cfg: Any) -> nn.Module:
+        """Build the registered criterion named by ``cfg._name`` (``cls(cfg, task)``)."""
+        return CRITERION_REGISTRY.build(cfg, self)
+
+    # -- data -----------------------------------------------------------------------------------
+    def has_split(self, split: str) -> bool:
+        """Whether the task has data for ``split`` (``"train"``, ``"valid"``)."""
+        return split == "train"
+
+    def load_dataset(self, split: str) -> Any:
+        """Create the dataset of ``split``; called once, then cached by ``dataset``."""
+        raise NotImplementedError
+
+    def dataset(self, split: str) -> Any:
+        if split not in self._datasets:
+            self._datasets[split] = self.load_dataset(split)
+        return self._datasets[split]
+
+    def batches(self, split: str, epoch: int, seed: int) -> list[list[int]]:
+        """Global index batches of one epoch (same on every rank). Must be deterministic."""
+        raise NotImplementedError
+
+    # -- steps ----------------------------------------------------------------------------------
+    def train_step(
+        self, sample: Any, model_and_criterion: nn.Module, update_num: int
+    ) -> tuple[torch.Tensor, int, dict]:
+        """Forward one micro-batch in training mode; the trainer does backward and the update.
+
+        ``model_and_criterion(sample)`` runs ``criterion(model, sample)`` (it is the DDP-wrapped
+        module, so criterion parameters are synchronised too).
+        """
+        return model_and_criterion(sample)
+
+    def valid_step(
+        self, sample: Any, model: nn.Module, criterion: nn.Module
+    ) -> tuple[torch.Tensor, int, dict]:
+        """Forward one validation batch (under ``torch.no_grad`` and ``model.eval()``)."""
+        return criterion(model, sample)
+
+    def validate(
+        self, model: nn.Module, criterion: nn.Module, device: torch.device, env: Any
+    ) -> dict[str, float] | None:
+        """Whole-split validation; return ``None`` to use the trainer's batch-wise loop.
+
+        ``env`` is the ``speechkit.distributed.DistributedEnv`` (rank, world size). The returned
+        dict must be identical on every rank.
+        """
+        return None
+
+    def reduce_metrics(self, sums: dict[str, float], criterion: nn.Module) -> dict[str, float]:
+        """Summed logging outputs -> reported metrics (defaults to the criterion's rule)."""
+        return criterion.reduce_metrics(sums)

@@ -1,0 +1,548 @@
+"""The training loop. It knows no task: data, model and criterion come from the task.
+
+One update, top to bottom (``_train_update``):
+
+1. set the LR for this update and tell the criterion/model the update number;
+2. for each of ``update_freq`` micro-batches: autocast forward through
+   ``task.train_step`` and backward (DDP ``no_sync`` on all but the last);
+3. one all-reduce of the summed logging outputs (and of the stop / non-finite flags);
+4. gradients divided by the global ``sample_size``; unscale (fp16), clip, step;
+5. a NaN/inf loss or gradient skips the update with a warning; ``common.max_nonfinite_steps``
+   such updates in a row stop the run.
+
+Everything needed for an exact resume is checkpointed (see ``state_dict``). The batch order of
+an epoch is a deterministic function of (seed, epoch), so resuming in the middle of an epoch
+skips the batches already consumed and continues with the same data.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+import signal
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from omegaconf import DictConfig, OmegaConf
+from torch import nn
+from torch.utils.data import DataLoader
+
+import speechkit
+from speechkit import distributed as dist_utils
+from speechkit.distributed import DistributedEnv
+from speechkit.errors import CheckpointError, ConfigError
+from speechkit.registry import LR_SCHEDULER_REGISTRY, OPTIMIZER_REGISTRY
+from speechkit.trainer.checkpoint import CheckpointWriter, load_checkpoint_file
+from speechkit.trainer.metrics import IntervalMeter, sum_logging_outputs
+from speechkit.trainer.rng import get_rng_state, seed_everything, set_rng_state
+
+logger = logging.getLogger("speechkit.trainer")
+
+EXIT_PREEMPTED = 75
+"""Exit status after a SIGUSR1/SIGTERM save (EX_TEMPFAIL): the job should be requeued."""
+
+
+class Preempted(Exception):
+    """Raised by ``Trainer.train`` after saving checkpoint_last on SIGUSR1/SIGTERM."""
+
+
+class ModelWithCriterion(nn.Module):
+    """``forward(sample) = criterion(model, sample)``; the unit DDP wraps, so that criterion
+    parameters (AAM-softmax weights, learnable scales) are synchronised like model ones."""
+
+    def __init__(self, model: nn.Module, criterion: nn.Module):
+        super().__init__()
+        self.model = model
+        self.criterion = criterion
+
+    def forward(self, sample: Any) -> Any:
+        return self.criterion(self.model, sample)
+
+
+def move_to_device(sample: Any, device: torch.device) -> Any:
+    if torch.is_tensor(sample):
+        return sample.to(device, non_blocking=True)
+    if isinstance(sample, dict):
+        return {k: move_to_device(v, device) for k, v in sample.items()}
+    if isinstance(sample, list | tuple):
+        return type(sample)(move_to_device(v, device) for v in sample)
+    return sample
+
+
+def _ignore_signals_in_worker(_: int) -> None:
+    # slurm signals every process of the step; a data worker must not die from SIGUSR1/SIGTERM
+    # before the main process has saved its checkpoint.
+    signal.signal(signal.SIGUSR1, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+
+
+class Trainer:
+    """Runs training for one task.
+
+    Args:
+        cfg: the composed ``TrainConfig`` (a DictConfig or the dataclass).
+        task: a ``speechkit.tasks.base.Task``.
+        model: the ``nn.Module`` built by the task.
+        criterion: the criterion built by the task.
+        env: the process's place in the job (``speechkit.distributed.detect_env``).
+        device: where to train (``speechkit.distributed.init_distributed`` picks it).
+
+    Raises:
+        ConfigError: neither ``optimization.max_update`` nor ``max_epoch`` is set, an unknown
+            precision, or a best-checkpoint metric the validation does not report.
+    """
+
+    def __init__(self, cfg: Any, task: Any, model: nn.Module, criterion: nn.Module,
+                 env: DistributedEnv | None = None, device: torch.device | None = None):
+        self.cfg = cfg
+        self.task = task
+        self.env = env or DistributedEnv()
+        self.device = device or torch.device("cpu")
+        opt = cfg.optimization
+        if opt.max_update <= 0 and opt.max_epoch <= 0:
+            raise ConfigError("set optimization.max_update or optimization.max_epoch (both are 0)")
+        if opt.update_freq < 1:
+            raise ConfigError(f"optimization.update_freq must be >= 1, got {opt.update_freq}")
+        precision = cfg.common.precision
+        if precision not in ("fp32", "bf16", "fp16"):
+            raise ConfigError(f"common.precision must be fp32, bf16 or fp16, got {precision!r}")
+        self.amp_dtype = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
+
+        self.model = model.to(self.device)
+        self.criterion = criterion.to(self.device)
+        self.module = ModelWithCriterion(self.model, self.criterion)
+        dcfg = cfg.distributed
+        self.wrapped = dist_utils.wrap_ddp(
+            self.module,
+            self.device,
+            find_unused_parameters=dcfg.find_unused_parameters,
+            gradient_as_bucket_view=dcfg.gradient_as_bucket_view,
+            bucket_cap_mb=dcfg.bucket_cap_mb,
+        )
+        self.is_ddp = self.wrapped is not self.module
+        self.params = [p for p in self.module.parameters() if p.requires_grad]
+        self.optimizer = OPTIMIZER_REGISTRY.build(cfg.optimizer, self.params, opt.lr)
+        self.lr_scheduler = LR_SCHEDULER_REGISTRY.build(
+            cfg.lr_scheduler, self.optimizer, opt.lr, opt.max_update
+        )
+        if hasattr(self.lr_scheduler, "maximize"):
+            self.lr_scheduler.maximize = cfg.checkpoint.maximize_best_checkpoint_metric
+        self.scaler = torch.amp.GradScaler(
+            self.device.type, enabled=precision == "fp16", init_scale=cfg.common.fp16_init_scale
+        )
+
+        self.epoch = 1
+        self.num_updates = 0
+        self.iterations_in_epoch = 0
+        self.best_metric: float | None = None
+        self.nonfinite_streak = 0
+        self._stop_signal: int | None = None
+        self.save_dir = Path(cfg.checkpoint.save_dir)
+        self.writer = CheckpointWriter(self.save_dir, cfg.checkpoint.keep_last_checkpoints)
+        self.meter = IntervalMeter()
+        self.tb = None
+        self._saved_at: tuple[int, int, int] | None = None
+        self._scale_one = self.env.world_size  # grads are divided by sample_size / world_size
+
+    # ------------------------------------------------------------------------------------------
+    # state
+    def state_dict(self) -> dict:
+        """Everything an exact resume needs (called on every rank: RNG states are gathered)."""
+        rng_states = dist_utils.all_gather_object(get_rng_state())
+        cfg = self.cfg
+        cfg_container = (
+            OmegaConf.to_container(cfg, resolve=True)
+            if isinstance(cfg, DictConfig)
+            else OmegaConf.to_container(OmegaConf.structured(cfg), resolve=True)
+        )
+        return {
+            "speechkit_version": speechkit.__version__,
+            "torch_version": torch.__version__,
+            "cfg": cfg_container,
+            "model": self.model.state_dict(),
+            "criterion": self.criterion.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "lr_scheduler": self.lr_scheduler.state_dict(),
+            "scaler": self.scaler.state_dict(),
+            "train_state": {
+                "epoch": self.epoch,
+                "num_updates": self.num_updates,
+                "iterations_in_epoch": self.iterations_in_epoch,
+                "best_metric": self.best_metric,
+                "nonfinite_streak": self.nonfinite_streak,
+                "world_size": self.env.world_size,
+            },
+            "rng": rng_states,
+        }
+
+    def load_state_dict(self, state: dict, reset_optimizer: bool = False,
+                        reset_lr_scheduler: bool = False, reset_dataloader: bool = False,
+                        reset_meters: bool = False) -> None:
+        self.model.load_state_dict(state["model"])
+        if state.get("criterion"):
+            self.criterion.load_state_dict(state["criterion"])
+        if not reset_optimizer:
+            self.optimizer.load_state_dict(state["optimizer"])
+            if state.get("scaler"):
+                self.scaler.load_state_dict(state["scaler"])
+        ts = state["train_state"]
+        self.num_updates = ts["num_updates"]
+        if not reset_dataloader:
+            self.epoch = ts["epoch"]
+            self.iterations_in_epoch = ts["iterations_in_epoch"]
+        if not reset_meters:
+            self.best_metric = ts["best_metric"]
+            self.nonfinite_streak = ts["nonfinite_streak"]
+        if not reset_lr_scheduler:
+            self.lr_scheduler.load_state_dict(state["lr_scheduler"])
+        else:
+            self.lr_scheduler.step_update(self.num_updates)
+        rng = state.get("rng") or []
+        if len(rng) == self.env.world_size:
+            set_rng_state(rng[self.env.rank])
+        elif rng:
+            logger.warning(
+                "checkpoint was written by %d rank(s), this run has %d: RNG states not restored",
+                len(rng), self.env.world_size,
+            )
+
+    def save_checkpoint(self, numbered: bool, is_best: bool = False) -> None:
+        """Collective: every rank calls it; rank 0 writes."""
+        if self.cfg.checkpoint.no_save:
+            return
+        self._saved_at = (self.epoch, self.num_updates, self.iterations_in_epoch)
+        state = self.state_dict()
+        if self.env.is_master:
+            t0 = time.perf_counter()
+            path = self.writer.save(state, self.epoch, self.num_updates, numbered, is_best)
+            logger.info("saved %s (epoch %d, update %d, %.2fs)", path, self.epoch,
+                        self.num_updates, time.perf_counter() - t0)
+        dist_utils.barrier()
+
+    def load_checkpoint(self) -> bool:
+        """Resume from ``checkpoint.restore_file`` if it exists, else initialise from
+        ``finetune_from_model`` if set. Returns whether a training state was resumed."""
+        ccfg = self.cfg.checkpoint
+        restore = Path(ccfg.restore_file)
+        if not restore.is_absolute():
+            restore = self.save_dir / restore
+        if restore.is_file():
+            state = load_checkpoint_file(restore)
+            self.load_state_dict(state, ccfg.reset_optimizer, ccfg.reset_lr_scheduler,
+                                 ccfg.reset_dataloader, ccfg.reset_meters)
+            logger.info("resumed from %s (epoch %d, update %d, %d batches into the epoch)",
+                        restore, self.epoch, self.num_updates, self.iterations_in_epoch)
+            return True
+        if ccfg.finetune_from_model:
+            state = load_checkpoint_file(ccfg.finetune_from_model)
+            if "model" not in state:
+                raise CheckpointError(f"{ccfg.finetune_from_model} has no 'model' weights")
+            self.model.load_state_dict(state["model"])
+            if state.get("criterion") and len(state["criterion"]):
+                missing = self.criterion.load_state_dict(state["criterion"], strict=False)
+                if missing.missing_keys or missing.unexpected_keys:
+                    logger.warning("criterion weights partly loaded: %s", missing)
+            logger.info("initialised the model from %s (fresh optimizer, scheduler and data "
+                        "position)", ccfg.finetune_from_model)
+        return False
+
+    # ------------------------------------------------------------------------------------------
+    # data
+    def _epoch_loader(self, split: str, epoch: int, skip: int = 0) -> tuple[DataLoader, int]:
+        dataset = self.task.dataset(split)
+        if hasattr(dataset, "set_epoch"):
+            dataset.set_epoch(epoch)
+        batches = self.task.batches(split, epoch, self.cfg.common.seed)
+        world = self.env.world_size
+        if world > 1:
+            usable = len(batches) - len(batches) % world
+            if split == "train" and usable < len(batches):
+                logger.debug("dropping %d batch(es) so every rank gets the same number",
+                             len(batches) - usable)
+            batches = batches[:usable][self.env.rank :: world]
+        batches = list(batches[skip:])
+        workers = self.cfg.dataset.num_workers
+        loader = DataLoader(
+            dataset,
+            batch_sampler=batches,
+            collate_fn=dataset.collater,
+            num_workers=workers,
+            pin_memory=self.device.type == "cuda",
+            worker_init_fn=_ignore_signals_in_worker if workers > 0 else None,
+            prefetch_factor=self.cfg.dataset.prefetch_factor if workers > 0 else None,
+        )
+        return loader, len(batches)
+
+    # ------------------------------------------------------------------------------------------
+    # one update
+    def _autocast(self) -> contextlib.AbstractContextManager:
+        if self.amp_dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(device_type=self.device.type, dtype=self.amp_dtype)
+
+    def _train_update(self, samples: list[Any]) -> None:
+        self.module.train()
+        self.criterion.set_num_updates(self.num_updates)
+        if hasattr(self.model, "set_num_updates"):
+            self.model.set_num_updates(self.num_updates)
+        self.lr_scheduler.step_update(self.num_updates)
+
+        logs = []
+        loss_finite = True
+        for i, sample in enumerate(samples):
+            sample = move_to_device(sample, self.device)
+            last = i == len(samples) - 1
+            sync = contextlib.nullcontext() if (last or not self.is_ddp) else self.wrapped.no_sync()
+            with sync:
+                with self._autocast():
+                    loss, sample_size, log = self.task.train_step(sample, self.wrapped,
+                                                                  self.num_updates)
+                self.scaler.scale(loss).backward()
+            if not math.isfinite(float(log.get("loss", 0.0))):
+                loss_finite = False
+            log = dict(log)
+            log.setdefault("sample_size", sample_size)
+            logs.append(log)
+
+        sums = sum_logging_outputs(logs)
+        keys = sorted(sums)
+        flags = [0.0 if loss_finite else 1.0, 1.0 if self._stop_signal else 0.0]
+        reduced = dist_utils.all_reduce_sums([sums[k] for k in keys] + flags, self.device)
+        sums = dict(zip(keys, reduced[: len(keys)]))
+        nonfinite_ranks, stop_ranks = reduced[len(keys):]
+        if stop_ranks > 0 and self._stop_signal is None:
+            self._stop_signal = signal.SIGTERM  # another rank was signalled
+
+        total = sums.get("sample_size", 0.0)
+        if total > 0 and total != self._scale_one:
+            torch._foreach_mul_([p.grad for p in self.params if p.grad is not None],
+                                self._scale_one / total)
+        grad_norm = None
+        clip = self.cfg.optimization.clip_norm
+        self.scaler.unscale_(self.optimizer)
+        if clip > 0:
+            grad_norm = float(torch.nn.utils.clip_grad_norm_(self.params, clip))
+        fp16 = self.scaler.is_enabled()
+        skip = nonfinite_ranks > 0 or (grad_norm is not None and not math.isfinite(grad_norm)
+                                       and not fp16)
+        if skip:
+            self.optimizer.zero_grad(set_to_none=True)
+            if fp16:
+                self.scaler.update()
+            self.nonfinite_streak += 1
+            logger.warning("update %d skipped: non-finite loss or gradient (%d in a row)",
+                           self.num_updates + 1, self.nonfinite_streak)
+            if self.nonfinite_streak >= self.cfg.common.max_nonfinite_steps:
+                raise FloatingPointError(
+                    f"stopping: {self.nonfinite_streak} consecutive updates had a NaN/inf loss or "
+                    "gradient (common.max_nonfinite_steps); lower the LR, enable clipping "
+                    "(optimization.clip_norm) or check the data"
+                )
+            return
+        self.nonfinite_streak = 0
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.num_updates += 1
+        self.meter.add(sums, grad_norm)
+
+    # ------------------------------------------------------------------------------------------
+    # validation
+    @torch.no_grad()
+    def validate(self) -> dict[str, float] | None:
+        """Run the task's validation; returns the metrics (identical on every rank) or None."""
+        if self.cfg.dataset.disable_validation:
+            return None
+        self.model.eval()
+        self.criterion.eval()
+        with self._autocast():
+            metrics = self.task.validate(self.model, self.criterion, self.device, self.env)
+            if metrics is None and self.task.has_split("valid"):
+                loader, _ = self._epoch_loader("valid", epoch=1)
+                logs = []
+                for sample in loader:
+                    sample = move_to_device(sample, self.device)
+                    _, sample_size, log = self.task.valid_step(sample, self.model, self.criterion)
+                    log = dict(log)
+                    log.setdefault("sample_size", sample_size)
+                    logs.append(log)
+                sums = sum_logging_outputs(logs)
+                keys = sorted(sums)
+                reduced = dist_utils.all_reduce_sums([sums[k] for k in keys], self.device)
+                metrics = self.task.reduce_metrics(dict(zip(keys, reduced)), self.criterion)
+        self.model.train()
+        self.criterion.train()
+        if metrics is None:
+            return None
+        name = self.cfg.checkpoint.best_checkpoint_metric
+        if name not in metrics:
+            raise ConfigError(
+                f"checkpoint.best_checkpoint_metric={name!r} is not reported by the validation "
+                f"(it reports: {', '.join(sorted(metrics))})"
+            )
+        self._log("valid", metrics)
+        return metrics
+
+    def _is_better(self, value: float) -> bool:
+        if self.best_metric is None:
+            return True
+        if self.cfg.checkpoint.maximize_best_checkpoint_metric:
+            return value > self.best_metric
+        return value < self.best_metric
+
+    def _validate_and_track(self) -> tuple[dict | None, bool]:
+        metrics = self.validate()
+        if metrics is None:
+            return None, False
+        value = float(metrics[self.cfg.checkpoint.best_checkpoint_metric])
+        better = self._is_better(value)
+        if better:
+            self.best_metric = value
+        return metrics, better
+
+    # ------------------------------------------------------------------------------------------
+    # logging
+    def _log(self, tag: str, metrics: dict[str, float]) -> None:
+        if not self.env.is_master:
+            return
+        text = " | ".join(f"{k} {v:.4g}" for k, v in metrics.items())
+        logger.info("[%s] epoch %03d | update %06d | %s", tag, self.epoch, self.num_updates, text)
+        if self.tb is not None:
+            for k, v in metrics.items():
+                self.tb.add_scalar(f"{tag}/{k}", v, self.num_updates)
+            self.tb.flush()
+
+    def _log_train_interval(self, bar: Any) -> None:
+        if self.meter.updates == 0:
+            return
+        metrics = self.task.reduce_metrics(self.meter.sums, self.criterion)
+        metrics.update(self.meter.extras())
+        metrics["lr"] = self.lr_scheduler.get_lr()
+        if self.scaler.is_enabled():
+            metrics["loss_scale"] = self.scaler.get_scale()
+        if bar is not None:
+            bar.set_postfix({k: f"{v:.4g}" for k, v in metrics.items()}, refresh=False)
+        if bar is None or self.cfg.common.log_format != "tqdm":
+            self._log("train", metrics)
+        elif self.tb is not None:
+            for k, v in metrics.items():
+                self.tb.add_scalar(f"train/{k}", v, self.num_updates)
+        self.meter.reset()
+
+    def _open_tensorboard(self) -> None:
+        logdir = self.cfg.common.tensorboard_logdir
+        if not self.env.is_master or logdir is None:
+            return
+        from torch.utils.tensorboard import SummaryWriter
+
+        self.tb = SummaryWriter(logdir or str(self.save_dir / "tensorboard"))
+
+    # ------------------------------------------------------------------------------------------
+    # the loop
+    def _handle_signal(self, signum: int, _frame: Any) -> None:
+        logger.warning("received signal %d: saving checkpoint_last after this update", signum)
+        self._stop_signal = signum
+
+    def _done(self) -> bool:
+        opt = self.cfg.optimization
+        if opt.max_update > 0 and self.num_updates >= opt.max_update:
+            return True
+        return opt.max_epoch > 0 and self.epoch > opt.max_epoch
+
+    def train(self) -> dict[str, float] | None:
+        """Train until max_update / max_epoch; returns the last validation metrics.
+
+        Raises:
+            Preempted: after SIGUSR1/SIGTERM, once checkpoint_last is saved.
+            FloatingPointError: too many consecutive non-finite updates.
+        """
+        seed_everything(self.cfg.common.seed + self.env.rank)
+        self.load_checkpoint()
+        old_handlers = {}
+        if sys.platform != "win32":
+            for sig in (signal.SIGUSR1, signal.SIGTERM):
+                old_handlers[sig] = signal.signal(sig, self._handle_signal)
+        self._open_tensorboard()
+        last_metrics = None
+        try:
+            while not self._done():
+                last_metrics = self._train_epoch() or last_metrics
+            if self._saved_at != (self.epoch, self.num_updates, self.iterations_in_epoch):
+                self.save_checkpoint(numbered=False)
+        finally:
+            for sig, handler in old_handlers.items():
+                signal.signal(sig, handler)
+            if self.tb is not None:
+                self.tb.close()
+        return last_metrics
+
+    def _train_epoch(self) -> dict[str, float] | None:
+        cfg = self.cfg
+        update_freq = cfg.optimization.update_freq
+        loader, n_batches = self._epoch_loader("train", self.epoch, self.iterations_in_epoch)
+        bar = None
+        if self.env.is_master and cfg.common.log_format == "tqdm":
+            from tqdm import tqdm
+
+            bar = tqdm(total=n_batches + self.iterations_in_epoch, initial=self.iterations_in_epoch,
+                       desc=f"epoch {self.epoch:03d}", leave=False, dynamic_ncols=True,
+                       file=sys.stderr, mininterval=1.0)
+        metrics = None
+        pending: list[Any] = []
+        self.meter.reset()
+        it = iter(loader)
+        remaining = n_batches
+        while remaining > 0:
+            pending.append(next(it))
+            remaining -= 1
+            if len(pending) < update_freq and remaining > 0:
+                continue
+            self._train_update(pending)
+            self.iterations_in_epoch += len(pending)
+            if bar is not None:
+                bar.update(len(pending))
+            pending = []
+            if self.num_updates % cfg.common.log_interval == 0:
+                self._log_train_interval(bar)
+            numbered_save = (cfg.checkpoint.save_interval_updates > 0
+                             and self.num_updates % cfg.checkpoint.save_interval_updates == 0)
+            val_now = (cfg.dataset.validate_interval_updates > 0
+                       and self.num_updates % cfg.dataset.validate_interval_updates == 0)
+            is_best = False
+            if val_now:
+                metrics, is_best = self._validate_and_track()
+            stop = self._stop_signal is not None
+            if numbered_save or stop or (self._done() and remaining > 0):
+                self.save_checkpoint(numbered=numbered_save, is_best=is_best)
+            if stop:
+                if bar is not None:
+                    bar.close()
+                del it, loader
+                raise Preempted(f"signal {self._stop_signal}: saved checkpoint_last")
+            if self._done():
+                break
+        if bar is not None:
+            bar.close()
+        del it, loader
+        self._log_train_interval(None)
+        if remaining > 0:  # stopped at max_update inside the epoch (already saved)
+            return metrics
+        # end of epoch
+        finished = self.epoch
+        is_best = False
+        vi = cfg.dataset.validate_interval
+        if vi > 0 and finished % vi == 0:
+            metrics, is_best = self._validate_and_track()
+        val_value = (None if metrics is None
+                     else float(metrics[cfg.checkpoint.best_checkpoint_metric]))
+        self.lr_scheduler.step_epoch(finished, val_value)
+        self.epoch += 1
+        self.iterations_in_epoch = 0
+        si = cfg.checkpoint.save_interval
+        numbered = si > 0 and finished % si == 0
+        self.save_checkpoint(numbered=numbered, is_best=is_best)
+        return metrics

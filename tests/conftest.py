@@ -1,0 +1,36 @@
+"""Shared fixtures.
+
+``shared_data`` finds ``../shared/data`` (or ``$SPEECHKIT_SHARED_DATA``). Without it a test is
+skipped on a developer's machine, but under ``CI=true`` its absence is a failure.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+def find_shared_data() -> Path | None:
+    env = os.environ.get("SPEECHKIT_SHARED_DATA")
+    candidates = [Path(env)] if env else []
+    candidates.append(REPO_ROOT.parent / "shared" / "data")
+    for c in candidates:
+        if (c / "lists").is_dir():
+            return c.resolve()
+    return None
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    """Path of the real test data folder (``shared/data``)."""
+    path = find_shared_data()
+    if path is None:
+        msg = "../shared/data not found (set SPEECHKIT_SHARED_DATA)"
+        if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
+            pytest.fail(msg + " and CI=true: real-data tests must run")
+        pytest.skip(msg)
+    return path

@@ -1,0 +1,106 @@
+"""An out-of-tree speechkit extension, loaded with ``common.user_dir=tests/user_dir_example``.
+
+It registers a toy regression task, a model and a criterion without touching speechkit's code.
+The trainer tests use it (exact resume, 2-process equivalence, signals) because its numbers are
+easy to reason about: the loss is a sum of squared errors with ``sample_size`` = items.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from speechkit.criterions.base import Criterion
+from speechkit.dataclass import SpeechkitDataclass
+from speechkit.errors import DataError
+from speechkit.registry import register_criterion, register_model, register_task
+from speechkit.tasks.base import Task
+
+
+@dataclass
+class ToyRegressionConfig(SpeechkitDataclass):
+    num_items: int = 256
+    dim: int = 8
+    data_seed: int = 0
+    data: str | None = None
+    """Optional path of a .pt file holding {'x': (N, dim), 'y': (N,)}; must exist when set."""
+
+
+class ToyDataset(torch.utils.data.Dataset):
+    def __init__(self, x: torch.Tensor, y: torch.Tensor):
+        self.x, self.y = x, y
+
+    def __len__(self) -> int:
+        return len(self.x)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.x[i], self.y[i]
+
+    def collater(self, items):
+        xs, ys = zip(*items)
+        return {"x": torch.stack(xs), "y": torch.stack(ys)}
+
+
+@register_task("toy_regression", dataclass=ToyRegressionConfig)
+class ToyRegressionTask(Task):
+    def __init__(self, cfg: ToyRegressionConfig, batch_size: int = 16):
+        super().__init__(cfg)
+        if cfg.data is not None:
+            from pathlib import Path
+
+            if not Path(cfg.data).is_file():
+                raise DataError(f"task.data={cfg.data}: file not found")
+        self.batch_size = batch_size
+
+    def has_split(self, split: str) -> bool:
+        return split in ("train", "valid")
+
+    def load_dataset(self, split: str) -> ToyDataset:
+        g = torch.Generator().manual_seed(self.cfg.data_seed + (split == "valid"))
+        x = torch.randn(self.cfg.num_items, self.cfg.dim, generator=g)
+        w = torch.linspace(-1, 1, self.cfg.dim)
+        y = x @ w + 0.1 * torch.randn(self.cfg.num_items, generator=g)
+        return ToyDataset(x, y)
+
+    def batches(self, split: str, epoch: int, seed: int) -> list[list[int]]:
+        n = len(self.dataset(split))
+        g = torch.Generator().manual_seed(seed * 1000 + epoch)
+        order = torch.randperm(n, generator=g).tolist() if split == "train" else list(range(n))
+        bs = self.batch_size
+        return [order[i : i + bs] for i in range(0, n - bs + 1, bs)]
+
+
+@dataclass
+class ToyMLPConfig(SpeechkitDataclass):
+    dim: int = 8
+    hidden: int = 32
+    dropout: float = 0.1
+
+
+@register_model("toy_mlp", dataclass=ToyMLPConfig)
+class ToyMLP(nn.Module):
+    def __init__(self, cfg: ToyMLPConfig):
+        super().__init__()
+        self.net = nn.Sequential(
+            nn.Linear(cfg.dim, cfg.hidden), nn.Tanh(), nn.Dropout(cfg.dropout),
+            nn.Linear(cfg.hidden, 1),
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x).squeeze(-1)
+
+
+@dataclass
+class SquaredErrorConfig(SpeechkitDataclass):
+    pass
+
+
+@register_criterion("squared_error", dataclass=SquaredErrorConfig)
+class SquaredError(Criterion):
+    def forward(self, model, sample):
+        pred = model(sample["x"])
+        loss = ((pred - sample["y"]) ** 2).sum()
+        n = sample["y"].numel()
+        return loss, n, {"loss": loss.item(), "sample_size": n, "nsentences": n}
