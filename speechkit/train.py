@@ -24,6 +24,7 @@ from speechkit.config import register_train_schema
 from speechkit.distributed import DistributedEnv, destroy_distributed, detect_env, init_distributed
 from speechkit.errors import SpeechkitError
 from speechkit.registry import TASK_REGISTRY
+from speechkit.trainer.rng import seed_everything
 from speechkit.trainer.trainer import EXIT_PREEMPTED, Preempted, Trainer
 from speechkit.user_dir import import_user_module, user_dir_from_argv
 
@@ -76,6 +77,7 @@ def main(cfg: DictConfig) -> int:
             import torch
 
             torch.use_deterministic_algorithms(True)
+        seed_everything(cfg.common.seed)  # identical initial weights on every rank
         task, model, criterion = build_components(cfg)
         if env.is_master:
             Path(cfg.checkpoint.save_dir).mkdir(parents=True, exist_ok=True)

@@ -160,8 +160,8 @@ class Trainer:
             else OmegaConf.to_container(OmegaConf.structured(cfg), resolve=True)
         )
         return {
-            "speechkit_version": speechkit.__version__,
-            "torch_version": torch.__version__,
+            "speechkit_version": str(speechkit.__version__),
+            "torch_version": str(torch.__version__),
             "cfg": cfg_container,
             "model": self.model.state_dict(),
             "criterion": self.criterion.state_dict(),
@@ -210,15 +210,18 @@ class Trainer:
                 len(rng), self.env.world_size,
             )
 
-    def save_checkpoint(self, numbered: bool, is_best: bool = False) -> None:
-        """Collective: every rank calls it; rank 0 writes."""
+    def save_checkpoint(self, numbered: bool, is_best: bool = False,
+                        epoch_label: int | None = None) -> None:
+        """Collective: every rank calls it; rank 0 writes. Numbered files are named
+        ``checkpoint_<epoch_label>_<update>.pt`` (default: the current epoch)."""
         if self.cfg.checkpoint.no_save:
             return
         self._saved_at = (self.epoch, self.num_updates, self.iterations_in_epoch)
         state = self.state_dict()
         if self.env.is_master:
             t0 = time.perf_counter()
-            path = self.writer.save(state, self.epoch, self.num_updates, numbered, is_best)
+            label = self.epoch if epoch_label is None else epoch_label
+            path = self.writer.save(state, label, self.num_updates, numbered, is_best)
             logger.info("saved %s (epoch %d, update %d, %.2fs)", path, self.epoch,
                         self.num_updates, time.perf_counter() - t0)
         dist_utils.barrier()
@@ -274,6 +277,11 @@ class Trainer:
             pin_memory=self.device.type == "cuda",
             worker_init_fn=_ignore_signals_in_worker if workers > 0 else None,
             prefetch_factor=self.cfg.dataset.prefetch_factor if workers > 0 else None,
+            # a private generator: making an iterator must not draw from the global RNG, or a
+            # resumed run would see different dropout masks than an uninterrupted one
+            generator=torch.Generator().manual_seed(
+                self.cfg.common.seed * 100_003 + epoch * 1009 + self.env.rank
+            ),
         )
         return loader, len(batches)
 
@@ -544,5 +552,5 @@ class Trainer:
         self.iterations_in_epoch = 0
         si = cfg.checkpoint.save_interval
         numbered = si > 0 and finished % si == 0
-        self.save_checkpoint(numbered=numbered, is_best=is_best)
+        self.save_checkpoint(numbered=numbered, is_best=is_best, epoch_label=finished)
         return metrics

@@ -7,6 +7,7 @@ easy to reason about: the loss is a sum of squared errors with ``sample_size`` =
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 
 import torch
@@ -24,6 +25,11 @@ class ToyRegressionConfig(SpeechkitDataclass):
     num_items: int = 256
     dim: int = 8
     data_seed: int = 0
+    batch_size: int = 16
+    step_delay: float = 0.0
+    """Seconds to sleep in every train step (lets tests interrupt a run mid-epoch)."""
+    nan_after: int = -1
+    """From this update on, the loss is NaN (tests the non-finite guard); -1: never."""
     data: str | None = None
     """Optional path of a .pt file holding {'x': (N, dim), 'y': (N,)}; must exist when set."""
 
@@ -45,14 +51,23 @@ class ToyDataset(torch.utils.data.Dataset):
 
 @register_task("toy_regression", dataclass=ToyRegressionConfig)
 class ToyRegressionTask(Task):
-    def __init__(self, cfg: ToyRegressionConfig, batch_size: int = 16):
+    def __init__(self, cfg: ToyRegressionConfig):
         super().__init__(cfg)
         if cfg.data is not None:
             from pathlib import Path
 
             if not Path(cfg.data).is_file():
                 raise DataError(f"task.data={cfg.data}: file not found")
-        self.batch_size = batch_size
+        self.batch_size = cfg.batch_size
+
+    def train_step(self, sample, model_and_criterion, update_num):
+        if self.cfg.step_delay:
+            time.sleep(self.cfg.step_delay)
+        loss, n, log = model_and_criterion(sample)
+        if 0 <= self.cfg.nan_after <= update_num:
+            loss = loss * float("nan")
+            log = dict(log, loss=float("nan"))
+        return loss, n, log
 
     def has_split(self, split: str) -> bool:
         return split in ("train", "valid")
