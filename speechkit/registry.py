@@ -168,8 +168,6 @@ def register_optimizer(name: str, dataclass: type[SpeechkitDataclass] | None = N
     return OPTIMIZER_REGISTRY.register(name, dataclass)
 
 
-def register_lr_scheduler(
-    name: str, dataclass: type[SpeechkitDataclass] | None = None
-) -> Callable:
+def register_lr_scheduler(name: str, dataclass: type[SpeechkitDataclass] | None = None) -> Callable:
     """Register an LR scheduler (built as ``cls(cfg, optimizer, base_lr, max_update)``)."""
     return LR_SCHEDULER_REGISTRY.register(name, dataclass)

@@ -40,8 +40,9 @@ def setup_logging(env: DistributedEnv, save_dir: str | None) -> None:
     for h in list(root.handlers):
         root.removeHandler(h)
     prefix = f"[rank {env.rank}] " if env.is_distributed else ""
-    fmt = logging.Formatter(f"%(asctime)s | %(levelname)s | {prefix}%(name)s | %(message)s",
-                            "%Y-%m-%d %H:%M:%S")
+    fmt = logging.Formatter(
+        f"%(asctime)s | %(levelname)s | {prefix}%(name)s | %(message)s", "%Y-%m-%d %H:%M:%S"
+    )
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(fmt)
     root.addHandler(handler)
@@ -83,13 +84,25 @@ def main(cfg: DictConfig) -> int:
             Path(cfg.checkpoint.save_dir).mkdir(parents=True, exist_ok=True)
             OmegaConf.save(cfg, Path(cfg.checkpoint.save_dir) / "config.yaml", resolve=True)
             n_params = sum(p.numel() for p in model.parameters())
-            logger.info("task %s | model %s (%.2fM parameters) | criterion %s | %d process(es) "
-                        "via %s | device %s", cfg.task._name, cfg.model._name, n_params / 1e6,
-                        cfg.criterion._name, env.world_size, env.launcher, device)
+            logger.info(
+                "task %s | model %s (%.2fM parameters) | criterion %s | %d process(es) "
+                "via %s | device %s",
+                cfg.task._name,
+                cfg.model._name,
+                n_params / 1e6,
+                cfg.criterion._name,
+                env.world_size,
+                env.launcher,
+                device,
+            )
         trainer = Trainer(cfg, task, model, criterion, env, device)
         trainer.train()
-        logger.info("done: %d updates, best %s = %s", trainer.num_updates,
-                    cfg.checkpoint.best_checkpoint_metric, trainer.best_metric)
+        logger.info(
+            "done: %d updates, best %s = %s",
+            trainer.num_updates,
+            cfg.checkpoint.best_checkpoint_metric,
+            trainer.best_metric,
+        )
         return 0
     except SpeechkitError as e:
         print(f"speechkit: error: {e}", file=sys.stderr)

@@ -48,5 +48,5 @@ def user_dir_from_argv(argv: Sequence[str]) -> str | None:
     for arg in argv:
         for prefix in ("common.user_dir=", "+common.user_dir=", "++common.user_dir="):
             if arg.startswith(prefix):
-                return arg[len(prefix):] or None
+                return arg[len(prefix) :] or None
     return None

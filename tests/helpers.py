@@ -63,7 +63,11 @@ def clean_env() -> dict[str, str]:
 
 def run_train(*overrides: str, timeout: float = 180, check: bool = True):
     proc = subprocess.run(
-        train_cmd(*overrides), cwd=REPO_ROOT, env=clean_env(), capture_output=True, text=True,
+        train_cmd(*overrides),
+        cwd=REPO_ROOT,
+        env=clean_env(),
+        capture_output=True,
+        text=True,
         timeout=timeout,
     )
     if check and proc.returncode != 0:

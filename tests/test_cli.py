@@ -18,8 +18,12 @@ def _last_line(stderr: str) -> str:
 
 
 def test_unknown_model_name(tmp_path):
-    proc = run_train(*[o for o in TOY if not o.startswith("model=")], "model=resnet_se35l",
-                     f"checkpoint.save_dir={tmp_path}", check=False)
+    proc = run_train(
+        *[o for o in TOY if not o.startswith("model=")],
+        "model=resnet_se35l",
+        f"checkpoint.save_dir={tmp_path}",
+        check=False,
+    )
     assert proc.returncode != 0
     assert "Could not find 'model/resnet_se35l'" in proc.stderr
     assert "toy_mlp" in proc.stderr  # the available options are listed
@@ -27,8 +31,9 @@ def test_unknown_model_name(tmp_path):
 
 
 def test_misspelt_config_key(tmp_path):
-    proc = run_train(*TOY, "optimization.max_updat=3", f"checkpoint.save_dir={tmp_path}",
-                     check=False)
+    proc = run_train(
+        *TOY, "optimization.max_updat=3", f"checkpoint.save_dir={tmp_path}", check=False
+    )
     assert proc.returncode != 0
     assert "Could not override 'optimization.max_updat'" in proc.stderr
     assert "Key 'max_updat' not in 'OptimizationConfig'" in proc.stderr
@@ -43,8 +48,9 @@ def test_misspelt_model_field(tmp_path):
 
 def test_missing_data_path(tmp_path):
     missing = tmp_path / "nope.pt"
-    proc = run_train(*TOY, f"task.data={missing}", f"checkpoint.save_dir={tmp_path / 'run'}",
-                     check=False)
+    proc = run_train(
+        *TOY, f"task.data={missing}", f"checkpoint.save_dir={tmp_path / 'run'}", check=False
+    )
     assert proc.returncode == 2
     assert _last_line(proc.stderr) == f"speechkit: error: task.data={missing}: file not found"
 
@@ -53,12 +59,19 @@ def test_missing_user_dir(tmp_path):
     proc = run_train("common.user_dir=/no/such/plugin", "task=x", check=False)
     assert proc.returncode == 2
     assert _last_line(proc.stderr) == (
-        "speechkit: error: common.user_dir=/no/such/plugin: no such file or folder")
+        "speechkit: error: common.user_dir=/no/such/plugin: no such file or folder"
+    )
 
 
 def test_world_size_mismatch(tmp_path):
-    proc = run_train(*TOY, "distributed.world_size=4", f"checkpoint.save_dir={tmp_path}",
-                     "optimization.max_update=1", check=False)
+    proc = run_train(
+        *TOY,
+        "distributed.world_size=4",
+        f"checkpoint.save_dir={tmp_path}",
+        "optimization.max_update=1",
+        check=False,
+    )
     assert proc.returncode == 2
     assert "distributed.world_size=4 but the launcher (single) started 1 process(es)" in (
-        _last_line(proc.stderr))
+        _last_line(proc.stderr)
+    )

@@ -12,15 +12,32 @@ from tests.helpers import REPO_ROOT, TOY, clean_env, free_port, load_model_weigh
 
 
 def test_two_processes_equal_one_process(tmp_path):
-    common = [*TOY, "model.dropout=0", "optimization.max_update=12", "optimization.lr=0.01",
-              "optimization.update_freq=2"]
+    common = [
+        *TOY,
+        "model.dropout=0",
+        "optimization.max_update=12",
+        "optimization.lr=0.01",
+        "optimization.update_freq=2",
+    ]
     run_train(*common, "task.batch_size=16", f"checkpoint.save_dir={tmp_path / 'one'}")
     two = tmp_path / "two"
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nnodes=1", "--nproc_per_node=2",
-           f"--master_port={free_port()}", "-m", "speechkit.train", *common,
-           "task.batch_size=8", "distributed.world_size=2", f"checkpoint.save_dir={two}"]
-    proc = subprocess.run(cmd, cwd=REPO_ROOT, env=clean_env(), capture_output=True, text=True,
-                          timeout=300)
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nnodes=1",
+        "--nproc_per_node=2",
+        f"--master_port={free_port()}",
+        "-m",
+        "speechkit.train",
+        *common,
+        "task.batch_size=8",
+        "distributed.world_size=2",
+        f"checkpoint.save_dir={two}",
+    ]
+    proc = subprocess.run(
+        cmd, cwd=REPO_ROOT, env=clean_env(), capture_output=True, text=True, timeout=300
+    )
     assert proc.returncode == 0, proc.stderr[-4000:]
     assert "2 process(es) via torchrun" in proc.stderr
     a = load_model_weights(tmp_path / "one" / "checkpoint_last.pt")
@@ -32,19 +49,35 @@ def test_two_processes_equal_one_process(tmp_path):
     assert len(state["rng"]) == 2  # each rank's RNG state is kept for an exact resume
     # only rank 0 writes: one log file, no per-rank files
     assert sorted(p.name for p in two.iterdir() if p.suffix in (".log", ".yaml")) == [
-        "config.yaml", "train.log"]
+        "config.yaml",
+        "train.log",
+    ]
 
 
 def test_detect_torchrun_env():
-    env = detect_env({"RANK": "3", "WORLD_SIZE": "8", "LOCAL_RANK": "1", "MASTER_ADDR": "h1",
-                      "MASTER_PORT": "1234"})
+    env = detect_env(
+        {
+            "RANK": "3",
+            "WORLD_SIZE": "8",
+            "LOCAL_RANK": "1",
+            "MASTER_ADDR": "h1",
+            "MASTER_PORT": "1234",
+        }
+    )
     assert (env.rank, env.world_size, env.local_rank, env.launcher) == (3, 8, 1, "torchrun")
     assert (env.master_addr, env.master_port) == ("h1", 1234)
 
 
 def test_detect_slurm_env():
-    env = detect_env({"SLURM_PROCID": "5", "SLURM_NTASKS": "16", "SLURM_LOCALID": "1",
-                      "SLURM_JOB_NODELIST": "gpu[07-08]", "SLURM_JOB_ID": "4242"})
+    env = detect_env(
+        {
+            "SLURM_PROCID": "5",
+            "SLURM_NTASKS": "16",
+            "SLURM_LOCALID": "1",
+            "SLURM_JOB_NODELIST": "gpu[07-08]",
+            "SLURM_JOB_ID": "4242",
+        }
+    )
     assert (env.rank, env.world_size, env.local_rank, env.launcher) == (5, 16, 1, "slurm")
     assert env.master_addr == "gpu07" and env.master_port == 10000 + 4242
     # one slurm task (e.g. sbatch without srun) is a single process
@@ -54,5 +87,10 @@ def test_detect_slurm_env():
 
 def test_expand_nodelist():
     assert expand_slurm_nodelist("n[001-003,010],login2") == [
-        "n001", "n002", "n003", "n010", "login2"]
+        "n001",
+        "n002",
+        "n003",
+        "n010",
+        "login2",
+    ]
     assert expand_slurm_nodelist("a1") == ["a1"]

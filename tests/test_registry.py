@@ -42,7 +42,9 @@ def test_unknown_name_lists_known():
     reg = Registry("test_group_c")
     reg.register("alpha", dataclass=_Cfg)(type("A", (), {}))
     reg.register("beta", dataclass=_Cfg)(type("B", (), {}))
-    with pytest.raises(ConfigError, match=r"unknown test_group_c 'gamma'; known test_group_cs: alpha, beta"):
+    with pytest.raises(
+        ConfigError, match=r"unknown test_group_c 'gamma'; known test_group_cs: alpha, beta"
+    ):
         reg.build({"_name": "gamma"})
 
 

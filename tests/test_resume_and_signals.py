@@ -30,14 +30,21 @@ def _wait_for(predicate, timeout=60.0, proc=None):
 
 
 def test_sigkill_mid_epoch_then_resume_is_bit_exact(tmp_path):
-    common = [*TOY, "optimization.max_update=40", "checkpoint.save_interval_updates=5",
-              "dataset.num_workers=1"]
+    common = [
+        *TOY,
+        "optimization.max_update=40",
+        "checkpoint.save_interval_updates=5",
+        "dataset.num_workers=1",
+    ]
     run_train(*common, f"checkpoint.save_dir={tmp_path / 'full'}")
 
     run_dir = tmp_path / "killed"
     proc = subprocess.Popen(
         train_cmd(*common, "task.step_delay=0.1", f"checkpoint.save_dir={run_dir}"),
-        cwd=REPO_ROOT, env=clean_env(), stderr=subprocess.PIPE, text=True,
+        cwd=REPO_ROOT,
+        env=clean_env(),
+        stderr=subprocess.PIPE,
+        text=True,
     )
     try:
         _wait_for(lambda: (run_dir / "checkpoint_1_10.pt").exists(), proc=proc)
@@ -70,8 +77,13 @@ def test_kill_during_checkpoint_write_keeps_previous(tmp_path):
         checkpoint.atomic_torch_save({{"model": {{"w": torch.zeros(3_000_000)}}, "step": 2}},
                                      {str(path)!r})
     """)
-    proc = subprocess.Popen([sys.executable, "-c", script], cwd=REPO_ROOT, env=clean_env(),
-                            stdout=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-c", script],
+        cwd=REPO_ROOT,
+        env=clean_env(),
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     assert proc.stdout.readline().strip() == "writing"  # the new file is written, not renamed
     proc.send_signal(signal.SIGKILL)
     proc.wait()
@@ -86,7 +98,10 @@ def test_signal_saves_and_exits_for_requeue(tmp_path, signum):
     common = [*TOY, "optimization.max_update=300", "common.log_interval=1"]
     proc = subprocess.Popen(
         train_cmd(*common, "task.step_delay=0.05", f"checkpoint.save_dir={tmp_path}"),
-        cwd=REPO_ROOT, env=clean_env(), stderr=subprocess.PIPE, text=True,
+        cwd=REPO_ROOT,
+        env=clean_env(),
+        stderr=subprocess.PIPE,
+        text=True,
     )
     log = tmp_path / "train.log"
     _wait_for(lambda: log.exists() and "update 000003" in log.read_text(), proc=proc)
@@ -118,8 +133,9 @@ def test_malicious_checkpoint_is_refused(tmp_path):
         load_checkpoint_file(path)
     assert not marker.exists()
     # the trainer refuses it too when it tries to resume from it
-    proc = run_train(*TOY, f"checkpoint.save_dir={tmp_path}", "optimization.max_update=2",
-                     check=False)
+    proc = run_train(
+        *TOY, f"checkpoint.save_dir={tmp_path}", "optimization.max_update=2", check=False
+    )
     assert proc.returncode == 2 and "refusing to load" in proc.stderr
     assert not marker.exists()
 

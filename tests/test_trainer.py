@@ -27,8 +27,13 @@ def final_weights(trainer):
 
 def test_gradient_accumulation_matches_large_batch(tmp_path):
     """update_freq=2 with batches of 8 == one batch of 16 (sum loss / global sample size)."""
-    common = ["model.dropout=0", "optimization.max_update=6", "optimizer=sgd",
-              "optimizer.momentum=0", "dataset.disable_validation=true"]
+    common = [
+        "model.dropout=0",
+        "optimization.max_update=6",
+        "optimizer=sgd",
+        "optimizer.momentum=0",
+        "dataset.disable_validation=true",
+    ]
     a = make_trainer(tmp_path / "a", *common, "task.batch_size=16")
     a.train()
     b = make_trainer(tmp_path / "b", *common, "task.batch_size=8", "optimization.update_freq=2")
@@ -47,12 +52,15 @@ def test_training_reduces_loss_and_tracks_best(tmp_path):
     assert (tmp_path / "checkpoint_best.pt").is_file()
     # keep-last-N (default 2) numbered checkpoints, named by the finished epoch
     assert sorted(p.name for p in tmp_path.glob("checkpoint_*_*.pt")) == [
-        "checkpoint_3_48.pt", "checkpoint_4_64.pt"]
+        "checkpoint_3_48.pt",
+        "checkpoint_4_64.pt",
+    ]
 
 
 def test_nonfinite_loss_is_skipped_then_stops(tmp_path, caplog):
-    t = make_trainer(tmp_path, "task.nan_after=3", "optimization.max_update=50",
-                     "common.max_nonfinite_steps=4")
+    t = make_trainer(
+        tmp_path, "task.nan_after=3", "optimization.max_update=50", "common.max_nonfinite_steps=4"
+    )
     with pytest.raises(FloatingPointError, match="4 consecutive updates"):
         t.train()
     assert t.num_updates == 3  # updates 0..2 applied, the NaN ones skipped
@@ -62,8 +70,13 @@ def test_nonfinite_loss_is_skipped_then_stops(tmp_path, caplog):
 
 @pytest.mark.parametrize("precision", ["bf16", "fp16"])
 def test_mixed_precision_trains(tmp_path, precision):
-    t = make_trainer(tmp_path, f"common.precision={precision}", "optimization.max_epoch=3",
-                     "optimization.lr=0.01", "optimization.clip_norm=1.0")
+    t = make_trainer(
+        tmp_path,
+        f"common.precision={precision}",
+        "optimization.max_epoch=3",
+        "optimization.lr=0.01",
+        "optimization.clip_norm=1.0",
+    )
     first = t.validate()["loss"]
     metrics = t.train()
     assert math.isfinite(metrics["loss"]) and metrics["loss"] < first
@@ -85,14 +98,18 @@ def test_resume_from_checkpoint_in_process(tmp_path):
 def test_finetune_and_reset_optimizer(tmp_path):
     src = make_trainer(tmp_path / "src", "optimization.max_update=10")
     src.train()
-    ft = make_trainer(tmp_path / "ft", "optimization.max_update=1",
-                      f"checkpoint.finetune_from_model={tmp_path / 'src' / 'checkpoint_last.pt'}")
+    ft = make_trainer(
+        tmp_path / "ft",
+        "optimization.max_update=1",
+        f"checkpoint.finetune_from_model={tmp_path / 'src' / 'checkpoint_last.pt'}",
+    )
     ft.load_checkpoint()
     assert ft.num_updates == 0 and ft.epoch == 1
     for k, v in src.model.state_dict().items():
         assert torch.equal(ft.model.state_dict()[k], v)
-    again = make_trainer(tmp_path / "src", "optimization.max_update=20",
-                         "checkpoint.reset_optimizer=true")
+    again = make_trainer(
+        tmp_path / "src", "optimization.max_update=20", "checkpoint.reset_optimizer=true"
+    )
     again.load_checkpoint()
     assert again.num_updates == 10 and len(again.optimizer.state) == 0
 
@@ -101,11 +118,17 @@ def test_finetune_and_reset_optimizer(tmp_path):
     ("name", "over", "checks"),
     [
         ("fixed", {"warmup_updates": 10}, {0: 0.0, 5: 5e-4, 10: 1e-3, 99: 1e-3}),
-        ("polynomial_decay", {"warmup_updates": 10, "end_learning_rate": 0.0},
-         {5: 5e-4, 10: 1e-3, 55: 5e-4, 100: 0.0}),
+        (
+            "polynomial_decay",
+            {"warmup_updates": 10, "end_learning_rate": 0.0},
+            {5: 5e-4, 10: 1e-3, 55: 5e-4, 100: 0.0},
+        ),
         ("cosine", {"warmup_updates": 0, "min_lr": 0.0}, {0: 1e-3, 50: 5e-4, 100: 0.0}),
-        ("step", {"step_size_epochs": 0, "step_size_updates": 10, "gamma": 0.5},
-         {0: 1e-3, 10: 5e-4, 25: 2.5e-4}),
+        (
+            "step",
+            {"step_size_epochs": 0, "step_size_updates": 10, "gamma": 0.5},
+            {0: 1e-3, 10: 5e-4, 25: 2.5e-4},
+        ),
     ],
 )
 def test_lr_schedules(name, over, checks):
@@ -117,8 +140,9 @@ def test_lr_schedules(name, over, checks):
 
 def test_reduce_on_plateau():
     opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
-    sched = LR_SCHEDULER_REGISTRY.build({"_name": "reduce_lr_on_plateau", "patience": 1,
-                                         "factor": 0.1}, opt, 1.0, 0)
+    sched = LR_SCHEDULER_REGISTRY.build(
+        {"_name": "reduce_lr_on_plateau", "patience": 1, "factor": 0.1}, opt, 1.0, 0
+    )
     for epoch, metric in enumerate([1.0, 0.9, 0.95, 0.95], start=1):
         sched.step_epoch(epoch, metric)
     assert sched.get_lr() == pytest.approx(0.1)

@@ -25,8 +25,13 @@ from speechkit.registry import register_lr_scheduler
 class LRScheduler:
     """Base: holds the optimizer and the peak ``base_lr``; subclasses implement ``lr_at``."""
 
-    def __init__(self, cfg: SpeechkitDataclass, optimizer: torch.optim.Optimizer, base_lr: float,
-                 max_update: int):
+    def __init__(
+        self,
+        cfg: SpeechkitDataclass,
+        optimizer: torch.optim.Optimizer,
+        base_lr: float,
+        max_update: int,
+    ):
         self.cfg = cfg
         self.optimizer = optimizer
         self.base_lr = base_lr
@@ -104,7 +109,9 @@ class StepSchedule(LRScheduler):
 
     def __init__(self, cfg: StepConfig, optimizer, base_lr, max_update):
         if cfg.step_size_epochs <= 0 and cfg.step_size_updates <= 0:
-            raise ConfigError("lr_scheduler=step needs step_size_epochs > 0 or step_size_updates > 0")
+            raise ConfigError(
+                "lr_scheduler=step needs step_size_epochs > 0 or step_size_updates > 0"
+            )
         super().__init__(cfg, optimizer, base_lr, max_update)
 
     def lr_at(self, num_updates: int, epoch: int) -> float:
@@ -179,7 +186,9 @@ class CosineSchedule(LRScheduler):
             return w
         span = max(self.total - self.cfg.warmup_updates, 1)
         t = min(max(num_updates - self.cfg.warmup_updates, 0) / span, 1.0)
-        return self.cfg.min_lr + 0.5 * (self.base_lr - self.cfg.min_lr) * (1 + math.cos(math.pi * t))
+        return self.cfg.min_lr + 0.5 * (self.base_lr - self.cfg.min_lr) * (
+            1 + math.cos(math.pi * t)
+        )
 
 
 @dataclass
@@ -231,5 +240,9 @@ class ReduceLROnPlateauSchedule(LRScheduler):
         return state
 
     def load_state_dict(self, state: dict) -> None:
-        self.current, self.best, self.bad_epochs = state["current"], state["best"], state["bad_epochs"]
+        self.current, self.best, self.bad_epochs = (
+            state["current"],
+            state["best"],
+            state["bad_epochs"],
+        )
         super().load_state_dict(state)

@@ -104,7 +104,9 @@ def load_checkpoint_file(path: str | os.PathLike, map_location: str | torch.devi
     except (RuntimeError, EOFError, OSError, ValueError) as e:
         raise CheckpointError(f"cannot read checkpoint {path}: {e}") from None
     if not isinstance(obj, dict):
-        raise CheckpointError(f"{path} is not a speechkit checkpoint (top level {type(obj).__name__})")
+        raise CheckpointError(
+            f"{path} is not a speechkit checkpoint (top level {type(obj).__name__})"
+        )
     return obj
 
 
@@ -134,7 +136,9 @@ class CheckpointWriter:
     def last_path(self) -> Path:
         return self.save_dir / LAST
 
-    def save(self, state: dict, epoch: int, num_updates: int, numbered: bool, is_best: bool) -> Path:
+    def save(
+        self, state: dict, epoch: int, num_updates: int, numbered: bool, is_best: bool
+    ) -> Path:
         """Write ``state`` as checkpoint_last and link the numbered / best names to it."""
         self.save_dir.mkdir(parents=True, exist_ok=True)
         atomic_torch_save(state, self.last_path)

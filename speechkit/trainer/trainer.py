@@ -24,6 +24,7 @@ import signal
 import sys
 import time
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import torch
@@ -80,6 +81,16 @@ def _ignore_signals_in_worker(_: int) -> None:
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
 
 
+def _plain_sections(cfg: Any) -> SimpleNamespace:
+    """The fixed config sections as dataclass instances (the registry slots stay as given)."""
+    names = ("common", "dataset", "optimization", "checkpoint", "distributed")
+    if isinstance(cfg, DictConfig):
+        sections = {n: OmegaConf.to_object(cfg[n]) for n in names}
+    else:
+        sections = {n: getattr(cfg, n) for n in names}
+    return SimpleNamespace(**sections, optimizer=cfg.optimizer, lr_scheduler=cfg.lr_scheduler)
+
+
 class Trainer:
     """Runs training for one task.
 
@@ -96,9 +107,19 @@ class Trainer:
             precision, or a best-checkpoint metric the validation does not report.
     """
 
-    def __init__(self, cfg: Any, task: Any, model: nn.Module, criterion: nn.Module,
-                 env: DistributedEnv | None = None, device: torch.device | None = None):
-        self.cfg = cfg
+    def __init__(
+        self,
+        cfg: Any,
+        task: Any,
+        model: nn.Module,
+        criterion: nn.Module,
+        env: DistributedEnv | None = None,
+        device: torch.device | None = None,
+    ):
+        self.full_cfg = cfg
+        # plain dataclass sections: attribute access on a DictConfig costs ~10us, too much for
+        # the per-update path
+        self.cfg = cfg = _plain_sections(cfg)
         self.task = task
         self.env = env or DistributedEnv()
         self.device = device or torch.device("cpu")
@@ -153,7 +174,7 @@ class Trainer:
     def state_dict(self) -> dict:
         """Everything an exact resume needs (called on every rank: RNG states are gathered)."""
         rng_states = dist_utils.all_gather_object(get_rng_state())
-        cfg = self.cfg
+        cfg = self.full_cfg
         cfg_container = (
             OmegaConf.to_container(cfg, resolve=True)
             if isinstance(cfg, DictConfig)
@@ -179,9 +200,14 @@ class Trainer:
             "rng": rng_states,
         }
 
-    def load_state_dict(self, state: dict, reset_optimizer: bool = False,
-                        reset_lr_scheduler: bool = False, reset_dataloader: bool = False,
-                        reset_meters: bool = False) -> None:
+    def load_state_dict(
+        self,
+        state: dict,
+        reset_optimizer: bool = False,
+        reset_lr_scheduler: bool = False,
+        reset_dataloader: bool = False,
+        reset_meters: bool = False,
+    ) -> None:
         self.model.load_state_dict(state["model"])
         if state.get("criterion"):
             self.criterion.load_state_dict(state["criterion"])
@@ -207,11 +233,13 @@ class Trainer:
         elif rng:
             logger.warning(
                 "checkpoint was written by %d rank(s), this run has %d: RNG states not restored",
-                len(rng), self.env.world_size,
+                len(rng),
+                self.env.world_size,
             )
 
-    def save_checkpoint(self, numbered: bool, is_best: bool = False,
-                        epoch_label: int | None = None) -> None:
+    def save_checkpoint(
+        self, numbered: bool, is_best: bool = False, epoch_label: int | None = None
+    ) -> None:
         """Collective: every rank calls it; rank 0 writes. Numbered files are named
         ``checkpoint_<epoch_label>_<update>.pt`` (default: the current epoch)."""
         if self.cfg.checkpoint.no_save:
@@ -222,8 +250,13 @@ class Trainer:
             t0 = time.perf_counter()
             label = self.epoch if epoch_label is None else epoch_label
             path = self.writer.save(state, label, self.num_updates, numbered, is_best)
-            logger.info("saved %s (epoch %d, update %d, %.2fs)", path, self.epoch,
-                        self.num_updates, time.perf_counter() - t0)
+            logger.info(
+                "saved %s (epoch %d, update %d, %.2fs)",
+                path,
+                self.epoch,
+                self.num_updates,
+                time.perf_counter() - t0,
+            )
         dist_utils.barrier()
 
     def load_checkpoint(self) -> bool:
@@ -235,10 +268,20 @@ class Trainer:
             restore = self.save_dir / restore
         if restore.is_file():
             state = load_checkpoint_file(restore)
-            self.load_state_dict(state, ccfg.reset_optimizer, ccfg.reset_lr_scheduler,
-                                 ccfg.reset_dataloader, ccfg.reset_meters)
-            logger.info("resumed from %s (epoch %d, update %d, %d batches into the epoch)",
-                        restore, self.epoch, self.num_updates, self.iterations_in_epoch)
+            self.load_state_dict(
+                state,
+                ccfg.reset_optimizer,
+                ccfg.reset_lr_scheduler,
+                ccfg.reset_dataloader,
+                ccfg.reset_meters,
+            )
+            logger.info(
+                "resumed from %s (epoch %d, update %d, %d batches into the epoch)",
+                restore,
+                self.epoch,
+                self.num_updates,
+                self.iterations_in_epoch,
+            )
             return True
         if ccfg.finetune_from_model:
             state = load_checkpoint_file(ccfg.finetune_from_model)
@@ -249,8 +292,10 @@ class Trainer:
                 missing = self.criterion.load_state_dict(state["criterion"], strict=False)
                 if missing.missing_keys or missing.unexpected_keys:
                     logger.warning("criterion weights partly loaded: %s", missing)
-            logger.info("initialised the model from %s (fresh optimizer, scheduler and data "
-                        "position)", ccfg.finetune_from_model)
+            logger.info(
+                "initialised the model from %s (fresh optimizer, scheduler and data position)",
+                ccfg.finetune_from_model,
+            )
         return False
 
     # ------------------------------------------------------------------------------------------
@@ -264,8 +309,10 @@ class Trainer:
         if world > 1:
             usable = len(batches) - len(batches) % world
             if split == "train" and usable < len(batches):
-                logger.debug("dropping %d batch(es) so every rank gets the same number",
-                             len(batches) - usable)
+                logger.debug(
+                    "dropping %d batch(es) so every rank gets the same number",
+                    len(batches) - usable,
+                )
             batches = batches[:usable][self.env.rank :: world]
         batches = list(batches[skip:])
         workers = self.cfg.dataset.num_workers
@@ -293,7 +340,8 @@ class Trainer:
         return torch.autocast(device_type=self.device.type, dtype=self.amp_dtype)
 
     def _train_update(self, samples: list[Any]) -> None:
-        self.module.train()
+        if not self.module.training:  # train() walks every submodule: only when needed
+            self.module.train()
         self.criterion.set_num_updates(self.num_updates)
         if hasattr(self.model, "set_num_updates"):
             self.model.set_num_updates(self.num_updates)
@@ -301,14 +349,19 @@ class Trainer:
 
         logs = []
         loss_finite = True
+        # one micro-batch on one rank: normalise the loss itself (cheaper than scaling grads)
+        normalise_loss = len(samples) == 1 and self.env.world_size == 1
         for i, sample in enumerate(samples):
             sample = move_to_device(sample, self.device)
             last = i == len(samples) - 1
             sync = contextlib.nullcontext() if (last or not self.is_ddp) else self.wrapped.no_sync()
             with sync:
                 with self._autocast():
-                    loss, sample_size, log = self.task.train_step(sample, self.wrapped,
-                                                                  self.num_updates)
+                    loss, sample_size, log = self.task.train_step(
+                        sample, self.wrapped, self.num_updates
+                    )
+                if normalise_loss and sample_size not in (0, 1):
+                    loss = loss / sample_size
                 self.scaler.scale(loss).backward()
             if not math.isfinite(float(log.get("loss", 0.0))):
                 loss_finite = False
@@ -321,29 +374,34 @@ class Trainer:
         flags = [0.0 if loss_finite else 1.0, 1.0 if self._stop_signal else 0.0]
         reduced = dist_utils.all_reduce_sums([sums[k] for k in keys] + flags, self.device)
         sums = dict(zip(keys, reduced[: len(keys)]))
-        nonfinite_ranks, stop_ranks = reduced[len(keys):]
+        nonfinite_ranks, stop_ranks = reduced[len(keys) :]
         if stop_ranks > 0 and self._stop_signal is None:
             self._stop_signal = signal.SIGTERM  # another rank was signalled
 
         total = sums.get("sample_size", 0.0)
-        if total > 0 and total != self._scale_one:
-            torch._foreach_mul_([p.grad for p in self.params if p.grad is not None],
-                                self._scale_one / total)
+        if not normalise_loss and total > 0 and total != self._scale_one:
+            torch._foreach_mul_(
+                [p.grad for p in self.params if p.grad is not None], self._scale_one / total
+            )
         grad_norm = None
         clip = self.cfg.optimization.clip_norm
         self.scaler.unscale_(self.optimizer)
         if clip > 0:
             grad_norm = float(torch.nn.utils.clip_grad_norm_(self.params, clip))
         fp16 = self.scaler.is_enabled()
-        skip = nonfinite_ranks > 0 or (grad_norm is not None and not math.isfinite(grad_norm)
-                                       and not fp16)
+        skip = nonfinite_ranks > 0 or (
+            grad_norm is not None and not math.isfinite(grad_norm) and not fp16
+        )
         if skip:
             self.optimizer.zero_grad(set_to_none=True)
             if fp16:
                 self.scaler.update()
             self.nonfinite_streak += 1
-            logger.warning("update %d skipped: non-finite loss or gradient (%d in a row)",
-                           self.num_updates + 1, self.nonfinite_streak)
+            logger.warning(
+                "update %d skipped: non-finite loss or gradient (%d in a row)",
+                self.num_updates + 1,
+                self.nonfinite_streak,
+            )
             if self.nonfinite_streak >= self.cfg.common.max_nonfinite_steps:
                 raise FloatingPointError(
                     f"stopping: {self.nonfinite_streak} consecutive updates had a NaN/inf loss or "
@@ -496,9 +554,15 @@ class Trainer:
         if self.env.is_master and cfg.common.log_format == "tqdm":
             from tqdm import tqdm
 
-            bar = tqdm(total=n_batches + self.iterations_in_epoch, initial=self.iterations_in_epoch,
-                       desc=f"epoch {self.epoch:03d}", leave=False, dynamic_ncols=True,
-                       file=sys.stderr, mininterval=1.0)
+            bar = tqdm(
+                total=n_batches + self.iterations_in_epoch,
+                initial=self.iterations_in_epoch,
+                desc=f"epoch {self.epoch:03d}",
+                leave=False,
+                dynamic_ncols=True,
+                file=sys.stderr,
+                mininterval=1.0,
+            )
         metrics = None
         pending: list[Any] = []
         self.meter.reset()
@@ -516,10 +580,14 @@ class Trainer:
             pending = []
             if self.num_updates % cfg.common.log_interval == 0:
                 self._log_train_interval(bar)
-            numbered_save = (cfg.checkpoint.save_interval_updates > 0
-                             and self.num_updates % cfg.checkpoint.save_interval_updates == 0)
-            val_now = (cfg.dataset.validate_interval_updates > 0
-                       and self.num_updates % cfg.dataset.validate_interval_updates == 0)
+            numbered_save = (
+                cfg.checkpoint.save_interval_updates > 0
+                and self.num_updates % cfg.checkpoint.save_interval_updates == 0
+            )
+            val_now = (
+                cfg.dataset.validate_interval_updates > 0
+                and self.num_updates % cfg.dataset.validate_interval_updates == 0
+            )
             is_best = False
             if val_now:
                 metrics, is_best = self._validate_and_track()
@@ -545,8 +613,9 @@ class Trainer:
         vi = cfg.dataset.validate_interval
         if vi > 0 and finished % vi == 0:
             metrics, is_best = self._validate_and_track()
-        val_value = (None if metrics is None
-                     else float(metrics[cfg.checkpoint.best_checkpoint_metric]))
+        val_value = (
+            None if metrics is None else float(metrics[cfg.checkpoint.best_checkpoint_metric])
+        )
         self.lr_scheduler.step_epoch(finished, val_value)
         self.epoch += 1
         self.iterations_in_epoch = 0

@@ -99,7 +99,9 @@ class ToyMLP(nn.Module):
     def __init__(self, cfg: ToyMLPConfig):
         super().__init__()
         self.net = nn.Sequential(
-            nn.Linear(cfg.dim, cfg.hidden), nn.Tanh(), nn.Dropout(cfg.dropout),
+            nn.Linear(cfg.dim, cfg.hidden),
+            nn.Tanh(),
+            nn.Dropout(cfg.dropout),
             nn.Linear(cfg.hidden, 1),
         )
 

@@ -1,0 +1,1 @@
+"""speechkit.models (see DESIGN.md). Registrations are imported by speechkit.components, not here."""

@@ -1,0 +1,1 @@
+"""speechkit.modules (see DESIGN.md). Registrations are imported by speechkit.components, not here."""

@@ -1,0 +1,1 @@
+"""speechkit.trainer (see DESIGN.md). Registrations are imported by speechkit.components, not here."""
