@@ -38,7 +38,7 @@ def overrides(args, save_dir):
         "model.dropout=0",
         f"task.dim={args.dim}",
         f"model.dim={args.dim}",
-        f"task.batch_size={args.batch}",
+        f"dataset.batch_size={args.batch}",
         f"task.num_items={args.batch * args.updates}",
         f"optimization.max_update={args.updates}",
         "common.log_format=none",
@@ -65,7 +65,7 @@ def run_bare(args) -> float:
         seed_everything(1)
         task, model, criterion = build_components(cfg)
         dataset = task.dataset("train")
-        batches = task.batches("train", 1, cfg.common.seed)
+        batches = task.batches("train", 1, cfg.common.seed, args.batch)
         opt = torch.optim.Adam(model.parameters(), lr=1e-3)
         t0 = time.perf_counter()
         loader = torch.utils.data.DataLoader(

@@ -19,7 +19,7 @@ def test_two_processes_equal_one_process(tmp_path):
         "optimization.lr=0.01",
         "optimization.update_freq=2",
     ]
-    run_train(*common, "task.batch_size=16", f"checkpoint.save_dir={tmp_path / 'one'}")
+    run_train(*common, "dataset.batch_size=16", f"checkpoint.save_dir={tmp_path / 'one'}")
     two = tmp_path / "two"
     cmd = [
         sys.executable,
@@ -31,7 +31,7 @@ def test_two_processes_equal_one_process(tmp_path):
         "-m",
         "speechkit.train",
         *common,
-        "task.batch_size=8",
+        "dataset.batch_size=8",
         "distributed.world_size=2",
         f"checkpoint.save_dir={two}",
     ]

@@ -34,9 +34,9 @@ def test_gradient_accumulation_matches_large_batch(tmp_path):
         "optimizer.momentum=0",
         "dataset.disable_validation=true",
     ]
-    a = make_trainer(tmp_path / "a", *common, "task.batch_size=16")
+    a = make_trainer(tmp_path / "a", *common, "dataset.batch_size=16")
     a.train()
-    b = make_trainer(tmp_path / "b", *common, "task.batch_size=8", "optimization.update_freq=2")
+    b = make_trainer(tmp_path / "b", *common, "dataset.batch_size=8", "optimization.update_freq=2")
     b.train()
     assert a.num_updates == b.num_updates == 6
     for k, v in final_weights(a).items():

@@ -5,8 +5,8 @@ The trainer only talks to a task through this interface:
 * ``build_model(cfg)`` / ``build_criterion(cfg)``
 * ``dataset(split)``: a ``torch.utils.data.Dataset`` with a ``collater(list) -> batch`` method
   and, optionally, ``set_epoch(epoch)`` (for per-epoch deterministic augmentation).
-* ``batches(split, epoch)``: the *global* list of index batches for one epoch, a deterministic
-  function of ``(seed, epoch)``; the trainer shards it across ranks and skips the batches already
+* ``batches(split, epoch, seed, batch_size, max_tokens)``: the *global* list of index batches
+  for one epoch, a deterministic function of ``(seed, epoch)``; the trainer shards it across ranks and skips the batches already
   consumed when it resumes in the middle of an epoch.
 * ``train_step`` / ``valid_step``: one forward pass returning ``(loss, sample_size, logging)``.
 * ``validate(...)``: optional whole-split validation (e.g. EER over a trial list) that cannot be
@@ -60,8 +60,28 @@ class Task:
             self._datasets[split] = self.load_dataset(split)
         return self._datasets[split]
 
-    def batches(self, split: str, epoch: int, seed: int) -> list[list[int]]:
-        """Global index batches of one epoch (same on every rank). Must be deterministic."""
+    def batches(
+        self,
+        split: str,
+        epoch: int,
+        seed: int,
+        batch_size: int | None = None,
+        max_tokens: int | None = None,
+    ) -> list[list[Any]]:
+        """Global batches of one epoch (same on every rank); must be deterministic.
+
+        Args:
+            split: ``"train"`` or ``"valid"``.
+            epoch: 1-based epoch (seeds the shuffling together with ``seed``).
+            seed: ``common.seed``.
+            batch_size: ``dataset.batch_size`` (items per batch per rank; ``None``: the task's
+                default).
+            max_tokens: ``dataset.max_tokens`` (padded samples per batch per rank) for tasks
+                that batch by length.
+
+        Returns:
+            A list of batches, each a list of dataset keys (``dataset[key]`` is one item).
+        """
         raise NotImplementedError
 
     # -- steps ----------------------------------------------------------------------------------

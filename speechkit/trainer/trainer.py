@@ -304,7 +304,9 @@ class Trainer:
         dataset = self.task.dataset(split)
         if hasattr(dataset, "set_epoch"):
             dataset.set_epoch(epoch)
-        batches = self.task.batches(split, epoch, self.cfg.common.seed)
+        dcfg = self.cfg.dataset
+        batches = self.task.batches(split, epoch, self.cfg.common.seed, dcfg.batch_size,
+                                    dcfg.max_tokens)
         world = self.env.world_size
         if world > 1:
             usable = len(batches) - len(batches) % world

@@ -25,7 +25,6 @@ class ToyRegressionConfig(SpeechkitDataclass):
     num_items: int = 256
     dim: int = 8
     data_seed: int = 0
-    batch_size: int = 16
     step_delay: float = 0.0
     """Seconds to sleep in every train step (lets tests interrupt a run mid-epoch)."""
     nan_after: int = -1
@@ -58,7 +57,6 @@ class ToyRegressionTask(Task):
 
             if not Path(cfg.data).is_file():
                 raise DataError(f"task.data={cfg.data}: file not found")
-        self.batch_size = cfg.batch_size
 
     def train_step(self, sample, model_and_criterion, update_num):
         if self.cfg.step_delay:
@@ -79,11 +77,11 @@ class ToyRegressionTask(Task):
         y = x @ w + 0.1 * torch.randn(self.cfg.num_items, generator=g)
         return ToyDataset(x, y)
 
-    def batches(self, split: str, epoch: int, seed: int) -> list[list[int]]:
+    def batches(self, split, epoch, seed, batch_size=None, max_tokens=None):
         n = len(self.dataset(split))
         g = torch.Generator().manual_seed(seed * 1000 + epoch)
         order = torch.randperm(n, generator=g).tolist() if split == "train" else list(range(n))
-        bs = self.batch_size
+        bs = batch_size or 16
         return [order[i : i + bs] for i in range(0, n - bs + 1, bs)]
 
 
