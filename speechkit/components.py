@@ -11,6 +11,16 @@ import importlib
 BUILTIN_MODULES = [
     "speechkit.optim.optimizers",
     "speechkit.optim.lr_schedulers",
+    # tasks
+    "speechkit.tasks.speaker_verification",
+    # models
+    "speechkit.models.resnet_se",
+    "speechkit.models.vggvox",
+    "speechkit.models.rawnet3",
+    "speechkit.models.ecapa_tdnn",
+    # criterions
+    "speechkit.criterions.speaker_classification",
+    "speechkit.criterions.speaker_metric",
 ]
 
 

@@ -1,0 +1,169 @@
+"""``speaker_verification``: voxceleb_trainer's system (Chung et al., "In defence of metric
+learning for speaker recognition", Interspeech 2020) on speechkit's trainer.
+
+Training items are groups of ``n_per_speaker`` random crops of one speaker (the reference's
+sampler: at most ``max_seg_per_spk`` utterances per speaker and epoch, one speaker at most once
+per batch); ``dataset.batch_size`` counts speakers per batch and rank, as the reference's
+``--batch_size``. Validation embeds every file of ``test_list`` once (sharded over ranks) and
+reports EER (%) and minDCF at p_target 0.05 and 0.01.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from speechkit import distributed as dist_utils
+from speechkit.data.augment import AugmentConfig, build_augmenter
+from speechkit.data.lists import read_train_list, speaker_to_label
+from speechkit.data.samplers import speaker_balanced_batches
+from speechkit.data.speaker_dataset import SpeakerTrainDataset
+from speechkit.dataclass import SpeechkitDataclass
+from speechkit.errors import ConfigError, DataError
+from speechkit.metrics.scoring import TrialList, read_trial_list
+from speechkit.metrics.verification import evaluate_scores
+from speechkit.registry import register_task
+from speechkit.speaker_embedding import SCORING, extract_embeddings, score_trials
+from speechkit.tasks.base import Task
+
+
+@dataclass
+class SpeakerVerificationConfig(SpeechkitDataclass):
+    root: str = "."
+    """Folder the train-list paths are relative to (the reference's ``--train_path``)."""
+    train_list: str = "???"
+    """``speaker_id relative/path.wav`` per line."""
+    test_list: str | None = None
+    """Trial list ``label path1 path2`` for validation (EER, minDCF); null: no validation."""
+    test_root: str | None = None
+    """Folder the trial paths are relative to (``--test_path``); null: ``root``."""
+    max_frames: int = 200
+    """Training crop in 10 ms frames (``max_frames * 160 + 240`` samples)."""
+    eval_frames: int = 300
+    """Validation crop in frames; 0 = whole utterances."""
+    num_eval: int = 10
+    """Evenly spaced validation crops per file."""
+    n_per_speaker: int = 1
+    """Utterances per speaker in a batch (``nPerSpeaker``); metric losses need >= 2."""
+    max_seg_per_spk: int = 500
+    default_batch_size: int = 200
+    """Speakers per batch and rank when ``dataset.batch_size`` is null (the reference's 200)."""
+    augment: bool = False
+    augmentation: AugmentConfig = field(default_factory=AugmentConfig)
+    """Noise / babble / reverb lists (relative to ``root``) and SNR ranges."""
+    scoring: str = "cosine"
+    """``cosine`` (of mean crop embeddings) or ``crop_distance`` (the reference's)."""
+    eval_batch_files: int = 8
+    check_files: bool = True
+    """Check that every listed audio file exists before training starts."""
+
+
+@register_task("speaker_verification", dataclass=SpeakerVerificationConfig)
+class SpeakerVerificationTask(Task):
+    """Speaker-verification training and EER validation.
+
+    Raises (at construction, before any model is built):
+        DataError: missing or malformed lists, or listed audio files that do not exist (all
+            are checked; the count and the first paths are reported).
+        ConfigError: an unknown scoring, or ``n_per_speaker < 1``.
+    """
+
+    def __init__(self, cfg: SpeakerVerificationConfig):
+        super().__init__(cfg)
+        if cfg.scoring not in SCORING:
+            raise ConfigError(f"task.scoring={cfg.scoring!r}; expected one of {SCORING}")
+        if cfg.n_per_speaker < 1:
+            raise ConfigError(f"task.n_per_speaker must be >= 1, got {cfg.n_per_speaker}")
+        if cfg.train_list in ("???", "", None):
+            raise ConfigError("task.train_list is required (a 'speaker_id path' list)")
+        self.train_items = read_train_list(cfg.train_list, cfg.root, check_exists=cfg.check_files)
+        self.label_of_speaker = speaker_to_label(s for s, _ in self.train_items)
+        self.trials: TrialList | None = None
+        if cfg.test_list:
+            test_root = cfg.test_root if cfg.test_root is not None else cfg.root
+            self.trials = read_trial_list(cfg.test_list, test_root)
+            if not self.trials.has_labels:
+                raise DataError(f"{cfg.test_list}: validation needs 'label path1 path2' lines")
+            if cfg.check_files:
+                files = [self.trials.resolve(p) for p in self.trials.unique_paths()]
+                missing = [str(p) for p in files if not p.is_file()]
+                if missing:
+                    raise DataError(
+                        f"{cfg.test_list}: {len(missing)} of {len(files)} trial files not found "
+                        f"under {test_root} (first: {', '.join(missing[:3])})"
+                    )
+        self.embed_dim: int | None = None
+
+    @property
+    def num_classes(self) -> int:
+        """Training speakers (the classifier size of softmax-type losses)."""
+        return len(self.label_of_speaker)
+
+    def build_model(self, cfg: Any) -> nn.Module:
+        model = super().build_model(cfg)
+        self.embed_dim = getattr(model, "embed_dim", None)
+        return model
+
+    def has_split(self, split: str) -> bool:
+        return split == "train"
+
+    def load_dataset(self, split: str) -> SpeakerTrainDataset:
+        if split != "train":
+            raise ValueError(f"speaker_verification has no '{split}' dataset (validation uses "
+                             "the trial list)")
+        cfg = self.cfg
+        augment = build_augmenter(cfg.augmentation, cfg.root) if cfg.augment else None
+        return SpeakerTrainDataset(
+            self.train_items,
+            self.label_of_speaker,
+            max_frames=cfg.max_frames,
+            n_per_speaker=cfg.n_per_speaker,
+            augment=augment,
+        )
+
+    def batches(self, split: str, epoch: int, seed: int, batch_size: int | None = None,
+                max_tokens: int | None = None) -> list[list[Any]]:
+        dataset = self.dataset(split)
+        batches = speaker_balanced_batches(
+            dataset.labels,
+            n_per_speaker=self.cfg.n_per_speaker,
+            max_seg_per_spk=self.cfg.max_seg_per_spk,
+            batch_size=batch_size or self.cfg.default_batch_size,
+            seed=seed,
+            epoch=epoch,
+        )
+        if not batches:
+            raise DataError(
+                f"{self.cfg.train_list}: no full batch of {batch_size or self.cfg.default_batch_size}"
+                f" speakers x {self.cfg.n_per_speaker} utterances ({self.num_classes} speakers); "
+                "lower dataset.batch_size"
+            )
+        return batches
+
+    @torch.no_grad()
+    def validate(self, model: nn.Module, criterion: nn.Module, device: torch.device,
+                 env: Any) -> dict[str, float] | None:
+        if self.trials is None:
+            return None
+        trials = self.trials
+        normalize = bool(getattr(criterion, "test_normalize", True))
+        files = [str(trials.resolve(p)) for p in trials.unique_paths()]
+        with torch.autocast(device_type=device.type, enabled=False):
+            local = extract_embeddings(
+                model, files, device, eval_frames=self.cfg.eval_frames,
+                num_eval=self.cfg.num_eval, normalize=normalize,
+                batch_files=self.cfg.eval_batch_files, rank=env.rank, world_size=env.world_size,
+            )
+        embeddings: dict[str, torch.Tensor] = {}
+        for part in dist_utils.all_gather_object(local):
+            embeddings.update(part)
+        p1 = [str(trials.resolve(p)) for p in trials.paths1]
+        p2 = [str(trials.resolve(p)) for p in trials.paths2]
+        scores = score_trials(embeddings, p1, p2, self.cfg.scoring)
+        result = evaluate_scores(scores, np.asarray(trials.labels))
+        return {"eer": result.eer, "min_dcf_005": result.min_dcf_005,
+                "min_dcf_001": result.min_dcf_001}
