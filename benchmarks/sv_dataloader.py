@@ -1,0 +1,185 @@
+"""Speaker-verification input pipeline throughput, and the CPU train step it has to feed.
+
+Measures utterances per second through decode + random crop + augmentation (noise / babble /
+reverb from the shared lists, optional speed perturbation) with a torch DataLoader over the
+real train list, for several worker counts, plus the forward + backward time of
+``resnet_se34l`` on one batch of the same shape (when ``speechkit.models.resnet_se`` imports).
+
+    python benchmarks/sv_dataloader.py [--speakers 32] [--per-speaker 2] [--max-frames 200]
+                                       [--batches 24] [--workers 1 2]
+
+The shared train list has only 10 speakers, fewer than 32 per batch, so the benchmark's batches
+are drawn with speaker repetition (each group is still one speaker's utterances); the data cost
+per utterance does not depend on that.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import resource
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from speechkit.data.augment import (  # noqa: E402
+    Augmenter,
+    read_babble_list,
+    read_noise_list,
+    read_rir_list,
+)
+from speechkit.data.lists import read_train_list  # noqa: E402
+from speechkit.data.speaker_dataset import SpeakerTrainDataset, frames_to_samples  # noqa: E402
+
+DATA = REPO.parent / "shared" / "data"
+
+
+def make_batches(labels, speakers, per_speaker, count, seed=0):
+    """``count`` batches of ``speakers`` groups, each ``per_speaker`` utterances of one speaker."""
+    rng = np.random.default_rng(seed)
+    by_speaker = {}
+    for i, label in enumerate(labels):
+        by_speaker.setdefault(label, []).append(i)
+    keys = sorted(by_speaker)
+    batches = []
+    for _ in range(count):
+        batch = []
+        for _ in range(speakers):
+            utts = by_speaker[keys[int(rng.integers(len(keys)))]]
+            batch.append([int(i) for i in rng.choice(utts, size=per_speaker, replace=False)])
+        batches.append(batch)
+    return batches
+
+
+def cpu_seconds() -> float:
+    """User + system CPU time of this process and its reaped children (DataLoader workers)."""
+    own, kids = (
+        resource.getrusage(resource.RUSAGE_SELF),
+        resource.getrusage(resource.RUSAGE_CHILDREN),
+    )
+    return own.ru_utime + own.ru_stime + kids.ru_utime + kids.ru_stime
+
+
+def time_loader(dataset, batches, workers):
+    """Utterances per second over one pass (worker start-up and cold noise caches included)
+    and CPU milliseconds per utterance summed over all processes (robust when other jobs
+    share the CPU)."""
+    cpu0, start = cpu_seconds(), time.perf_counter()
+    loader = DataLoader(
+        dataset, batch_sampler=batches, collate_fn=dataset.collater, num_workers=workers
+    )
+    utterances = sum(b["audio"].shape[0] * b["audio"].shape[1] for b in loader)
+    seconds = time.perf_counter() - start
+    del loader  # the exhausted iterator has joined its workers: their CPU time is counted
+    return utterances / seconds, (cpu_seconds() - cpu0) * 1e3 / utterances
+
+
+def time_train_step(batch_utts, samples, steps=3):
+    """(wall, CPU) seconds per forward + backward + Adam step of resnet_se34l on
+    (batch_utts, samples), or None when the model module cannot be imported."""
+    try:
+        import speechkit.models.resnet_se  # noqa: F401
+        from speechkit.registry import MODEL_REGISTRY
+    except ImportError as e:
+        print(f"note: speechkit.models.resnet_se cannot be imported ({e}); no model timing")
+        return None
+    model = MODEL_REGISTRY.build({"_name": "resnet_se34l"})
+    classifier = torch.nn.Linear(model.embed_dim, 10)
+    params = list(model.parameters()) + list(classifier.parameters())
+    optimizer = torch.optim.Adam(params, lr=1e-3)
+    audio = torch.randn(batch_utts, samples) * 0.05
+    target = torch.randint(0, 10, (batch_utts,))
+    times, cpu = [], []
+    for step in range(steps + 1):
+        t0, c0 = time.perf_counter(), cpu_seconds()
+        optimizer.zero_grad()
+        loss = torch.nn.functional.cross_entropy(classifier(model(audio)), target)
+        loss.backward()
+        optimizer.step()
+        if step > 0:  # the first step warms up allocators and kernels
+            times.append(time.perf_counter() - t0)
+            cpu.append(cpu_seconds() - c0)
+    return float(np.median(times)), float(np.median(cpu))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--data", type=Path, default=DATA)
+    parser.add_argument("--speakers", type=int, default=32)
+    parser.add_argument("--per-speaker", type=int, default=2)
+    parser.add_argument("--max-frames", type=int, default=200)
+    parser.add_argument("--batches", type=int, default=24)
+    parser.add_argument("--workers", type=int, nargs="+", default=[1, 2])
+    parser.add_argument("--model-steps", type=int, default=3)
+    args = parser.parse_args()
+
+    data = args.data
+    items = read_train_list(data / "lists/librispeech_test_other_train_all.txt", data)
+    lists = (
+        read_noise_list(data / "lists/noise_list.txt", data),
+        read_rir_list(data / "lists/rir_list.txt", data),
+        read_babble_list(data / "lists/cohort_list.txt", data),
+    )
+    augment = Augmenter(*lists)
+    speed = Augmenter(*lists, speed_perturb=True)
+    samples = frames_to_samples(args.max_frames)
+    print(
+        f"torch {torch.__version__}, {torch.get_num_threads()} threads; batch "
+        f"{args.speakers} speakers x {args.per_speaker} utterances x {samples} samples; "
+        f"{args.batches} batches; augment choices {augment.choices}"
+    )
+
+    def dataset(aug, partial=True):
+        return SpeakerTrainDataset(
+            items,
+            max_frames=args.max_frames,
+            n_per_speaker=args.per_speaker,
+            augment=aug,
+            seed=1,
+            partial_read=partial,
+        )
+
+    labels = dataset(None).labels
+    batches = make_batches(labels, args.speakers, args.per_speaker, args.batches)
+    configs = [
+        ("decode + crop (partial read)", None, True),
+        ("decode + crop (whole-file read)", None, False),
+        ("decode + crop + augment", augment, True),
+        ("decode + crop + speed + augment", speed, True),
+    ]
+    results = {}
+    print(f"load average before: {os.getloadavg()[0]:.2f} (other jobs on this machine)")
+    print(f"\n{'pipeline':34s} {'workers':>7s} {'utt/s':>8s} {'CPU ms/utt':>11s}")
+    for name, aug, partial in configs:
+        for workers in args.workers:
+            rate, cpu_ms = time_loader(dataset(aug, partial), batches, workers)
+            results[name, workers] = rate, cpu_ms
+            print(f"{name:34s} {workers:7d} {rate:8.1f} {cpu_ms:11.2f}")
+
+    batch_utts = args.speakers * args.per_speaker
+    timing = time_train_step(batch_utts, samples, args.model_steps)
+    if timing is not None:
+        step, step_cpu = timing
+        model_rate, model_cpu_ms = batch_utts / step, step_cpu * 1e3 / batch_utts
+        print(
+            f"\nresnet_se34l CPU train step (forward + backward + Adam), {batch_utts} x "
+            f"{samples}: {step:.2f} s/step = {model_rate:.1f} utt/s, {model_cpu_ms:.1f} CPU ms/utt"
+        )
+        for workers in args.workers:
+            rate, cpu_ms = results["decode + crop + augment", workers]
+            print(
+                f"  augmented input with {workers} worker(s): {rate / model_rate:.1f}x the "
+                f"model's utt/s; {100 * cpu_ms / model_cpu_ms:.1f}% of its CPU time per utt"
+            )
+    print(f"load average after: {os.getloadavg()[0]:.2f}")
+
+
+if __name__ == "__main__":
+    main()

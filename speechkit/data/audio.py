@@ -1,0 +1,183 @@
+"""Audio file I/O: decode with soundfile (libsndfile), resample with soxr, write atomically.
+
+Audio inside speechkit is float32 in [-1, 1] at 16 kHz (DESIGN.md). ``read_audio`` returns that
+layout whatever the file holds (int16/int24/float WAV, FLAC, OGG; any channel count; any sample
+rate), and turns every failure into a ``speechkit.errors.DataError`` that names the file.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from typing import NamedTuple
+
+import numpy as np
+import soundfile as sf
+import soxr
+
+from speechkit.errors import DataError
+
+__all__ = ["AudioInfo", "audio_info", "read_audio", "resample_waveform", "write_audio"]
+
+# soundfile raises LibsndfileError (a RuntimeError subclass) for unreadable files; older
+# releases raise a plain RuntimeError.
+_DECODE_ERRORS = (sf.LibsndfileError, RuntimeError, TypeError, ValueError)
+
+
+class AudioInfo(NamedTuple):
+    """Header facts of an audio file (read without decoding the samples).
+
+    Attributes:
+        frames: number of samples per channel.
+        sample_rate: in Hz.
+        channels: number of channels.
+    """
+
+    frames: int
+    sample_rate: int
+    channels: int
+
+    @property
+    def duration(self) -> float:
+        """Length in seconds."""
+        return self.frames / self.sample_rate
+
+
+def _check_file(path: str | os.PathLike) -> str:
+    path = os.fspath(path)
+    if not os.path.exists(path):
+        raise DataError(f"{path}: audio file not found")
+    if not os.path.isfile(path):
+        raise DataError(f"{path}: not a regular file (expected an audio file)")
+    return path
+
+
+def audio_info(path: str | os.PathLike) -> AudioInfo:
+    """Read the header of an audio file.
+
+    Args:
+        path: audio file (any format libsndfile reads: WAV, FLAC, OGG ...).
+
+    Returns:
+        ``AudioInfo(frames, sample_rate, channels)``.
+
+    Raises:
+        DataError: the file is missing or libsndfile cannot parse its header.
+    """
+    path = _check_file(path)
+    try:
+        info = sf.info(path)
+    except _DECODE_ERRORS as e:
+        raise DataError(
+            f"{path}: cannot read the audio header ({e}); expected an audio file libsndfile "
+            "can decode (WAV, FLAC, OGG ...)"
+        ) from e
+    return AudioInfo(int(info.frames), int(info.samplerate), int(info.channels))
+
+
+def resample_waveform(
+    wav: np.ndarray, orig_rate: int | float, target_rate: int | float
+) -> np.ndarray:
+    """Resample with soxr (quality "HQ"), keeping float32.
+
+    Args:
+        wav: (L,) or (L, C) samples.
+        orig_rate, target_rate: in Hz.
+
+    Returns:
+        (L', ...) float32 with ``L' ~= round(L * target_rate / orig_rate)``.
+    """
+    if orig_rate == target_rate:
+        return wav
+    out = soxr.resample(wav, orig_rate, target_rate, quality="HQ")
+    return np.ascontiguousarray(out, dtype=np.float32)
+
+
+def read_audio(
+    path: str | os.PathLike,
+    sample_rate: int | None = 16000,
+    mono: bool = True,
+    resample: bool = True,
+    start: int = 0,
+    frames: int = -1,
+) -> np.ndarray:
+    """Decode an audio file to float32 in [-1, 1] (integer PCM is scaled by 1/32768 etc.).
+
+    Args:
+        path: audio file.
+        sample_rate: wanted rate in Hz; ``None`` keeps the file's rate.
+        mono: average the channels and return (L,); ``False`` returns (L, C).
+        resample: when the file's rate differs from ``sample_rate``, resample it with soxr
+            (quality "HQ"); ``False`` makes a different rate an error instead.
+        start, frames: read only ``frames`` samples (``-1``: to the end) from sample ``start``,
+            both counted at the FILE's rate (seeking reads only that part of a WAV/FLAC file).
+
+    Returns:
+        (L,) float32 (or (L, C) when ``mono=False``). Float files are returned unclipped.
+
+    Raises:
+        DataError: the file is missing, cannot be decoded (corrupt, not audio), holds no samples
+            (in the requested range), or has the wrong rate with ``resample=False``. The
+            message names the file.
+    """
+    path = _check_file(path)
+    try:
+        wav, file_rate = sf.read(path, dtype="float32", always_2d=True, start=start, frames=frames)
+    except _DECODE_ERRORS as e:
+        raise DataError(
+            f"{path}: cannot decode audio ({e}); expected an audio file libsndfile can decode "
+            "(WAV, FLAC, OGG ...)"
+        ) from e
+    if wav.shape[0] == 0:
+        where = "" if start == 0 and frames < 0 else f" from sample {start} (frames={frames})"
+        raise DataError(f"{path}: the audio file holds no samples{where}")
+    if mono:
+        wav = wav[:, 0] if wav.shape[1] == 1 else wav.mean(axis=1, dtype=np.float32)
+    if sample_rate is not None and file_rate != sample_rate:
+        if not resample:
+            raise DataError(
+                f"{path}: sample rate is {file_rate} Hz, expected {sample_rate} Hz "
+                "(resampling is disabled)"
+            )
+        wav = resample_waveform(wav, file_rate, sample_rate)
+    return np.ascontiguousarray(wav, dtype=np.float32)
+
+
+def write_audio(
+    path: str | os.PathLike, wav: np.ndarray, sample_rate: int, subtype: str | None = None
+) -> None:
+    """Write audio atomically: a temporary file in the same folder, fsync, then ``os.replace``.
+
+    A crash while writing never leaves a truncated file under ``path``.
+
+    Args:
+        path: output file; the format comes from its extension (``.wav``, ``.flac`` ...).
+        wav: (L,) or (L, C) samples, float in [-1, 1] (or integer PCM).
+        sample_rate: in Hz.
+        subtype: libsndfile subtype (``"PCM_16"``, ``"FLOAT"`` ...); ``None`` is the format's
+            default (16-bit PCM for WAV and FLAC).
+
+    Raises:
+        DataError: the extension names no format libsndfile writes.
+    """
+    path = os.fspath(path)
+    ext = os.path.splitext(path)[1].lstrip(".").upper()
+    if ext not in sf.available_formats():
+        raise DataError(
+            f"{path}: cannot infer the audio format from the extension; expected one of "
+            f"{sorted(f.lower() for f in sf.available_formats())}"
+        )
+    folder, name = os.path.split(os.path.abspath(path))
+    tmp = os.path.join(folder, f".{name}.{uuid.uuid4().hex[:8]}.tmp")
+    # O_EXCL: never clobber another writer's temporary file; mode 0o666 honours the umask
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            sf.write(f, np.asarray(wav), sample_rate, subtype=subtype, format=ext)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise

@@ -1,0 +1,175 @@
+"""Epoch batch lists: speaker-balanced groups (speaker verification) and size-bucketed batches.
+
+Both return the GLOBAL list of batches of one epoch, a deterministic function of
+``(seed, epoch)``; the trainer gives batch ``i`` to rank ``i % world_size`` and skips the batches
+already consumed when it resumes mid-epoch.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+
+from speechkit.errors import ConfigError
+
+__all__ = ["batch_by_size", "speaker_balanced_batches"]
+
+
+def speaker_balanced_batches(
+    labels: Sequence[int],
+    n_per_speaker: int,
+    max_seg_per_spk: int,
+    batch_size: int,
+    seed: int,
+    epoch: int,
+    world_size: int = 1,
+) -> list[list[list[int]]]:
+    """voxceleb_trainer's ``train_dataset_sampler`` (research/sv_syncnet_enh.md section 1.7).
+
+    1. A ``torch.Generator`` seeded with ``seed + epoch`` permutes all utterance indices; they
+       are bucketed by speaker in that order.
+    2. Per speaker (in ascending label order), the first ``min(count, max_seg_per_spk)``
+       indices, rounded down to a multiple of ``n_per_speaker``, are chunked into groups of
+       ``n_per_speaker``.
+    3. The groups are permuted with the same generator and accepted greedily into consecutive
+       batches of ``batch_size`` groups; a group whose speaker is already in the batch being
+       filled is dropped for this epoch.
+    4. The batch count is truncated to a multiple of ``world_size`` (the reference truncates the
+       group count to a multiple of ``batch_size * world_size``; the partial last batch is
+       dropped too).
+
+    The generator calls are the reference's, so the batches match voxceleb_trainer's for the
+    same labels, seed and epoch (its per-rank slicing aside).
+
+    Args:
+        labels: (N,) speaker label of each utterance.
+        n_per_speaker: utterances per group (``nPerSpeaker``, M).
+        max_seg_per_spk: at most this many utterances per speaker per epoch (reference 500).
+        batch_size: groups (= distinct speakers) per batch, per rank.
+        seed, epoch: the epoch's generator is seeded with ``seed + epoch`` (non-negative).
+        world_size: number of ranks; the batch count is a multiple of it.
+
+    Returns:
+        ``batches[b][g]`` = list of ``n_per_speaker`` utterance indices of one speaker; a speaker
+        appears at most once per batch and every utterance at most once per epoch.
+
+    Raises:
+        ConfigError: a non-positive size, or no batch can be formed (fewer eligible speakers
+            than ``batch_size``, or fewer batches than ``world_size``).
+    """
+    for name, value in (
+        ("n_per_speaker", n_per_speaker),
+        ("max_seg_per_spk", max_seg_per_spk),
+        ("batch_size", batch_size),
+        ("world_size", world_size),
+    ):
+        if value < 1:
+            raise ConfigError(f"speaker_balanced_batches: {name} must be >= 1, got {value}")
+    generator = torch.Generator().manual_seed(seed + epoch)
+
+    by_speaker: dict[int, list[int]] = {}
+    for index in torch.randperm(len(labels), generator=generator).tolist():
+        by_speaker.setdefault(int(labels[index]), []).append(index)
+
+    groups: list[list[int]] = []
+    group_speaker: list[int] = []
+    for speaker in sorted(by_speaker):
+        utterances = by_speaker[speaker]
+        count = min(len(utterances), max_seg_per_spk)
+        count -= count % n_per_speaker
+        for first in range(0, count, n_per_speaker):
+            groups.append(utterances[first : first + n_per_speaker])
+            group_speaker.append(speaker)
+
+    batches: list[list[list[int]]] = []
+    current: list[list[int]] = []
+    speakers_in_current: set[int] = set()
+    for g in torch.randperm(len(groups), generator=generator).tolist():
+        if group_speaker[g] in speakers_in_current:
+            continue
+        current.append(groups[g])
+        speakers_in_current.add(group_speaker[g])
+        if len(current) == batch_size:
+            batches.append(current)
+            current, speakers_in_current = [], set()
+    batches = batches[: len(batches) - len(batches) % world_size]
+    if not batches:
+        eligible = len(set(group_speaker))
+        raise ConfigError(
+            f"speaker_balanced_batches: no full batch for batch_size={batch_size} speakers x "
+            f"world_size={world_size}: {eligible} speaker(s) have >= n_per_speaker="
+            f"{n_per_speaker} utterances ({len(groups)} groups); lower batch_size"
+        )
+    return batches
+
+
+def batch_by_size(
+    sizes: Sequence[int],
+    max_tokens: int | None = None,
+    batch_size: int | None = None,
+    seed: int = 1,
+    epoch: int = 0,
+    shuffle: bool = True,
+    bucket: bool = True,
+) -> list[list[int]]:
+    """Length-bucketed batches for padded variable-length data (fairseq's ``batch_by_size``).
+
+    The indices are permuted (``np.random.default_rng([seed, epoch])``) when ``shuffle``, then
+    stably sorted by size when ``bucket`` (equal sizes stay in random order), and cut greedily
+    into batches whose PADDED size ``max(size) * count`` stays within ``max_tokens`` and whose
+    count stays within ``batch_size``. The batch order is permuted again when ``shuffle``.
+
+    Args:
+        sizes: (N,) size of each item (samples, frames or tokens).
+        max_tokens: limit of ``max(size in batch) * batch length``; ``None``: no limit.
+        batch_size: limit of items per batch; ``None``: no limit.
+        seed, epoch: generator seed (non-negative).
+        shuffle: random item and batch order; ``False`` keeps index order (sorted by size when
+            ``bucket``).
+        bucket: sort by size so that similar sizes share a batch (less padding).
+
+    Returns:
+        Batches of item indices; every index appears exactly once.
+
+    Raises:
+        ConfigError: neither limit is given, a limit is < 1, or an item alone exceeds
+            ``max_tokens`` (the message names the item; filter it out first).
+    """
+    if max_tokens is None and batch_size is None:
+        raise ConfigError("batch_by_size: give max_tokens and/or batch_size")
+    if (max_tokens is not None and max_tokens < 1) or (batch_size is not None and batch_size < 1):
+        raise ConfigError(
+            f"batch_by_size: limits must be >= 1 (max_tokens={max_tokens}, batch_size={batch_size})"
+        )
+    sizes_arr = np.asarray(sizes, dtype=np.int64)
+    rng = np.random.default_rng([seed, epoch])
+    order = rng.permutation(len(sizes_arr)) if shuffle else np.arange(len(sizes_arr))
+    if bucket:
+        order = order[np.argsort(sizes_arr[order], kind="stable")]
+    if max_tokens is not None and len(order) and sizes_arr.max() > max_tokens:
+        worst = int(np.argmax(sizes_arr))
+        raise ConfigError(
+            f"batch_by_size: item {worst} has size {int(sizes_arr[worst])} > "
+            f"max_tokens={max_tokens}; raise max_tokens or filter long items"
+        )
+
+    batches: list[list[int]] = []
+    current: list[int] = []
+    longest = 0
+    for index in order.tolist():
+        size = int(sizes_arr[index])
+        new_longest = max(longest, size)
+        too_many = batch_size is not None and len(current) + 1 > batch_size
+        too_big = max_tokens is not None and new_longest * (len(current) + 1) > max_tokens
+        if current and (too_many or too_big):
+            batches.append(current)
+            current, new_longest = [], size
+        current.append(index)
+        longest = new_longest
+    if current:
+        batches.append(current)
+    if shuffle:
+        batches = [batches[i] for i in rng.permutation(len(batches))]
+    return batches

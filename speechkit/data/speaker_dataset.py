@@ -1,0 +1,350 @@
+"""Speaker-verification datasets: random training crops and evenly spaced evaluation crops.
+
+Follows voxceleb_trainer's ``loadWAV`` (research/sv_syncnet_enh.md section 1.7):
+
+* a crop of ``max_frames`` frames is ``max_frames * 160 + 240`` samples (10 ms hop and 25 ms
+  window at 16 kHz); 200 frames give 32,240 samples, about 2.015 s;
+* a file of at most that many samples is first wrap-padded (``np.pad`` mode ``"wrap"``, i.e.
+  repeated from its start) by ``crop - length + 1`` samples;
+* training: one start drawn uniformly from ``[0, length - crop)``;
+* evaluation: ``num_eval`` starts ``np.linspace(0, length - crop, num_eval)`` truncated to
+  integers, or the whole file when ``eval_frames == 0``.
+
+Unlike the reference, training randomness (crop start, augmentation) is a pure function of
+``(seed, epoch, utterance indices)``: resuming in the middle of an epoch, or any number of
+DataLoader workers, gives the same batches.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from speechkit.data.audio import audio_info, read_audio
+from speechkit.data.lists import speaker_to_label
+
+if TYPE_CHECKING:
+    from speechkit.data.augment import Augmenter
+
+__all__ = [
+    "SpeakerEvalDataset",
+    "SpeakerTrainDataset",
+    "crop_waveform",
+    "eval_crop_starts",
+    "frames_to_samples",
+    "random_crop",
+    "random_crop_start",
+    "wrap_pad",
+]
+
+HOP_SAMPLES = 160
+EXTRA_SAMPLES = 240
+
+
+def frames_to_samples(num_frames: int) -> int:
+    """Crop length in samples for ``num_frames`` 10 ms frames: ``num_frames * 160 + 240``."""
+    return num_frames * HOP_SAMPLES + EXTRA_SAMPLES
+
+
+def wrap_pad(wav: np.ndarray, num_samples: int) -> np.ndarray:
+    """Wrap-pad a waveform that is not longer than a crop, as voxceleb_trainer does.
+
+    Args:
+        wav: (L,) samples.
+        num_samples: the crop length.
+
+    Returns:
+        ``wav`` itself when ``L > num_samples``; otherwise ``wav`` repeated from its start to
+        ``num_samples + 1`` samples (the reference pads by ``num_samples - L + 1``).
+    """
+    if len(wav) > num_samples:
+        return wav
+    return np.pad(wav, (0, num_samples - len(wav) + 1), mode="wrap")
+
+
+def random_crop_start(length: int, num_samples: int, rng: np.random.Generator) -> int:
+    """Draw a training crop start uniformly from ``[0, length - num_samples)``.
+
+    Args:
+        length: waveform length in samples AFTER ``wrap_pad`` (so ``length > num_samples``).
+        num_samples: crop length.
+        rng: the generator to draw from.
+    """
+    return int(rng.integers(0, max(length - num_samples, 1)))
+
+
+def crop_waveform(wav: np.ndarray, num_samples: int, start: int) -> np.ndarray:
+    """Cut ``num_samples`` samples from ``start``, wrap-padding a short waveform first.
+
+    Args:
+        wav: (L,) samples.
+        num_samples: crop length in samples.
+        start: first sample of the crop, within the padded waveform.
+
+    Returns:
+        (num_samples,) view or copy of the samples.
+
+    Raises:
+        ValueError: the crop does not fit in the (padded) waveform.
+    """
+    wav = wrap_pad(wav, num_samples)
+    if start < 0 or start + num_samples > len(wav):
+        raise ValueError(
+            f"crop [{start}, {start + num_samples}) does not fit a waveform of {len(wav)} samples"
+        )
+    return wav[start : start + num_samples]
+
+
+def random_crop(wav: np.ndarray, num_samples: int, rng: np.random.Generator) -> np.ndarray:
+    """(L,) -> (num_samples,): ``crop_waveform`` at a ``random_crop_start``."""
+    padded = wrap_pad(wav, num_samples)
+    start = random_crop_start(len(padded), num_samples, rng)
+    return padded[start : start + num_samples]
+
+
+def eval_crop_starts(length: int, num_samples: int, num_eval: int) -> np.ndarray:
+    """Evenly spaced crop starts: ``int(np.linspace(0, length - num_samples, num_eval))``.
+
+    Args:
+        length: waveform length in samples after ``wrap_pad``.
+        num_samples: crop length.
+        num_eval: number of crops.
+
+    Returns:
+        (num_eval,) int64 starts, first 0 and last ``length - num_samples``.
+    """
+    return np.linspace(0, length - num_samples, num=num_eval).astype(np.int64)
+
+
+class SpeakerTrainDataset(Dataset):
+    """Training crops of one speaker's utterances per item, for metric and classification losses.
+
+    An item is a GROUP: a list of ``M = n_per_speaker`` utterance indices of one speaker, as
+    yielded by ``speechkit.data.samplers.speaker_balanced_batches`` (voxceleb_trainer's sampler
+    yields the same). Each utterance gives one random crop of ``max_frames * 160 + 240`` samples,
+    optionally augmented.
+
+    Randomness: ``np.random.default_rng([seed, epoch, *indices])`` per item, never a global
+    generator, so items are identical across resumption and DataLoader worker counts. Call
+    ``set_epoch`` before creating the epoch's DataLoader iterator (with ``persistent_workers``
+    the workers would keep a stale copy of the epoch).
+
+    Args:
+        items: ``[(speaker_id, path), ...]`` as returned by ``read_train_list``.
+        labels: ``{speaker_id: label}``; ``None`` uses ``speaker_to_label`` of ``items``.
+        max_frames: crop length in 10 ms frames (reference default 200).
+        n_per_speaker: utterances per group (``nPerSpeaker``); informational, a group may have
+            any length.
+        augment: an ``Augmenter`` applied to every crop, or ``None``.
+        seed: base seed of the per-item generators.
+        sample_rate: audio rate in Hz (files at other rates are resampled).
+        partial_read: read only the crop from the file (header read + seek) instead of decoding
+            the whole file; same samples, less I/O for long files. Files at another rate are
+            always decoded whole.
+
+    Raises:
+        DataError (from ``read_audio``): an unreadable or empty audio file.
+        KeyError: a speaker of ``items`` is missing from ``labels``.
+    """
+
+    def __init__(
+        self,
+        items: Sequence[tuple[str, str]],
+        labels: dict[str, int] | None = None,
+        max_frames: int = 200,
+        n_per_speaker: int = 1,
+        augment: Augmenter | None = None,
+        seed: int = 10,
+        sample_rate: int = 16000,
+        partial_read: bool = True,
+    ):
+        if labels is None:
+            labels = speaker_to_label(s for s, _ in items)
+        self.speakers = [s for s, _ in items]
+        self.paths = [os.fspath(p) for _, p in items]
+        self.labels = [labels[s] for s in self.speakers]
+        self.label_of_speaker = dict(labels)
+        self.max_frames = max_frames
+        self.num_samples = frames_to_samples(max_frames)
+        self.n_per_speaker = n_per_speaker
+        self.augment = augment
+        self.seed = seed
+        self.sample_rate = sample_rate
+        self.partial_read = partial_read
+        self.epoch = 0
+
+    @property
+    def num_classes(self) -> int:
+        """Number of classes of the label map (for the classifier / loss)."""
+        return len(self.label_of_speaker)
+
+    @property
+    def num_speakers(self) -> int:
+        """Number of distinct speakers present in ``items``."""
+        return len(set(self.labels))
+
+    def __len__(self) -> int:
+        """Number of utterances (indices valid in a group)."""
+        return len(self.paths)
+
+    def set_epoch(self, epoch: int) -> None:
+        """Select the epoch whose crops and augmentations ``__getitem__`` produces."""
+        self.epoch = int(epoch)
+
+    def _load_crop(self, index: int, rng: np.random.Generator) -> np.ndarray:
+        path, n = self.paths[index], self.num_samples
+        if self.partial_read:
+            info = audio_info(path)
+            if info.sample_rate == self.sample_rate and info.frames > n:
+                start = random_crop_start(info.frames, n, rng)
+                wav = read_audio(path, self.sample_rate, start=start, frames=n)
+                if len(wav) == n:
+                    return wav
+                # the header over-stated the length: fall back to decoding the whole file
+                # (the start was already drawn, so reuse it for reproducibility)
+                return crop_waveform(read_audio(path, self.sample_rate), n, start)
+        return random_crop(read_audio(path, self.sample_rate), n, rng)
+
+    def __getitem__(self, group: int | Sequence[int]) -> dict[str, Any]:
+        """Load one group.
+
+        Args:
+            group: utterance indices of ONE speaker (an int is a group of one).
+
+        Returns:
+            ``{"id": LongTensor (M,), "audio": FloatTensor (M, L), "label": int}`` with
+            ``L = max_frames * 160 + 240`` samples.
+
+        Raises:
+            ValueError: the indices belong to more than one speaker.
+        """
+        indices = [int(group)] if isinstance(group, int | np.integer) else [int(i) for i in group]
+        labels = {self.labels[i] for i in indices}
+        if len(labels) != 1:
+            raise ValueError(f"a group must hold one speaker's utterances, got labels {labels}")
+        rng = np.random.default_rng([self.seed, self.epoch, *indices])
+        crops = []
+        for index in indices:
+            wav = self._load_crop(index, rng)
+            if self.augment is not None:
+                wav = self.augment(wav, rng)
+            crops.append(wav)
+        return {
+            "id": torch.tensor(indices, dtype=torch.long),
+            "audio": torch.from_numpy(np.stack(crops).astype(np.float32, copy=False)),
+            "label": labels.pop(),
+        }
+
+    def collater(self, samples: list[dict[str, Any]]) -> dict[str, Any]:
+        """Stack groups into a batch.
+
+        Returns:
+            ``{"id": LongTensor (B, M), "audio": FloatTensor (B, M, L), "label": LongTensor (B,)}``
+            (an empty dict for an empty list). All groups must have the same M.
+        """
+        if not samples:
+            return {}
+        return {
+            "id": torch.stack([s["id"] for s in samples]),
+            "audio": torch.stack([s["audio"] for s in samples]),
+            "label": torch.tensor([s["label"] for s in samples], dtype=torch.long),
+        }
+
+
+class SpeakerEvalDataset(Dataset):
+    """Evaluation crops, one item per unique file (voxceleb_trainer's test loader).
+
+    Args:
+        paths: audio files; duplicates are dropped, first-seen order kept (``self.paths``).
+        eval_frames: crop length in 10 ms frames (reference default 300, the README uses 400);
+            0 means the whole utterance as one crop.
+        num_eval: number of evenly spaced crops per file (reference: 10).
+        sample_rate: audio rate in Hz.
+
+    Raises:
+        DataError (from ``read_audio``): an unreadable or empty audio file.
+    """
+
+    def __init__(
+        self,
+        paths: Sequence[str | os.PathLike],
+        eval_frames: int = 300,
+        num_eval: int = 10,
+        sample_rate: int = 16000,
+    ):
+        self.paths = list(dict.fromkeys(os.fspath(p) for p in paths))
+        self.index_of_path = {p: i for i, p in enumerate(self.paths)}
+        self.eval_frames = eval_frames
+        self.num_eval = num_eval if eval_frames > 0 else 1
+        self.sample_rate = sample_rate
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        """Load one file's crops.
+
+        Returns:
+            ``{"id": int, "path": str, "audio": FloatTensor (num_eval, L)}``, with
+            ``L = eval_frames * 160 + 240``, or (1, L_file) when ``eval_frames == 0``.
+        """
+        wav = read_audio(self.paths[index], self.sample_rate)
+        if self.eval_frames == 0:
+            crops = wav[None]
+        else:
+            n = frames_to_samples(self.eval_frames)
+            wav = wrap_pad(wav, n)
+            crops = np.stack([wav[s : s + n] for s in eval_crop_starts(len(wav), n, self.num_eval)])
+        return {"id": index, "path": self.paths[index], "audio": torch.from_numpy(crops)}
+
+    def collater(self, samples: list[dict[str, Any]]) -> dict[str, Any]:
+        """Stack items of equal shape: batch size 1, or any batch with fixed-length crops.
+
+        Returns:
+            ``{"id": LongTensor (B,), "path": list[str], "audio": FloatTensor (B, N, L)}``.
+
+        Raises:
+            ValueError: items have different lengths (``eval_frames == 0``, batch > 1): use
+                ``collater_padded``.
+        """
+        if not samples:
+            return {}
+        shapes = {tuple(s["audio"].shape) for s in samples}
+        if len(shapes) > 1:
+            raise ValueError(
+                f"cannot stack crops of shapes {sorted(shapes)}; use batch size 1 or "
+                "collater_padded for whole-utterance evaluation"
+            )
+        return {
+            "id": torch.tensor([s["id"] for s in samples], dtype=torch.long),
+            "path": [s["path"] for s in samples],
+            "audio": torch.stack([s["audio"] for s in samples]),
+        }
+
+    def collater_padded(self, samples: list[dict[str, Any]]) -> dict[str, Any]:
+        """Zero-pad items to the longest one (for batched whole-utterance evaluation).
+
+        Returns:
+            ``{"id": LongTensor (B,), "path": list[str], "audio": FloatTensor (B, N, L_max),
+            "lengths": LongTensor (B,)}``; ``lengths`` are the valid samples of each item (the
+            same for all its N crops). A model must mask or trim the padding itself (zeros
+            change statistics pooling).
+        """
+        if not samples:
+            return {}
+        lengths = [s["audio"].shape[-1] for s in samples]
+        n = samples[0]["audio"].shape[0]
+        audio = torch.zeros(len(samples), n, max(lengths))
+        for b, s in enumerate(samples):
+            audio[b, :, : lengths[b]] = s["audio"]
+        return {
+            "id": torch.tensor([s["id"] for s in samples], dtype=torch.long),
+            "path": [s["path"] for s in samples],
+            "audio": audio,
+            "lengths": torch.tensor(lengths, dtype=torch.long),
+        }

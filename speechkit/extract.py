@@ -1,0 +1,412 @@
+"""Dump one layer's features of a HuBERT / ContentVec checkpoint for every utterance of a manifest.
+
+    python -m speechkit.extract checkpoint=ckpt.pt layer=9 manifest=train.tsv out=feats/ \\
+        [batch_size=8] [device=cpu] [max_chunk=1600000] [per_utterance=false] [split=train] \\
+        [nshard=1] [rank=0] [root=DIR] [normalize=auto]
+
+Output (fairseq ``simple_kmeans`` layout, research/hubert_contentvec.md section 1.5), for shard
+``rank`` of ``nshard`` (manifest entries ``[round(N r / n), round(N (r + 1) / n))``):
+
+* ``{split}_{rank}_{nshard}.npy``: float32 (sum T_i, C), the utterances' frames concatenated in
+  manifest order (``split`` defaults to the manifest's file stem);
+* ``{split}_{rank}_{nshard}.len``: one line per utterance with its frame count T_i.
+
+With ``per_utterance=true`` every utterance goes to ``out/<manifest path>.npy`` ((T_i, C)) instead.
+Files are written atomically (temporary file, fsync, rename): an interrupted run leaves no partial
+output under the final names. The ``.npy`` is streamed to disk, so memory stays bounded whatever
+the shard size. Keys are checked strictly: an unknown key is an error.
+
+Exit status: 0 ok, 2 bad input (one-line message on stderr).
+"""
+
+from __future__ import annotations
+
+import difflib
+import logging
+import os
+import struct
+import sys
+import uuid
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from speechkit.data.audio import read_audio
+from speechkit.data.manifest import Manifest, read_manifest
+from speechkit.errors import ConfigError, DataError, SpeechkitError
+
+__all__ = [
+    "ConcatFeatureWriter",
+    "dump_features",
+    "main",
+    "parse_key_values",
+    "save_npy_atomic",
+    "shard_range",
+]
+
+logger = logging.getLogger(__name__)
+
+Featurize = Callable[[list[np.ndarray]], Sequence[torch.Tensor | np.ndarray]]
+
+
+def shard_range(total: int, nshard: int, rank: int) -> tuple[int, int]:
+    """Entries ``[start, end)`` of shard ``rank``: fairseq's ``round(total / nshard * rank)``.
+
+    Raises:
+        ConfigError: not ``0 <= rank < nshard``.
+    """
+    if nshard < 1 or not 0 <= rank < nshard:
+        raise ConfigError(f"shard rank={rank} of nshard={nshard}: need 0 <= rank < nshard")
+    return round(total / nshard * rank), round(total / nshard * (rank + 1))
+
+
+def _tmp_name(path: Path) -> Path:
+    return path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
+
+
+def _fsync_dir(folder: Path) -> None:
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def save_npy_atomic(path: str | os.PathLike, array: np.ndarray) -> None:
+    """``np.save`` to ``path`` atomically (temporary file in the same folder, fsync, rename)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = _tmp_name(path)
+    try:
+        with open(tmp, "wb") as f:
+            np.save(f, np.ascontiguousarray(array))
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def write_text_atomic(path: str | os.PathLike, text: str) -> None:
+    """Write ``text`` (UTF-8) to ``path`` atomically."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = _tmp_name(path)
+    try:
+        with open(tmp, "w", encoding="utf-8") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+class ConcatFeatureWriter:
+    """Streams (T_i, C) float32 blocks into one ``.npy`` of shape (sum T_i, C) plus a ``.len``.
+
+    The ``.npy`` header (format 1.0) is a fixed 128 bytes, rewritten with the final shape on
+    ``close``; both files appear under their names only then (atomic rename). Use as a context
+    manager: an exception removes the temporary files and leaves old outputs untouched.
+
+    Args:
+        npy_path: output ``.npy``. len_path: output ``.len`` (one frame count per line).
+
+    Raises:
+        DataError: (from ``add``) a block whose dimension differs from the first one's.
+    """
+
+    HEADER_BYTES = 128
+
+    def __init__(self, npy_path: str | os.PathLike, len_path: str | os.PathLike):
+        self.npy_path, self.len_path = Path(npy_path), Path(len_path)
+        self.npy_path.parent.mkdir(parents=True, exist_ok=True)
+        self._tmp_npy, self._tmp_len = _tmp_name(self.npy_path), _tmp_name(self.len_path)
+        self._f = open(self._tmp_npy, "wb")
+        self._f.write(b"\0" * self.HEADER_BYTES)
+        self.lengths: list[int] = []
+        self.rows = 0
+        self.dim: int | None = None
+
+    def _header(self) -> bytes:
+        shape = (self.rows, self.dim or 0)
+        text = f"{{'descr': '<f4', 'fortran_order': False, 'shape': {shape}, }}"
+        text = text.ljust(self.HEADER_BYTES - 10 - 1) + "\n"
+        return b"\x93NUMPY\x01\x00" + struct.pack("<H", len(text)) + text.encode("latin1")
+
+    def add(self, feats: np.ndarray | torch.Tensor) -> None:
+        """Append one utterance's (T, C) features."""
+        x = feats.detach().cpu().numpy() if torch.is_tensor(feats) else np.asarray(feats)
+        if x.ndim != 2:
+            raise DataError(f"{self.npy_path}: expected (T, C) features, got shape {x.shape}")
+        if self.dim is None:
+            self.dim = int(x.shape[1])
+        elif x.shape[1] != self.dim:
+            raise DataError(
+                f"{self.npy_path}: utterance {len(self.lengths)} has {x.shape[1]} feature "
+                f"dimensions, the first one had {self.dim}"
+            )
+        self._f.write(np.ascontiguousarray(x, dtype="<f4").tobytes())
+        self.rows += int(x.shape[0])
+        self.lengths.append(int(x.shape[0]))
+
+    def close(self) -> None:
+        """Write the header and the ``.len`` file, fsync, and rename both into place."""
+        self._f.seek(0)
+        self._f.write(self._header())
+        self._f.flush()
+        os.fsync(self._f.fileno())
+        self._f.close()
+        with open(self._tmp_len, "w", encoding="utf-8") as f:
+            f.write("".join(f"{n}\n" for n in self.lengths))
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(self._tmp_npy, self.npy_path)
+        os.replace(self._tmp_len, self.len_path)
+        _fsync_dir(self.npy_path.parent)
+
+    def abort(self) -> None:
+        """Close and delete the temporary files."""
+        if not self._f.closed:
+            self._f.close()
+        self._tmp_npy.unlink(missing_ok=True)
+        self._tmp_len.unlink(missing_ok=True)
+
+    def __enter__(self) -> ConcatFeatureWriter:
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is None:
+            self.close()
+        else:
+            self.abort()
+
+
+def _utterance_output(out_dir: Path, rel: str, where: str) -> Path:
+    rel_path = Path(rel)
+    if ".." in rel_path.parts:
+        raise DataError(f"{where}: per-utterance output needs a path without '..', got {rel!r}")
+    if rel_path.is_absolute():
+        rel_path = rel_path.relative_to(rel_path.anchor)
+    return out_dir / rel_path.with_suffix(".npy")
+
+
+def dump_features(
+    manifest: Manifest,
+    featurize: Featurize,
+    out_dir: str | os.PathLike,
+    split: str,
+    sample_rate: int = 16000,
+    nshard: int = 1,
+    rank: int = 0,
+    batch_size: int = 8,
+    per_utterance: bool = False,
+    desc: str = "features",
+) -> list[Path]:
+    """Compute features for one shard of a manifest and write them (see the module docstring).
+
+    Audio is read with ``read_audio`` (resampled to ``sample_rate``) in background threads.
+    Utterances are grouped into batches of similar manifest length inside windows of
+    ``8 * batch_size`` consecutive entries; output order is always the manifest's.
+
+    Args:
+        manifest: the utterances. featurize: list of (L_i,) float32 waveforms -> list of
+            (T_i, C) features. out_dir: output folder. split: output file prefix.
+        sample_rate: Hz the audio is read at. nshard, rank: the shard. batch_size: utterances
+            per ``featurize`` call. per_utterance: one ``.npy`` per utterance.
+        desc: progress-bar label.
+
+    Returns:
+        The files written.
+
+    Raises:
+        DataError: unreadable audio (the manifest line is named). ConfigError: bad shard.
+    """
+    from tqdm import tqdm
+
+    out_dir = Path(out_dir)
+    start, end = shard_range(len(manifest), nshard, rank)
+    window = max(1, batch_size) * 8
+    name = f"{split}_{rank}_{nshard}"
+    writer = None
+    written: list[Path] = []
+    if not per_utterance:
+        writer = ConcatFeatureWriter(out_dir / f"{name}.npy", out_dir / f"{name}.len")
+
+    def load(i: int) -> np.ndarray:
+        try:
+            wav = read_audio(manifest.audio_path(i), sample_rate=sample_rate)
+        except DataError as e:
+            raise DataError(f"{manifest.where(i)}: {e}") from None
+        if abs(len(wav) - int(manifest.sizes[i])) > 160:
+            logger.warning(
+                "%s: %d samples in the file, %d in the manifest",
+                manifest.where(i),
+                len(wav),
+                int(manifest.sizes[i]),
+            )
+        return wav
+
+    try:
+        with (
+            ThreadPoolExecutor(max_workers=2) as pool,
+            tqdm(total=end - start, desc=desc, unit="utt", disable=None) as bar,
+        ):
+            for w0 in range(start, end, window):
+                idx = list(range(w0, min(w0 + window, end)))
+                wavs = dict(zip(idx, pool.map(load, idx)))
+                order = sorted(idx, key=lambda i: len(wavs[i]))
+                feats: dict[int, Any] = {}
+                for b in range(0, len(order), max(1, batch_size)):
+                    batch = order[b : b + max(1, batch_size)]
+                    for i, f in zip(batch, featurize([wavs[i] for i in batch])):
+                        feats[i] = f
+                    bar.update(len(batch))
+                for i in idx:
+                    if writer is not None:
+                        writer.add(feats[i])
+                    else:
+                        path = _utterance_output(out_dir, manifest.paths[i], manifest.where(i))
+                        f = feats[i]
+                        f = f.detach().cpu().numpy() if torch.is_tensor(f) else np.asarray(f)
+                        save_npy_atomic(path, f.astype(np.float32))
+                        written.append(path)
+    except BaseException:
+        if writer is not None:
+            writer.abort()
+        raise
+    if writer is not None:
+        writer.close()
+        written += [writer.npy_path, writer.len_path]
+    return written
+
+
+# ----------------------------------------------------------------------------------------------
+# command line
+def _parse_bool(value: str) -> bool:
+    low = value.strip().lower()
+    if low in ("1", "true", "yes", "on"):
+        return True
+    if low in ("0", "false", "no", "off"):
+        return False
+    raise ValueError(f"expected true/false, got {value!r}")
+
+
+def _parse_auto_bool(value: str) -> bool | None:
+    return None if value.strip().lower() in ("auto", "none", "null") else _parse_bool(value)
+
+
+CLI_KEYS: dict[str, tuple[Callable[[str], Any], Any]] = {
+    "checkpoint": (str, None),
+    "layer": (int, None),
+    "manifest": (str, None),
+    "out": (str, None),
+    "batch_size": (int, 8),
+    "device": (str, "cpu"),
+    "max_chunk": (int, 1_600_000),
+    "per_utterance": (_parse_bool, False),
+    "split": (str, None),
+    "nshard": (int, 1),
+    "rank": (int, 0),
+    "root": (str, None),
+    "normalize": (_parse_auto_bool, None),
+}
+"""``key: (parser, default)``; a default of None for checkpoint/layer/manifest/out = required."""
+REQUIRED = ("checkpoint", "layer", "manifest", "out")
+
+
+def parse_key_values(
+    argv: Sequence[str], keys: dict[str, tuple[Callable[[str], Any], Any]] = CLI_KEYS
+) -> dict[str, Any]:
+    """Parse ``key=value`` arguments strictly.
+
+    Returns:
+        ``{key: parsed value}`` for every key in ``keys`` (defaults filled in).
+
+    Raises:
+        ConfigError: an argument without ``=``, an unknown key (with the closest known key),
+            a repeated key, or a value that does not parse.
+    """
+    values: dict[str, Any] = {k: default for k, (_, default) in keys.items()}
+    seen: set[str] = set()
+    for arg in argv:
+        key, sep, raw = arg.partition("=")
+        key = key.strip()
+        if not sep or not key:
+            raise ConfigError(f"expected key=value, got {arg!r}; keys: {', '.join(keys)}")
+        if key not in keys:
+            close = difflib.get_close_matches(key, keys, n=1, cutoff=0.5)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            raise ConfigError(f"unknown key {key!r}{hint}; valid keys: {', '.join(keys)}")
+        if key in seen:
+            raise ConfigError(f"key {key!r} given twice")
+        seen.add(key)
+        try:
+            values[key] = keys[key][0](raw)
+        except ValueError as e:
+            raise ConfigError(f"{key}={raw!r}: {e}") from None
+    return values
+
+
+def run(opts: dict[str, Any]) -> list[Path]:
+    """Run the extraction described by ``parse_key_values``'s result; returns the files."""
+    from speechkit.hubert_features import HubertFeatureExtractor
+
+    missing = [k for k in REQUIRED if opts.get(k) is None]
+    if missing:
+        raise ConfigError(f"missing required key(s): {', '.join(f'{k}=...' for k in missing)}")
+    if opts["batch_size"] < 1:
+        raise ConfigError(f"batch_size must be >= 1, got {opts['batch_size']}")
+    manifest = read_manifest(opts["manifest"], root_override=opts["root"])
+    extractor = HubertFeatureExtractor.from_checkpoint(
+        opts["checkpoint"],
+        device=opts["device"],
+        max_chunk=opts["max_chunk"],
+        normalize=opts["normalize"],
+    )
+    layer = opts["layer"]
+    extractor.check_layer(layer)
+    split = opts["split"] or Path(opts["manifest"]).stem
+    return dump_features(
+        manifest,
+        lambda wavs: extractor.features_batch(wavs, layer),
+        opts["out"],
+        split,
+        sample_rate=extractor.sample_rate,
+        nshard=opts["nshard"],
+        rank=opts["rank"],
+        batch_size=opts["batch_size"],
+        per_utterance=opts["per_utterance"],
+        desc=f"layer {layer}",
+    )
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of ``python -m speechkit.extract``; returns the exit status."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help"):
+        print(__doc__)
+        return 0 if argv else 2
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        opts = parse_key_values(argv)
+        files = run(opts)
+    except SpeechkitError as e:
+        print(f"speechkit.extract: error: {e}", file=sys.stderr)
+        return 2
+    n = sum(1 for f in files if f.suffix == ".npy")
+    print(f"wrote {n} .npy file(s) under {opts['out']}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
