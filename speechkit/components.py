@@ -13,14 +13,17 @@ BUILTIN_MODULES = [
     "speechkit.optim.lr_schedulers",
     # tasks
     "speechkit.tasks.speaker_verification",
+    "speechkit.tasks.embedding_enhancement",
     # models
     "speechkit.models.resnet_se",
     "speechkit.models.vggvox",
     "speechkit.models.rawnet3",
     "speechkit.models.ecapa_tdnn",
+    "speechkit.models.embedding_enhancement",
     # criterions
     "speechkit.criterions.speaker_classification",
     "speechkit.criterions.speaker_metric",
+    "speechkit.criterions.embedding_enhancement",
 ]
 
 

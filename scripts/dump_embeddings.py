@@ -1,0 +1,187 @@
+#!/usr/bin/env python
+"""Dump speaker embeddings: one ``.npy`` per utterance, mirroring the audio paths.
+
+    python scripts/dump_embeddings.py --checkpoint runs/sv/checkpoint_best.pt \\
+        --list lists/train.txt [--list lists/cohort.txt] --root DATA --out emb/ \\
+        [--eval-frames 400 --num-eval 10] [--normalize] [--batch-files 8]
+
+Lists hold ``speaker path`` (train list), ``label path1 path2`` (trial list) or ``path`` lines,
+paths relative to ``--root``; ``DATA/a/b.wav`` is written to ``emb/a/b.npy``. Each file holds
+the crop embeddings (num_eval, D) float32, un-normalised unless ``--normalize`` (the
+reference, Dorika0203/proj_2022NC ``m_gen_embs.py``, saves raw (10, 512) crops of 400 frames).
+
+Resumable: files already in ``--out`` are skipped, so an interrupted run is restarted with the
+same command. A file is written to a temporary name, fsynced and renamed, so a partly written
+``.npy`` never remains. ``--out``/``dump_info.json`` records the checkpoint hash and crop
+settings; a resumed run with other settings is refused (the folder would mix two models).
+
+Exit status: 0 ok, 2 bad input (``dump_embeddings: error: ...`` on stderr).
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
+
+from speechkit.data.embedding_dataset import embedding_path, save_npy_atomic  # noqa: E402
+from speechkit.data.lists import read_list_fields  # noqa: E402
+from speechkit.errors import CheckpointError, DataError, SpeechkitError  # noqa: E402
+from speechkit.speaker_embedding import SpeakerEmbedding, extract_embeddings  # noqa: E402
+
+INFO_FILE = "dump_info.json"
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--checkpoint", required=True, help="speechkit speaker-model checkpoint")
+    p.add_argument(
+        "--list",
+        action="append",
+        required=True,
+        help="'speaker path', 'label path1 path2' or 'path' lines (repeatable)",
+    )
+    p.add_argument("--root", default=".", help="folder the list paths are relative to")
+    p.add_argument("--out", required=True, help="output folder (mirrors the list paths)")
+    p.add_argument(
+        "--eval-frames",
+        type=int,
+        default=400,
+        help="crop length in 10 ms frames; 0 = whole utterance (one crop)",
+    )
+    p.add_argument("--num-eval", type=int, default=10, help="evenly spaced crops per file")
+    p.add_argument("--normalize", action="store_true", help="L2-normalise each crop embedding")
+    p.add_argument("--batch-files", type=int, default=8, help="files per forward pass")
+    p.add_argument(
+        "--chunk-files",
+        type=int,
+        default=256,
+        help="files embedded between writes (the unit of resumption)",
+    )
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    return p.parse_args(argv)
+
+
+def list_paths(lists: list[str]) -> list[tuple[str, str]]:
+    """Unique relative audio paths of all lists with ``list:line`` of their first mention.
+
+    Raises:
+        DataError: a missing/empty list, a line of 4+ fields, an absolute path or one leaving
+            the root (``..``), naming the list and line.
+    """
+    seen: dict[str, str] = {}
+    for lst in lists:
+        for lineno, fields in read_list_fields(lst, (1, 2, 3), "speaker path | label p1 p2"):
+            paths = fields[-2:] if len(fields) == 3 else fields[-1:]
+            for rel in paths:
+                norm = os.path.normpath(rel)
+                if os.path.isabs(rel) or norm == ".." or norm.startswith(".." + os.sep):
+                    raise DataError(
+                        f"{lst}:{lineno}: path {rel!r} must be relative to --root and stay "
+                        "inside it (the output mirrors it)"
+                    )
+                seen.setdefault(norm, f"{lst}:{lineno}")
+    return list(seen.items())
+
+
+def _sha256(path: str) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def check_info(out: Path, info: dict) -> None:
+    """Write ``dump_info.json``, or refuse when the folder was dumped with other settings."""
+    path = out / INFO_FILE
+    if path.is_file():
+        try:
+            old = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError) as e:
+            raise DataError(f"{path}: unreadable ({e}); remove it or use another --out") from None
+        diff = {k: (old.get(k), v) for k, v in info.items() if old.get(k) != v}
+        if diff:
+            shown = ", ".join(f"{k}: {a!r} there, {b!r} now" for k, (a, b) in diff.items())
+            raise DataError(
+                f"{out} holds embeddings dumped with other settings ({shown}); use a new --out"
+            )
+        return
+    out.mkdir(parents=True, exist_ok=True)
+    tmp = out / f".{INFO_FILE}.partial"
+    tmp.write_text(json.dumps(info, indent=1) + "\n", encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def run(args: argparse.Namespace) -> dict[str, int]:
+    if args.eval_frames < 0 or args.num_eval < 1 or args.batch_files < 1 or args.chunk_files < 1:
+        raise DataError(
+            "--eval-frames must be >= 0 and --num-eval, --batch-files, --chunk-files >= 1"
+        )
+    root, out = Path(args.root), Path(args.out)
+    entries = list_paths(args.list)
+    missing = [f"{where}: {root / rel}" for rel, where in entries if not (root / rel).is_file()]
+    if missing:
+        more = f" ... ({len(missing)} in all)" if len(missing) > 5 else ""
+        raise DataError(
+            f"{len(missing)} listed audio file(s) not found (is --root right?): "
+            f"{'; '.join(missing[:5])}{more}"
+        )
+    if not Path(args.checkpoint).is_file():
+        raise CheckpointError(f"checkpoint not found: {args.checkpoint}")
+    info = {
+        "checkpoint_sha256": _sha256(args.checkpoint),
+        "eval_frames": args.eval_frames,
+        "num_eval": args.num_eval if args.eval_frames > 0 else 1,
+        "normalize": bool(args.normalize),
+    }
+    todo = [rel for rel, _ in entries if not (out / embedding_path(rel)).is_file()]
+    print(
+        f"{len(entries)} files listed, {len(entries) - len(todo)} already dumped, "
+        f"{len(todo)} to embed"
+    )
+    device = torch.device(args.device)
+    model = SpeakerEmbedding.from_checkpoint(args.checkpoint, device=device).model.eval()
+    check_info(out, info)
+    t0 = time.perf_counter()
+    done = 0
+    for start in range(0, len(todo), args.chunk_files):
+        chunk = todo[start : start + args.chunk_files]
+        emb = extract_embeddings(
+            model,
+            [str(root / rel) for rel in chunk],
+            device,
+            eval_frames=args.eval_frames,
+            num_eval=args.num_eval,
+            normalize=args.normalize,
+            batch_files=args.batch_files,
+        )
+        for rel in chunk:
+            save_npy_atomic(out / embedding_path(rel), emb[str(root / rel)].numpy())
+        done += len(chunk)
+        print(f"  {done}/{len(todo)} files ({time.perf_counter() - t0:.1f}s)", flush=True)
+    return {"listed": len(entries), "dumped": done, "skipped": len(entries) - len(todo)}
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    try:
+        run(args)
+    except SpeechkitError as e:
+        print(f"dump_embeddings: error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
