@@ -41,6 +41,7 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
+from speechkit.atomic import atomic_save_npy  # noqa: E402
 from speechkit.data.embedding_dataset import (  # noqa: E402
     SESSION_RULES,
     check_speaker_id,
@@ -48,7 +49,6 @@ from speechkit.data.embedding_dataset import (  # noqa: E402
     embedding_path,
     l2_normalize,
     load_embedding,
-    save_npy_atomic,
     session_of,
     target_path,
 )
@@ -139,7 +139,7 @@ def run(args: argparse.Namespace) -> dict[str, int]:
             means.append((session_of(rel, args.session_rule), crop_mean(array, emb_dir / rel)))
         if "speaker" in levels:
             vec = combine(np.stack([m for _, m in means]), args.mode, f"speaker {speaker!r}")
-            path = save_npy_atomic(target_path(out, speaker), vec.astype(np.float32))
+            path = atomic_save_npy(target_path(out, speaker), vec.astype(np.float32))
             rows.append((speaker, "-", len(means), path))
         if "session" in levels:
             sessions: dict[str, list[np.ndarray]] = {}
@@ -149,7 +149,7 @@ def run(args: argparse.Namespace) -> dict[str, int]:
                 what = f"speaker {speaker!r} session {session!r}"
                 check_speaker_id(session, what)
                 vec = combine(np.stack(ms), args.mode, what)
-                path = save_npy_atomic(target_path(out, speaker, session), vec.astype(np.float32))
+                path = atomic_save_npy(target_path(out, speaker, session), vec.astype(np.float32))
                 rows.append((speaker, session, len(ms), path))
     out.mkdir(parents=True, exist_ok=True)
     index = out / "targets.tsv"

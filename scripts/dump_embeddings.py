@@ -34,7 +34,8 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from speechkit.data.embedding_dataset import embedding_path, save_npy_atomic  # noqa: E402
+from speechkit.atomic import atomic_save_npy  # noqa: E402
+from speechkit.data.embedding_dataset import embedding_path  # noqa: E402
 from speechkit.data.lists import read_list_fields  # noqa: E402
 from speechkit.errors import CheckpointError, DataError, SpeechkitError  # noqa: E402
 from speechkit.speaker_embedding import SpeakerEmbedding, extract_embeddings  # noqa: E402
@@ -167,7 +168,7 @@ def run(args: argparse.Namespace) -> dict[str, int]:
             batch_files=args.batch_files,
         )
         for rel in chunk:
-            save_npy_atomic(out / embedding_path(rel), emb[str(root / rel)].numpy())
+            atomic_save_npy(out / embedding_path(rel), emb[str(root / rel)].numpy())
         done += len(chunk)
         print(f"  {done}/{len(todo)} files ({time.perf_counter() - t0:.1f}s)", flush=True)
     return {"listed": len(entries), "dumped": done, "skipped": len(entries) - len(todo)}

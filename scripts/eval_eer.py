@@ -56,8 +56,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--eval-frames", type=int, default=300, help="crop in frames; 0 = whole file")
     p.add_argument("--num-eval", type=int, default=10)
     p.add_argument("--scoring", choices=SCORING, default="cosine")
-    p.add_argument("--normalize", choices=["auto", "yes", "no"], default="auto",
-                   help="L2-normalise crop embeddings (auto: as the training loss did)")
+    p.add_argument(
+        "--normalize",
+        choices=["auto", "yes", "no"],
+        default="auto",
+        help="L2-normalise crop embeddings (auto: as the training loss did)",
+    )
     p.add_argument("--cohort-list", help="'speaker path' list for AS-norm")
     p.add_argument("--cohort-path", default=None, help="root of the cohort list (default: test)")
     p.add_argument("--top-k", type=int, default=300, help="AS-norm cohort size per side")
@@ -90,22 +94,39 @@ def run(args: argparse.Namespace) -> dict[str, float]:
     model = SpeakerEmbedding.from_checkpoint(args.checkpoint, device=device).model
 
     t0 = time.perf_counter()
-    emb = extract_embeddings(model, files, device, eval_frames=args.eval_frames,
-                             num_eval=args.num_eval, normalize=normalize,
-                             batch_files=args.batch_files, num_workers=args.num_workers)
+    emb = extract_embeddings(
+        model,
+        files,
+        device,
+        eval_frames=args.eval_frames,
+        num_eval=args.num_eval,
+        normalize=normalize,
+        batch_files=args.batch_files,
+        num_workers=args.num_workers,
+    )
     p1 = [str(trials.resolve(p)) for p in trials.paths1]
     p2 = [str(trials.resolve(p)) for p in trials.paths2]
     scores = score_trials(emb, p1, p2, args.scoring)
-    print(f"embedded {len(files)} files in {time.perf_counter() - t0:.1f}s; "
-          f"scored {len(scores)} trials ({args.scoring})")
+    print(
+        f"embedded {len(files)} files in {time.perf_counter() - t0:.1f}s; "
+        f"scored {len(scores)} trials ({args.scoring})"
+    )
 
     if args.cohort_list:
         cohort_root = args.cohort_path or args.test_path
-        cohort_files = [p for _, p in read_train_list(args.cohort_list, cohort_root,
-                                                        check_exists=True)]
-        cemb = extract_embeddings(model, cohort_files, device, eval_frames=args.eval_frames,
-                                  num_eval=args.num_eval, normalize=normalize,
-                                  batch_files=args.batch_files, num_workers=args.num_workers)
+        cohort_files = [
+            p for _, p in read_train_list(args.cohort_list, cohort_root, check_exists=True)
+        ]
+        cemb = extract_embeddings(
+            model,
+            cohort_files,
+            device,
+            eval_frames=args.eval_frames,
+            num_eval=args.num_eval,
+            normalize=normalize,
+            batch_files=args.batch_files,
+            num_workers=args.num_workers,
+        )
         emb_all = {**emb, **cemb}
 
         def mean_emb(paths):
@@ -113,21 +134,23 @@ def run(args: argparse.Namespace) -> dict[str, float]:
 
         cohort = mean_emb(cohort_files)
         top_k = min(args.top_k, len(cohort_files))
-        scores = np.asarray(as_norm(scores, mean_emb(p1), mean_emb(p2), cohort, top_k=top_k),
-                            dtype=np.float64)
+        scores = np.asarray(
+            as_norm(scores, mean_emb(p1), mean_emb(p2), cohort, top_k=top_k), dtype=np.float64
+        )
         print(f"AS-norm with {len(cohort_files)} cohort files, top-{top_k}")
 
     result = evaluate_scores(scores, trials.labels)
-    print(f"EER {result.eer:.4f}% | minDCF(p=0.05) {result.min_dcf_005:.4f} | "
-          f"minDCF(p=0.01) {result.min_dcf_001:.4f} | {len(scores)} trials")
+    print(
+        f"EER {result.eer:.4f}% | minDCF(p=0.05) {result.min_dcf_005:.4f} | "
+        f"minDCF(p=0.01) {result.min_dcf_001:.4f} | {len(scores)} trials"
+    )
     if args.scores:
         write_score_file(args.scores, scores, trials.labels, trials.paths1, trials.paths2)
         print(f"scores -> {args.scores}")
     if args.det_plot:
         plot_det_curve({Path(args.checkpoint).name: (scores, trials.labels)}, args.det_plot)
         print(f"DET curve -> {args.det_plot}")
-    return {"eer": result.eer, "min_dcf_005": result.min_dcf_005,
-            "min_dcf_001": result.min_dcf_001}
+    return {"eer": result.eer, "min_dcf_005": result.min_dcf_005, "min_dcf_001": result.min_dcf_001}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -63,13 +63,12 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
+from speechkit.atomic import atomic_save_npy, atomic_write_text  # noqa: E402
 from speechkit.data.manifest import read_manifest  # noqa: E402
 from speechkit.errors import ConfigError, DataError, SpeechkitError  # noqa: E402
 from speechkit.extract import (  # noqa: E402
     dump_features,
-    save_npy_atomic,
     shard_range,
-    write_text_atomic,
 )
 from speechkit.modules.mfcc import mfcc_delta_features  # noqa: E402
 
@@ -180,7 +179,7 @@ def dump(
     )
     info = dict(featurizer.info, manifest=str(manifest_path), split=split)
     info.update(first=start, count=end - start)
-    write_text_atomic(Path(feat_dir) / f"{split}_{rank}_{nshard}.json", json.dumps(info, indent=1))
+    atomic_write_text(Path(feat_dir) / f"{split}_{rank}_{nshard}.json", json.dumps(info, indent=1))
     return files[0]
 
 
@@ -351,7 +350,7 @@ def learn(
     inertia = float(dist.astype(np.float64).mean())
     logger.info("k-means done in %.1f s, inertia per frame %.4f", time.time() - t0, inertia)
     km_path = Path(km_path)
-    save_npy_atomic(km_path, centroids)
+    atomic_save_npy(km_path, centroids)
     info_file = Path(feat_dir) / f"{split}_0_{nshard}.json"
     meta = {
         "format": "speechkit k-means centroids (K, D) float32, nearest-centroid assignment",
@@ -368,7 +367,7 @@ def learn(
         "sklearn_version": __import__("sklearn").__version__,
         "features": json.loads(info_file.read_text()) if info_file.is_file() else None,
     }
-    write_text_atomic(km_path.with_suffix(".json"), json.dumps(meta, indent=1))
+    atomic_write_text(km_path.with_suffix(".json"), json.dumps(meta, indent=1))
     return centroids
 
 
@@ -392,7 +391,7 @@ def load_centroids(km_path: str | Path) -> np.ndarray:
 def write_dict(lab_dir: str | Path, n_clusters: int) -> Path:
     """Write ``dict.km.txt`` with ``"<k> 1"`` for k = 0 .. K-1; returns its path."""
     path = Path(lab_dir) / "dict.km.txt"
-    write_text_atomic(path, "".join(f"{k} 1\n" for k in range(n_clusters)))
+    atomic_write_text(path, "".join(f"{k} 1\n" for k in range(n_clusters)))
     return path
 
 

@@ -34,9 +34,7 @@ from __future__ import annotations
 
 import argparse
 import os
-import shutil
 import sys
-import uuid
 from collections.abc import Iterable, Iterator
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
@@ -48,6 +46,7 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
+from speechkit.atomic import atomic_link, atomic_write_text  # noqa: E402
 from speechkit.data.audio import audio_info, resample_waveform, write_audio  # noqa: E402
 from speechkit.errors import DataError, SpeechkitError  # noqa: E402
 
@@ -180,17 +179,7 @@ def to_wav(source: Path, target: Path) -> None:
 
 def link_or_copy(source: Path, target: Path) -> None:
     """Make ``target`` a hard link to ``source`` (a copy across file systems), atomically."""
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = target.with_name(f".{target.name}.{uuid.uuid4().hex[:8]}.tmp")
-    try:
-        try:
-            os.link(source, tmp)
-        except OSError:
-            shutil.copyfile(source, tmp)
-        os.replace(tmp, target)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
+    atomic_link(source, target)
 
 
 def _is_16k_mono_pcm16(path: Path) -> bool:
@@ -242,21 +231,6 @@ def run_jobs(jobs: list[Job], workers: int, progress: bool = True) -> Iterator[R
 
 # ------------------------------------------------------------------------------------------------
 # lists
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` through a temporary file and ``os.replace``."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
-    try:
-        with open(tmp, "w", encoding="utf-8") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
 
 
 def train_list_lines(paths: Iterable[Path], exclude: set[str] = frozenset()) -> list[str]:

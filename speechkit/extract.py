@@ -26,7 +26,6 @@ import logging
 import os
 import struct
 import sys
-import uuid
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -35,6 +34,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from speechkit.atomic import atomic_save_npy, fsync_dir, temporary_name
 from speechkit.data.audio import read_audio
 from speechkit.data.manifest import Manifest, read_manifest
 from speechkit.errors import ConfigError, DataError, SpeechkitError
@@ -44,7 +44,6 @@ __all__ = [
     "dump_features",
     "main",
     "parse_key_values",
-    "save_npy_atomic",
     "shard_range",
 ]
 
@@ -62,53 +61,6 @@ def shard_range(total: int, nshard: int, rank: int) -> tuple[int, int]:
     if nshard < 1 or not 0 <= rank < nshard:
         raise ConfigError(f"shard rank={rank} of nshard={nshard}: need 0 <= rank < nshard")
     return round(total / nshard * rank), round(total / nshard * (rank + 1))
-
-
-def _tmp_name(path: Path) -> Path:
-    return path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
-
-
-def _fsync_dir(folder: Path) -> None:
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
-def save_npy_atomic(path: str | os.PathLike, array: np.ndarray) -> None:
-    """``np.save`` to ``path`` atomically (temporary file in the same folder, fsync, rename)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = _tmp_name(path)
-    try:
-        with open(tmp, "wb") as f:
-            np.save(f, np.ascontiguousarray(array))
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
-def write_text_atomic(path: str | os.PathLike, text: str) -> None:
-    """Write ``text`` (UTF-8) to ``path`` atomically."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = _tmp_name(path)
-    try:
-        with open(tmp, "w", encoding="utf-8") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 class ConcatFeatureWriter:
@@ -130,7 +82,7 @@ class ConcatFeatureWriter:
     def __init__(self, npy_path: str | os.PathLike, len_path: str | os.PathLike):
         self.npy_path, self.len_path = Path(npy_path), Path(len_path)
         self.npy_path.parent.mkdir(parents=True, exist_ok=True)
-        self._tmp_npy, self._tmp_len = _tmp_name(self.npy_path), _tmp_name(self.len_path)
+        self._tmp_npy, self._tmp_len = temporary_name(self.npy_path), temporary_name(self.len_path)
         self._f = open(self._tmp_npy, "wb")
         self._f.write(b"\0" * self.HEADER_BYTES)
         self.lengths: list[int] = []
@@ -172,7 +124,7 @@ class ConcatFeatureWriter:
             os.fsync(f.fileno())
         os.replace(self._tmp_npy, self.npy_path)
         os.replace(self._tmp_len, self.len_path)
-        _fsync_dir(self.npy_path.parent)
+        fsync_dir(self.npy_path.parent)
 
     def abort(self) -> None:
         """Close and delete the temporary files."""
@@ -278,7 +230,7 @@ def dump_features(
                         path = _utterance_output(out_dir, manifest.paths[i], manifest.where(i))
                         f = feats[i]
                         f = f.detach().cpu().numpy() if torch.is_tensor(f) else np.asarray(f)
-                        save_npy_atomic(path, f.astype(np.float32))
+                        atomic_save_npy(path, f.astype(np.float32))
                         written.append(path)
     except BaseException:
         if writer is not None:

@@ -109,8 +109,10 @@ def score_trials(
         return np.asarray(cosine_scores(e1, e2), dtype=np.float64)
     if scoring == "crop_distance":
         return np.array(
-            [float(mean_crop_distance_score(embeddings[a], embeddings[b], normalize=False))
-             for a, b in zip(paths1, paths2)],
+            [
+                float(mean_crop_distance_score(embeddings[a], embeddings[b], normalize=False))
+                for a, b in zip(paths1, paths2)
+            ],
             dtype=np.float64,
         )
     raise ConfigError(f"unknown scoring '{scoring}'; expected one of {', '.join(SCORING)}")
@@ -127,8 +129,14 @@ class SpeakerEmbedding:
         device: where the model runs.
     """
 
-    def __init__(self, model: nn.Module, sample_rate: int = 16000, eval_frames: int = 0,
-                 num_eval: int = 10, device: str | torch.device = "cpu"):
+    def __init__(
+        self,
+        model: nn.Module,
+        sample_rate: int = 16000,
+        eval_frames: int = 0,
+        num_eval: int = 10,
+        device: str | torch.device = "cpu",
+    ):
         self.device = torch.device(device)
         self.model = model.to(self.device).eval()
         self.sample_rate = sample_rate
@@ -136,8 +144,9 @@ class SpeakerEmbedding:
         self.num_eval = num_eval
 
     @classmethod
-    def from_checkpoint(cls, path: str | os.PathLike, device: str | torch.device = "cpu",
-                        **kwargs: Any) -> SpeakerEmbedding:
+    def from_checkpoint(
+        cls, path: str | os.PathLike, device: str | torch.device = "cpu", **kwargs: Any
+    ) -> SpeakerEmbedding:
         """Load a speechkit checkpoint (trained or converted from voxceleb_trainer).
 
         Raises:

@@ -62,7 +62,6 @@ __all__ = [
     "l2_normalize",
     "load_embedding",
     "read_enhancement_list",
-    "save_npy_atomic",
     "session_of",
     "target_path",
     "utterance_vector",
@@ -293,28 +292,6 @@ def write_enhancement_list(path: str | os.PathLike, fmt: str, entries: Iterable[
 
 # --------------------------------------------------------------------------------------------
 # .npy tables
-
-
-def save_npy_atomic(path: str | os.PathLike, array: np.ndarray) -> Path:
-    """Write ``array`` to ``path`` (``.npy``) so that the file is complete or absent.
-
-    The array goes to ``.<name>.partial`` in the same folder, is fsynced and renamed over
-    ``path``; the partial file is removed on any failure (including KeyboardInterrupt). The
-    folder is created if needed.
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.partial")
-    try:
-        with open(tmp, "wb") as f:
-            np.save(f, np.asarray(array), allow_pickle=False)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-    return path
 
 
 def _load_npy(file: Path, where: str) -> np.ndarray:

@@ -20,13 +20,13 @@ entry in the same order, so entry ``i`` is label line ``i + 1``.
 from __future__ import annotations
 
 import os
-import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
+from speechkit.atomic import atomic_write_text
 from speechkit.errors import DataError
 
 __all__ = ["Manifest", "PackedStrings", "read_manifest", "write_manifest"]
@@ -151,17 +151,7 @@ def write_manifest(
         if any(c in p for c in "\t\r\n"):
             raise DataError(f"{path}: manifest paths cannot hold tabs or newlines: {p!r}")
         lines.append(f"{p}\t{int(n)}")
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
-    try:
-        with open(tmp, "w", encoding="utf-8") as f:
-            f.write("\n".join(lines) + "\n")
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
+    atomic_write_text(path, "\n".join(lines) + "\n")
 
 
 class PackedStrings:

@@ -29,13 +29,13 @@ import io
 import math
 import os
 import pickle
-import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from speechkit.atomic import atomic_write_bytes
 from speechkit.errors import DataError
 
 __all__ = [
@@ -275,14 +275,4 @@ def save_spk2info(
         buffer = io.BytesIO()
         torch.save(obj, buffer)
         payload = buffer.getvalue()
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
-    try:
-        with open(tmp, "wb") as f:
-            f.write(payload)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
+    atomic_write_bytes(path, payload)

@@ -113,8 +113,9 @@ class SpeakerVerificationTask(Task):
 
     def load_dataset(self, split: str) -> SpeakerTrainDataset:
         if split != "train":
-            raise ValueError(f"speaker_verification has no '{split}' dataset (validation uses "
-                             "the trial list)")
+            raise ValueError(
+                f"speaker_verification has no '{split}' dataset (validation uses the trial list)"
+            )
         cfg = self.cfg
         augment = build_augmenter(cfg.augmentation, cfg.root) if cfg.augment else None
         return SpeakerTrainDataset(
@@ -125,8 +126,14 @@ class SpeakerVerificationTask(Task):
             augment=augment,
         )
 
-    def batches(self, split: str, epoch: int, seed: int, batch_size: int | None = None,
-                max_tokens: int | None = None) -> list[list[Any]]:
+    def batches(
+        self,
+        split: str,
+        epoch: int,
+        seed: int,
+        batch_size: int | None = None,
+        max_tokens: int | None = None,
+    ) -> list[list[Any]]:
         dataset = self.dataset(split)
         batches = speaker_balanced_batches(
             dataset.labels,
@@ -145,8 +152,9 @@ class SpeakerVerificationTask(Task):
         return batches
 
     @torch.no_grad()
-    def validate(self, model: nn.Module, criterion: nn.Module, device: torch.device,
-                 env: Any) -> dict[str, float] | None:
+    def validate(
+        self, model: nn.Module, criterion: nn.Module, device: torch.device, env: Any
+    ) -> dict[str, float] | None:
         if self.trials is None:
             return None
         trials = self.trials
@@ -154,9 +162,15 @@ class SpeakerVerificationTask(Task):
         files = [str(trials.resolve(p)) for p in trials.unique_paths()]
         with torch.autocast(device_type=device.type, enabled=False):
             local = extract_embeddings(
-                model, files, device, eval_frames=self.cfg.eval_frames,
-                num_eval=self.cfg.num_eval, normalize=normalize,
-                batch_files=self.cfg.eval_batch_files, rank=env.rank, world_size=env.world_size,
+                model,
+                files,
+                device,
+                eval_frames=self.cfg.eval_frames,
+                num_eval=self.cfg.num_eval,
+                normalize=normalize,
+                batch_files=self.cfg.eval_batch_files,
+                rank=env.rank,
+                world_size=env.world_size,
             )
         embeddings: dict[str, torch.Tensor] = {}
         for part in dist_utils.all_gather_object(local):
@@ -165,5 +179,8 @@ class SpeakerVerificationTask(Task):
         p2 = [str(trials.resolve(p)) for p in trials.paths2]
         scores = score_trials(embeddings, p1, p2, self.cfg.scoring)
         result = evaluate_scores(scores, np.asarray(trials.labels))
-        return {"eer": result.eer, "min_dcf_005": result.min_dcf_005,
-                "min_dcf_001": result.min_dcf_001}
+        return {
+            "eer": result.eer,
+            "min_dcf_005": result.min_dcf_005,
+            "min_dcf_001": result.min_dcf_001,
+        }

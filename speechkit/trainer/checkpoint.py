@@ -21,30 +21,17 @@ from __future__ import annotations
 import os
 import pickle
 import re
-import shutil
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from speechkit.atomic import atomic_link, atomic_open
 from speechkit.errors import CheckpointError
 
 LAST = "checkpoint_last.pt"
 BEST = "checkpoint_best.pt"
 _NUMBERED = re.compile(r"^checkpoint_(\d+)_(\d+)\.pt$")
-
-
-def _fsync_dir(path: Path) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
 
 
 def atomic_torch_save(obj: Any, path: str | os.PathLike) -> None:
@@ -53,34 +40,8 @@ def atomic_torch_save(obj: Any, path: str | os.PathLike) -> None:
     Raises:
         OSError: the folder is not writable or the disk is full (``path`` is then untouched).
     """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        with open(tmp, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-    _fsync_dir(path.parent)
-
-
-def atomic_link(src: Path, dst: Path) -> None:
-    """Make ``dst`` name the same file as ``src`` atomically (hard link, else a copy)."""
-    tmp = dst.with_name(f".{dst.name}.tmp-{os.getpid()}")
-    if tmp.exists():
-        tmp.unlink()
-    try:
-        os.link(src, tmp)
-    except OSError:
-        shutil.copyfile(src, tmp)
-        with open(tmp, "rb+") as f:
-            os.fsync(f.fileno())
-    os.replace(tmp, dst)
-    _fsync_dir(dst.parent)
+    with atomic_open(path, "wb") as f:
+        torch.save(obj, f)
 
 
 def load_checkpoint_file(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict:

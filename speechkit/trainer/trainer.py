@@ -305,8 +305,9 @@ class Trainer:
         if hasattr(dataset, "set_epoch"):
             dataset.set_epoch(epoch)
         dcfg = self.cfg.dataset
-        batches = self.task.batches(split, epoch, self.cfg.common.seed, dcfg.batch_size,
-                                    dcfg.max_tokens)
+        batches = self.task.batches(
+            split, epoch, self.cfg.common.seed, dcfg.batch_size, dcfg.max_tokens
+        )
         world = self.env.world_size
         if world > 1:
             usable = len(batches) - len(batches) % world
