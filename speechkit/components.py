@@ -20,6 +20,7 @@ BUILTIN_MODULES = [
     "speechkit.models.rawnet3",
     "speechkit.models.ecapa_tdnn",
     "speechkit.models.embedding_enhancement",
+    "speechkit.models.hubert",
     # criterions
     "speechkit.criterions.speaker_classification",
     "speechkit.criterions.speaker_metric",
