@@ -51,6 +51,8 @@ class DatasetConfig:
     validate_interval_updates: int = 0
     """Validate every N updates as well (0: off)."""
     disable_validation: bool = False
+    validate_before_training: bool = False
+    """Validate once before the first update of a fresh run (the untrained model's metrics)."""
     prefetch_factor: int = 2
 
 

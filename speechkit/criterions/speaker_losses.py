@@ -30,6 +30,7 @@ from torch import nn
 
 from speechkit.criterions.base import Criterion
 from speechkit.errors import ConfigError, DataError
+from speechkit.metrics.verification import compute_eer
 
 
 class LossOutput(NamedTuple):
@@ -126,29 +127,17 @@ def check_classes(
 def equal_error_rate(scores: np.ndarray, labels: np.ndarray) -> float:
     """EER (%) of ``scores`` (N,) for binary ``labels`` (N,), 1 = target (same speaker).
 
-    voxceleb_trainer's rule (``tuneThresholdfromScore``): over the ROC points take the one where
-    ``|FNR - FPR|`` is smallest and report ``max(FPR, FNR) * 100``. Every ROC point is kept
-    (sklearn's ``roc_curve(drop_intermediate=False)``; the reference uses sklearn's default, which
-    drops collinear points and can move the chosen point by one). Higher score = more likely target.
+    ``speechkit.metrics.verification.compute_eer`` over every ROC point
+    (``drop_intermediate=False``); used by the triplet loss to report its batch EER.
 
     Raises:
         DataError: if there are no targets or no non-targets.
     """
-    scores = np.asarray(scores, dtype=np.float64)
-    labels = np.asarray(labels).astype(bool)
-    n_pos, n_neg = int(labels.sum()), int((~labels).sum())
-    if n_pos == 0 or n_neg == 0:
-        raise DataError(f"EER needs targets and non-targets, got {n_pos} and {n_neg}")
-    order = np.argsort(-scores, kind="mergesort")
-    sorted_scores, sorted_labels = scores[order], labels[order]
-    # the last position of every distinct score: accepting everything scored >= it
-    ends = np.r_[np.flatnonzero(np.diff(sorted_scores)), len(sorted_scores) - 1]
-    tp = np.cumsum(sorted_labels)[ends]
-    fp = np.cumsum(~sorted_labels)[ends]
-    fpr = np.r_[0.0, fp / n_neg]
-    fnr = 1.0 - np.r_[0.0, tp / n_pos]
-    best = int(np.argmin(np.abs(fnr - fpr)))
-    return 100.0 * float(max(fpr[best], fnr[best]))
+    labels = np.asarray(labels).astype(np.int64)
+    n_pos = int(labels.sum())
+    if n_pos == 0 or n_pos == len(labels):
+        raise DataError(f"EER needs targets and non-targets, got {n_pos} and {len(labels) - n_pos}")
+    return compute_eer(np.asarray(scores, dtype=np.float64), labels, drop_intermediate=False)[0]
 
 
 class SpeakerCriterion(Criterion):

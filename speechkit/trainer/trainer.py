@@ -537,6 +537,8 @@ class Trainer:
                 old_handlers[sig] = signal.signal(sig, self._handle_signal)
         self._open_tensorboard()
         last_metrics = None
+        if self.cfg.dataset.validate_before_training and self.num_updates == 0:
+            self.validate()
         try:
             while not self._done():
                 last_metrics = self._train_epoch() or last_metrics

@@ -1,0 +1,139 @@
+"""Speaker verification on real speech (../shared/data): overfit, generalise, eval_eer.py.
+
+The numbers each test measures are printed (``pytest -s``) so they can be reported.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import soundfile as sf
+import torch
+
+from speechkit.data.audio import read_audio
+from speechkit.metrics.scoring import read_score_file, read_trial_list
+from speechkit.metrics.verification import compute_eer
+from speechkit.modules.frontend import LogMelFrontend
+from speechkit.speaker_embedding import SpeakerEmbedding
+from speechkit.train import build_components
+from speechkit.trainer.rng import seed_everything
+from speechkit.trainer.trainer import Trainer
+from tests.helpers import REPO_ROOT, compose_cfg
+
+
+def train_sv(shared, save_dir, train_list, trials, max_update):
+    """resnet_se34l + angleproto (the sv_demo preset) for ``max_update`` updates on the CPU;
+    returns (EER before training, EER after, trainer)."""
+    lists = shared / "lists"
+    cfg = compose_cfg([
+        "experiment=sv_demo",
+        f"task.root={shared}",
+        f"task.train_list={lists / train_list}",
+        f"task.test_list={lists / trials}",
+        f"checkpoint.save_dir={save_dir}",
+        "common.cpu=true",
+        "common.log_format=none",
+        "common.tensorboard_logdir=null",
+        "task.max_frames=200",
+        "task.eval_frames=200",
+        "task.num_eval=3",
+        "dataset.batch_size=5",
+        "optimization.lr=0.001",
+        "optimization.max_epoch=0",
+        f"optimization.max_update={max_update}",
+        "dataset.validate_interval=0",
+        "dataset.validate_interval_updates=0",
+        "dataset.validate_before_training=false",
+        "checkpoint.save_interval_updates=0",
+    ])
+    seed_everything(cfg.common.seed)
+    trainer = Trainer(cfg, *build_components(cfg))
+    before = trainer.validate()["eer"]
+    trainer.train()
+    after = trainer.validate()["eer"]
+    return before, after, trainer
+
+
+@pytest.fixture(scope="module")
+def overfit(shared_data, tmp_path_factory):
+    save_dir = tmp_path_factory.mktemp("sv_overfit")
+    before, after, _ = train_sv(shared_data, save_dir, "librispeech_test_other_train_all.txt",
+                                "librispeech_test_other_trials_all.txt", max_update=400)
+    return {"before": before, "after": after, "checkpoint": save_dir / "checkpoint_last.pt"}
+
+
+def test_overfit_ten_speakers(overfit):
+    print(f"\noverfit (10 speakers, 900 trials): EER untrained {overfit['before']:.2f}% -> "
+          f"trained {overfit['after']:.2f}%")
+    assert overfit["before"] > 15.0  # an untrained net is far from separating the speakers
+    assert overfit["after"] < 0.6 * overfit["before"]
+
+
+def logmel_stats_baseline_eer(shared, trials_file) -> float:
+    """EER of a plain baseline: cosine of per-utterance log-mel mean and std vectors."""
+    trials = read_trial_list(trials_file, shared)
+    frontend = LogMelFrontend(n_mels=40, log_input=True, norm="none")
+    vectors = {}
+    for path in trials.unique_paths():
+        mel = frontend(torch.from_numpy(read_audio(trials.resolve(path)))[None])[0]
+        v = torch.cat([mel.mean(-1), mel.std(-1)])
+        vectors[path] = v - v.mean()
+    e1 = torch.stack([vectors[p] for p in trials.paths1])
+    e2 = torch.stack([vectors[p] for p in trials.paths2])
+    scores = torch.nn.functional.cosine_similarity(e1, e2).numpy()
+    return compute_eer(scores, trials.labels)[0]
+
+
+def test_generalise_to_unseen_speakers(shared_data, tmp_path):
+    before, after, _ = train_sv(shared_data, tmp_path, "split_train_list.txt",
+                                "split_test_trials.txt", max_update=300)
+    baseline = logmel_stats_baseline_eer(shared_data, shared_data / "lists/split_test_trials.txt")
+    print(f"\ngeneralise (6 train / 4 unseen speakers, 360 trials): EER untrained {before:.2f}%, "
+          f"trained {after:.2f}%, log-mel mean/std baseline {baseline:.2f}%")
+    assert after < before
+
+
+def test_eval_eer_script_writes_scores_and_det(overfit, shared_data, tmp_path):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("eval_eer", REPO_ROOT / "scripts/eval_eer.py")
+    eval_eer = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(eval_eer)
+    trials_file = shared_data / "lists/voxceleb1_mini_trials.txt"
+    scores, det = tmp_path / "scores.txt", tmp_path / "det.png"
+    status = eval_eer.main(["--checkpoint", str(overfit["checkpoint"]), "--test-list",
+                            str(trials_file), "--test-path", str(shared_data), "--eval-frames",
+                            "200", "--num-eval", "3", "--scores", str(scores), "--det-plot",
+                            str(det)])
+    assert status == 0
+    written = read_score_file(scores)
+    trials = read_trial_list(trials_file)
+    assert written.paths1 == trials.paths1 and written.paths2 == trials.paths2
+    assert np.array_equal(written.labels, trials.labels) and len(written.scores) == 12
+    png = __import__("matplotlib.image", fromlist=["imread"]).imread(det)
+    assert png.ndim == 3 and png.shape[0] > 100
+
+
+def test_eval_eer_missing_files_fail_before_embedding(overfit, tmp_path, capsys):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("eval_eer", REPO_ROOT / "scripts/eval_eer.py")
+    eval_eer = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(eval_eer)
+    sf.write(tmp_path / "a.wav", np.zeros(16000, dtype=np.float32), 16000)
+    trials = tmp_path / "trials.txt"
+    trials.write_text("1 a.wav gone1.wav\n0 a.wav gone2.wav\n1 gone1.wav a.wav\n")
+    status = eval_eer.main(["--checkpoint", str(overfit["checkpoint"]), "--test-list",
+                            str(trials), "--test-path", str(tmp_path)])
+    err = capsys.readouterr().err
+    assert status == 2
+    assert "2 of 3 files not found" in err and "gone1.wav" in err and "gone2.wav" in err
+
+
+def test_inference_api_embeds_real_speech(overfit, shared_data):
+    spk = SpeakerEmbedding.from_checkpoint(overfit["checkpoint"])
+    first = (shared_data / "lists/librispeech_test_other_train_all.txt").read_text().split()[1]
+    emb = spk.embed(shared_data / first)
+    assert emb.shape == (128,) and torch.isclose(emb.norm(), torch.tensor(1.0))
+    same = spk.embed(read_audio(shared_data / first))
+    assert torch.allclose(emb, same, atol=1e-6)
