@@ -10,8 +10,16 @@ import os
 from pathlib import Path
 
 import pytest
+import torch
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    # the suite runs as 2 xdist workers on 2 cores: one intra-op thread each (and in the
+    # subprocesses the tests start, see tests/helpers.py) avoids oversubscription
+    torch.set_num_threads(1)
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 
 def find_shared_data() -> Path | None:

@@ -79,9 +79,12 @@ def test_world_size_mismatch(tmp_path):
 
 def test_speaker_verification_bad_lists(tmp_path, shared_data):
     """The real task: a missing train list and a malformed line, each one clear line."""
-    common = ["experiment=sv_demo", f"task.root={shared_data}",
-              f"task.test_list={shared_data / 'lists/split_test_trials.txt'}",
-              f"checkpoint.save_dir={tmp_path / 'run'}"]
+    common = [
+        "experiment=sv_demo",
+        f"task.root={shared_data}",
+        f"task.test_list={shared_data / 'lists/split_test_trials.txt'}",
+        f"checkpoint.save_dir={tmp_path / 'run'}",
+    ]
     missing = tmp_path / "nope.txt"
     proc = run_train(*common, f"task.train_list={missing}", check=False)
     assert proc.returncode == 2
@@ -92,5 +95,6 @@ def test_speaker_verification_bad_lists(tmp_path, shared_data):
     proc = run_train(*common, f"task.train_list={bad}", check=False)
     assert proc.returncode == 2
     assert _last_line(proc.stderr).startswith(
-        f"speechkit: error: {bad}:2: expected 'speaker_id relative/path.wav'")
+        f"speechkit: error: {bad}:2: expected 'speaker_id relative/path.wav'"
+    )
     assert not (tmp_path / "run" / "checkpoint_last.pt").exists()

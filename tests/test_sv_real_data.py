@@ -25,27 +25,29 @@ def train_sv(shared, save_dir, train_list, trials, max_update):
     """resnet_se34l + angleproto (the sv_demo preset) for ``max_update`` updates on the CPU;
     returns (EER before training, EER after, trainer)."""
     lists = shared / "lists"
-    cfg = compose_cfg([
-        "experiment=sv_demo",
-        f"task.root={shared}",
-        f"task.train_list={lists / train_list}",
-        f"task.test_list={lists / trials}",
-        f"checkpoint.save_dir={save_dir}",
-        "common.cpu=true",
-        "common.log_format=none",
-        "common.tensorboard_logdir=null",
-        "task.max_frames=200",
-        "task.eval_frames=200",
-        "task.num_eval=3",
-        "dataset.batch_size=5",
-        "optimization.lr=0.001",
-        "optimization.max_epoch=0",
-        f"optimization.max_update={max_update}",
-        "dataset.validate_interval=0",
-        "dataset.validate_interval_updates=0",
-        "dataset.validate_before_training=false",
-        "checkpoint.save_interval_updates=0",
-    ])
+    cfg = compose_cfg(
+        [
+            "experiment=sv_demo",
+            f"task.root={shared}",
+            f"task.train_list={lists / train_list}",
+            f"task.test_list={lists / trials}",
+            f"checkpoint.save_dir={save_dir}",
+            "common.cpu=true",
+            "common.log_format=none",
+            "common.tensorboard_logdir=null",
+            "task.max_frames=200",
+            "task.eval_frames=200",
+            "task.num_eval=3",
+            "dataset.batch_size=5",
+            "optimization.lr=0.001",
+            "optimization.max_epoch=0",
+            f"optimization.max_update={max_update}",
+            "dataset.validate_interval=0",
+            "dataset.validate_interval_updates=0",
+            "dataset.validate_before_training=false",
+            "checkpoint.save_interval_updates=0",
+        ]
+    )
     seed_everything(cfg.common.seed)
     trainer = Trainer(cfg, *build_components(cfg))
     before = trainer.validate()["eer"]
@@ -57,14 +59,21 @@ def train_sv(shared, save_dir, train_list, trials, max_update):
 @pytest.fixture(scope="module")
 def overfit(shared_data, tmp_path_factory):
     save_dir = tmp_path_factory.mktemp("sv_overfit")
-    before, after, _ = train_sv(shared_data, save_dir, "librispeech_test_other_train_all.txt",
-                                "librispeech_test_other_trials_all.txt", max_update=400)
+    before, after, _ = train_sv(
+        shared_data,
+        save_dir,
+        "librispeech_test_other_train_all.txt",
+        "librispeech_test_other_trials_all.txt",
+        max_update=400,
+    )
     return {"before": before, "after": after, "checkpoint": save_dir / "checkpoint_last.pt"}
 
 
 def test_overfit_ten_speakers(overfit):
-    print(f"\noverfit (10 speakers, 900 trials): EER untrained {overfit['before']:.2f}% -> "
-          f"trained {overfit['after']:.2f}%")
+    print(
+        f"\noverfit (10 speakers, 900 trials): EER untrained {overfit['before']:.2f}% -> "
+        f"trained {overfit['after']:.2f}%"
+    )
     assert overfit["before"] > 15.0  # an untrained net is far from separating the speakers
     assert overfit["after"] < 0.6 * overfit["before"]
 
@@ -85,11 +94,14 @@ def logmel_stats_baseline_eer(shared, trials_file) -> float:
 
 
 def test_generalise_to_unseen_speakers(shared_data, tmp_path):
-    before, after, _ = train_sv(shared_data, tmp_path, "split_train_list.txt",
-                                "split_test_trials.txt", max_update=300)
+    before, after, _ = train_sv(
+        shared_data, tmp_path, "split_train_list.txt", "split_test_trials.txt", max_update=300
+    )
     baseline = logmel_stats_baseline_eer(shared_data, shared_data / "lists/split_test_trials.txt")
-    print(f"\ngeneralise (6 train / 4 unseen speakers, 360 trials): EER untrained {before:.2f}%, "
-          f"trained {after:.2f}%, log-mel mean/std baseline {baseline:.2f}%")
+    print(
+        f"\ngeneralise (6 train / 4 unseen speakers, 360 trials): EER untrained {before:.2f}%, "
+        f"trained {after:.2f}%, log-mel mean/std baseline {baseline:.2f}%"
+    )
     assert after < before
 
 
@@ -101,10 +113,24 @@ def test_eval_eer_script_writes_scores_and_det(overfit, shared_data, tmp_path):
     spec.loader.exec_module(eval_eer)
     trials_file = shared_data / "lists/voxceleb1_mini_trials.txt"
     scores, det = tmp_path / "scores.txt", tmp_path / "det.png"
-    status = eval_eer.main(["--checkpoint", str(overfit["checkpoint"]), "--test-list",
-                            str(trials_file), "--test-path", str(shared_data), "--eval-frames",
-                            "200", "--num-eval", "3", "--scores", str(scores), "--det-plot",
-                            str(det)])
+    status = eval_eer.main(
+        [
+            "--checkpoint",
+            str(overfit["checkpoint"]),
+            "--test-list",
+            str(trials_file),
+            "--test-path",
+            str(shared_data),
+            "--eval-frames",
+            "200",
+            "--num-eval",
+            "3",
+            "--scores",
+            str(scores),
+            "--det-plot",
+            str(det),
+        ]
+    )
     assert status == 0
     written = read_score_file(scores)
     trials = read_trial_list(trials_file)
@@ -123,8 +149,16 @@ def test_eval_eer_missing_files_fail_before_embedding(overfit, tmp_path, capsys)
     sf.write(tmp_path / "a.wav", np.zeros(16000, dtype=np.float32), 16000)
     trials = tmp_path / "trials.txt"
     trials.write_text("1 a.wav gone1.wav\n0 a.wav gone2.wav\n1 gone1.wav a.wav\n")
-    status = eval_eer.main(["--checkpoint", str(overfit["checkpoint"]), "--test-list",
-                            str(trials), "--test-path", str(tmp_path)])
+    status = eval_eer.main(
+        [
+            "--checkpoint",
+            str(overfit["checkpoint"]),
+            "--test-list",
+            str(trials),
+            "--test-path",
+            str(tmp_path),
+        ]
+    )
     err = capsys.readouterr().err
     assert status == 2
     assert "2 of 3 files not found" in err and "gone1.wav" in err and "gone2.wav" in err
