@@ -14,6 +14,8 @@ BUILTIN_MODULES = [
     # tasks
     "speechkit.tasks.speaker_verification",
     "speechkit.tasks.embedding_enhancement",
+    "speechkit.tasks.hubert_pretraining",
+    "speechkit.tasks.contentvec_pretraining",
     # models
     "speechkit.models.resnet_se",
     "speechkit.models.vggvox",
@@ -21,10 +23,13 @@ BUILTIN_MODULES = [
     "speechkit.models.ecapa_tdnn",
     "speechkit.models.embedding_enhancement",
     "speechkit.models.hubert",
+    "speechkit.models.contentvec",
     # criterions
     "speechkit.criterions.speaker_classification",
     "speechkit.criterions.speaker_metric",
     "speechkit.criterions.embedding_enhancement",
+    "speechkit.criterions.hubert_criterion",
+    "speechkit.criterions.contentvec_criterion",
 ]
 
 

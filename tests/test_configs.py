@@ -2,16 +2,21 @@
 
 Data paths of the presets point at full datasets; here they are redirected to the real test data
 in ../shared/data (same formats), and multi-GPU presets are composed with world_size unset.
-Presets whose task reads derived data (dumped embeddings) are built and trained on that data in
-their own pipeline test (tests/test_enhancement_pipeline.py); here their configs are resolved
-against the registries.
+HuBERT / ContentVec presets get a one-utterance manifest of the real data with a label file,
+dictionary and speaker table of the right formats (their training runs in
+tests/test_pretraining_real_data.py). Presets whose task reads derived data (dumped embeddings)
+are built and trained on that data in their own pipeline test
+(tests/test_enhancement_pipeline.py); here their configs are resolved against the registries.
 """
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 
+from speechkit.data.manifest import write_manifest
+from speechkit.data.spk2info import SpeakerInfo, save_spk2info
 from speechkit.registry import CRITERION_REGISTRY, MODEL_REGISTRY, TASK_REGISTRY
 from speechkit.train import build_components
 from tests.helpers import CONFIG_DIR, compose_cfg
@@ -20,8 +25,26 @@ BUILT_ELSEWHERE = {"embedding_enhancement"}
 EXPERIMENTS = sorted(p.stem for p in (CONFIG_DIR / "experiment").glob("*.yaml"))
 
 
-def data_overrides(task_name: str, shared) -> list[str]:
+@pytest.fixture(scope="module")
+def pretraining_dir(shared_data, tmp_path_factory):
+    """train.tsv / train.km / dict.km.txt / spk2info.dict for one real utterance."""
+    out = tmp_path_factory.mktemp("pretraining")
+    rel = "speech/librispeech_test_other/1688/1688-142285-0000.wav"
+    write_manifest(out / "train.tsv", str(shared_data), [rel], [240000])
+    (out / "train.km").write_text(" ".join(["3"] * 750) + "\n")
+    (out / "dict.km.txt").write_text("".join(f"{k} 1\n" for k in range(500)))
+    info = SpeakerInfo(np.zeros(256, np.float32), 50.0, 300.0, sex="M")
+    save_spk2info(out / "spk2info.dict", {"train": {"1688": info}})
+    return out
+
+
+def data_overrides(task_name: str, shared, pretraining_dir) -> list[str]:
     lists = shared / "lists"
+    if task_name in ("hubert", "contentvec"):
+        out = [f"task.data={pretraining_dir}", f"task.label_dir={pretraining_dir}"]
+        if task_name == "contentvec":
+            out.append(f"task.spk2info={pretraining_dir / 'spk2info.dict'}")
+        return out
     if task_name == "speaker_verification":
         return [
             f"task.root={shared}",
@@ -36,13 +59,13 @@ def data_overrides(task_name: str, shared) -> list[str]:
 
 
 @pytest.mark.parametrize("name", EXPERIMENTS)
-def test_experiment_composes_and_builds(name, shared_data, tmp_path):
+def test_experiment_composes_and_builds(name, shared_data, pretraining_dir, tmp_path):
     cfg = compose_cfg([f"experiment={name}"])
     overrides = [
         f"experiment={name}",
         f"checkpoint.save_dir={tmp_path}",
         "distributed.world_size=null",
-        *data_overrides(cfg.task._name, shared_data),
+        *data_overrides(cfg.task._name, shared_data, pretraining_dir),
     ]
     cfg = compose_cfg(overrides)
     if cfg.task._name in BUILT_ELSEWHERE:
