@@ -456,3 +456,31 @@ def test_contentvec_missing_speaker_is_named(cv_parts, tmp_path):
             speaker_path_index=2,
             min_sample_size=None,
         )
+
+
+def test_long_utterances_are_windowed_on_the_label_grid_before_perturbing(cv_parts):
+    off = ContentVecPerturbConfig(formant_pitch=False, eq=False)
+    ds = _cv_dataset(cv_parts, perturb=off, max_sample_size=32000)
+    assert ds.frame_step() == 320
+    starts = set()
+    for key in range(4):
+        original = ds.load_audio(key)
+        assert len(original) > 32000
+        item = ds[key]
+        view = item["source"].numpy()
+        assert len(view) == 32000 and torch.equal(item["source"], item["source_2"])
+        matches = [
+            s
+            for s in range(0, len(original) - 32000 + 1, 320)
+            if np.array_equal(original[s : s + 32000], view)
+        ]
+        assert matches, "the view is not a frame-aligned window of the utterance"
+        start = matches[0]
+        starts.add(start)
+        rows = cv_parts[3][int(ds.indices[key])]
+        labels = item["label_list"][0].tolist()
+        assert labels == (rows[start // 320 : start // 320 + len(labels)] + 4).tolist()
+        assert len(labels) >= 32000 // 320 - 2
+    assert len(starts) > 1  # random windows, not always the first 2 s
+    ds_whole = _cv_dataset(cv_parts, perturb=off, max_sample_size=32000, random_crop=False)
+    assert len(ds_whole[0]["source"]) == len(ds_whole.load_audio(0))

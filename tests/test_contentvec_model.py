@@ -251,3 +251,22 @@ def test_contrastive_weight_ramps_with_updates():
     assert grad is not None and grad.abs().sum() > 0
     metrics = ContentVecCriterion.reduce_metrics(log1)
     assert 0 <= metrics["ctr_accuracy"] <= 100 and metrics["ctr_weight"] == pytest.approx(0.5)
+
+
+def test_mean_speaker_init_starts_as_plain_layer_norm():
+    model = tiny_model(cond_layer_norm_init="mean_speaker")
+    torch.manual_seed(3)
+    speakers = torch.randn(10, 6) + 2.0
+    mean = speakers.mean(0)
+    model.init_conditional_norms(mean)
+    norm = model.encoder.layers[3].self_attn_layer_norm
+    x = torch.randn(2, 4, 32)
+    plain = torch.nn.functional.layer_norm(x, (32,))
+    torch.testing.assert_close(norm(x, mean.expand(2, 6)), plain, rtol=1e-5, atol=1e-5)
+    e = speakers[:2]  # another speaker: gain (mean . e) / |mean|^2 on every channel
+    gain = (e @ mean / mean.pow(2).sum()).view(2, 1, 1)
+    torch.testing.assert_close(norm(x, e), plain * gain, rtol=1e-5, atol=1e-5)
+    with pytest.raises(ValueError, match="non-zero"):
+        model.init_conditional_norms(torch.zeros(6))
+    with pytest.raises(Exception, match="cond_layer_norm_init"):
+        tiny_model(cond_layer_norm_init="ones")

@@ -20,12 +20,14 @@ from omegaconf import OmegaConf
 from speechkit.checkpoints.fairseq import (
     FAIRSEQ_HUBERT_FIELDS,
     FairseqDictionary,
+    contentvec_from_fairseq_checkpoint,
     hubert_config_from_fairseq,
     hubert_from_fairseq_checkpoint,
     load_fairseq_checkpoint,
     save_fairseq_checkpoint,
 )
 from speechkit.errors import CheckpointError, ConfigError
+from speechkit.models.contentvec import ContentVecConfig, ContentVecModel
 from speechkit.models.hubert import (
     HubertConfig,
     HubertModel,
@@ -396,3 +398,51 @@ def test_feature_grad_mult_scales_extractor_gradient(mult):
         assert grads[0.0] is None
     else:
         assert torch.allclose(grads[mult], mult * grads[1.0], rtol=1e-4, atol=1e-10)
+
+
+def test_full_contentvec_checkpoint_round_trip(tmp_path):
+    torch.manual_seed(0)
+    cfg = ContentVecConfig(
+        conv_feature_layers="[(16,10,5)] + [(16,3,2)] * 4 + [(16,2,2)] * 2",
+        encoder_layers=3,
+        encoder_layers_1=2,
+        encoder_embed_dim=32,
+        encoder_ffn_embed_dim=64,
+        encoder_attention_heads=4,
+        final_dim=16,
+        conv_pos=16,
+        conv_pos_groups=4,
+        num_classes=[12],
+        spk_dim=6,
+        ctr_layers=[-2],
+        logit_temp_ctr=0.5,
+        num_negatives=7,
+    )
+    model = ContentVecModel(cfg).eval()
+    path = save_fairseq_checkpoint(model, None, tmp_path / "contentvec.pt")
+    ckpt = load_fairseq_checkpoint(path)
+    assert ckpt["cfg"]["model"]["_name"] == "contentvec"
+    assert ckpt["model"]["encoder.layers.4.self_attn_layer_norm.weight_ln.weight"].shape == (32, 6)
+
+    loaded, cfg2, dicts = contentvec_from_fairseq_checkpoint(path)
+    assert (cfg2.encoder_layers, cfg2.encoder_layers_1, cfg2.spk_dim) == (3, 2, 6)
+    assert (cfg2.ctr_layers, cfg2.logit_temp_ctr, cfg2.num_negatives) == ([-2], 0.5, 7)
+    assert not cfg2.cond_layer_norm_joint and len(dicts) == 1
+    wav, spk = torch.randn(2, 8000), torch.randn(2, 6)
+    with torch.no_grad():
+        a, _ = model.extract_features(wav, spk_emb=spk)
+        b, _ = loaded.extract_features(wav, spk_emb=spk)
+    assert torch.equal(a, b)
+    joint, cfg3, _ = contentvec_from_fairseq_checkpoint(path, cond_layer_norm_joint=True)
+    assert cfg3.cond_layer_norm_joint
+    assert all(n.joint for n in joint.conditional_norms())
+    with pytest.raises(CheckpointError, match="load it with the contentvec model"):
+        hubert_from_fairseq_checkpoint(path)
+
+    # a HuBERT checkpoint is not a full ContentVec one
+    fields = ("conv_feature_layers", "encoder_layers", "encoder_embed_dim", "num_classes")
+    fields += ("encoder_ffn_embed_dim", "encoder_attention_heads", "final_dim", "conv_pos")
+    hubert = HubertModel(HubertConfig(**{k: getattr(cfg, k) for k in (*fields, "conv_pos_groups")}))
+    hpath = save_fairseq_checkpoint(hubert, None, tmp_path / "hubert.pt")
+    with pytest.raises(CheckpointError, match="no speaker-conditioned layers"):
+        contentvec_from_fairseq_checkpoint(hpath)

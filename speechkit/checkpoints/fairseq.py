@@ -32,6 +32,7 @@ import torch
 
 from speechkit.atomic import atomic_open
 from speechkit.errors import CheckpointError
+from speechkit.models.contentvec import ContentVecConfig, ContentVecModel
 from speechkit.models.hubert import HubertConfig, HubertModel
 
 FAIRSEQ_DICTIONARY = ("fairseq.data.dictionary", "Dictionary")
@@ -416,9 +417,15 @@ def hubert_config_from_fairseq(
     return HubertConfig(**values)
 
 
+CONTENTVEC_FIELDS = ["encoder_layers_1", "ctr_layers", "logit_temp_ctr", "num_negatives"]
+
+
 def _model_cfg_dict(cfg: HubertConfig) -> dict:
-    out = {"_name": "hubert"}
+    is_contentvec = hasattr(cfg, "encoder_layers_1")
+    out = {"_name": "contentvec" if is_contentvec else "hubert"}
     out.update({k: getattr(cfg, k) for k in FAIRSEQ_HUBERT_FIELDS})
+    if is_contentvec:
+        out.update({k: getattr(cfg, k) for k in CONTENTVEC_FIELDS})
     return out
 
 
@@ -576,6 +583,68 @@ def hubert_from_fairseq_checkpoint(
         raise CheckpointError(
             f"{where}: weights do not fit the HuBERT config (missing {result.missing_keys[:5]}, "
             f"unexpected {result.unexpected_keys[:5]})"
+        )
+    dicts = list((ckpt.get("task_state") or {}).get("dictionaries") or [])
+    return model.eval(), cfg, dicts
+
+
+def contentvec_from_fairseq_checkpoint(
+    path_or_ckpt: str | os.PathLike | dict,
+    strict: bool = True,
+    cond_layer_norm_joint: bool = False,
+) -> tuple[ContentVecModel, ContentVecConfig, list[FairseqDictionary]]:
+    """Build a ``ContentVecModel`` from a full ContentVec checkpoint (reference or speechkit's
+    fairseq layout): the HuBERT config, plus ``encoder_layers_1`` (counted from the
+    ``encoder.layers.N.*`` keys above ``encoder_layers``), ``spk_dim`` (from the
+    ``weight_ln`` shapes) and the contrastive settings of ``cfg.model`` when present.
+
+    Args:
+        path_or_ckpt: a file or a loaded checkpoint dict.
+        strict: every weight must fit. cond_layer_norm_joint: True reproduces the reference's
+            (B, C)-joint statistics (see ``speechkit.models.contentvec``); off by default.
+
+    Returns:
+        (model in eval mode, its ``ContentVecConfig``, the label dictionaries).
+
+    Raises:
+        CheckpointError: unreadable file, no speaker-conditioned layers (a HuBERT or ContentVec
+            legacy checkpoint: use ``hubert_from_fairseq_checkpoint``), or weights that do not
+            fit the config.
+    """
+    ckpt = path_or_ckpt if isinstance(path_or_ckpt, dict) else load_fairseq_checkpoint(path_or_ckpt)
+    where = "checkpoint" if isinstance(path_or_ckpt, dict) else str(path_or_ckpt)
+    hcfg = hubert_config_from_fairseq(ckpt)
+    state = ckpt["model"]
+    layer_ids = {
+        int(k.split(".")[2]) for k in state if k.startswith("encoder.layers.") and k[15].isdigit()
+    }
+    extra = sorted(i for i in layer_ids if i >= hcfg.encoder_layers)
+    if not extra or f"encoder.layers.{extra[0]}.final_layer_norm.weight_ln.weight" not in state:
+        raise CheckpointError(
+            f"{where} has no speaker-conditioned layers above layer {hcfg.encoder_layers}: a "
+            "HuBERT or ContentVec legacy checkpoint (load it with hubert_from_fairseq_checkpoint)"
+        )
+    spk_dim = int(state[f"encoder.layers.{extra[0]}.final_layer_norm.weight_ln.weight"].shape[1])
+    src = ckpt.get("args") if ckpt.get("args") is not None else ckpt.get("cfg")
+    if isinstance(src, dict) and isinstance(src.get("model"), dict):
+        src = src["model"]
+    values = {f.name: getattr(hcfg, f.name) for f in dataclasses.fields(hcfg)}
+    values.update(encoder_layers_1=len(extra), spk_dim=spk_dim)
+    defaults = ContentVecConfig()
+    for name in ("ctr_layers", "logit_temp_ctr", "num_negatives"):
+        value = _get(src, name, None) if src is not None else None
+        if not _unset(value):
+            values[name] = type(getattr(defaults, name))(value)
+    if isinstance(values.get("ctr_layers"), list):
+        values["ctr_layers"] = [int(v) for v in values["ctr_layers"]]
+    cfg = ContentVecConfig(**values, cond_layer_norm_joint=cond_layer_norm_joint)
+    model = ContentVecModel(cfg)
+    result = model.load_state_dict(state, strict=False)
+    problems = list(result.missing_keys) + list(result.unexpected_keys)
+    if strict and problems:
+        raise CheckpointError(
+            f"{where}: weights do not fit the ContentVec config (missing "
+            f"{result.missing_keys[:5]}, unexpected {result.unexpected_keys[:5]})"
         )
     dicts = list((ckpt.get("task_state") or {}).get("dictionaries") or [])
     return model.eval(), cfg, dicts

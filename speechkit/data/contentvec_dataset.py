@@ -5,10 +5,17 @@ speaker's embedding (research/hubert_contentvec.md section 2.2).
   reference's LibriSpeech layout ``subset/speaker/chapter/file``; 2 for the shared test manifest
   ``speech/<corpus>/<speaker>/...``). Its ``spk2info`` entry gives ``spk_emb`` (D,) and the pitch
   range (``lo == 50`` is analysed from 75 Hz).
-* Training (``random_views``): ``__getitem__`` returns two views of the WHOLE utterance, each
+* Training (``random_views``): ``__getitem__`` returns two views of the utterance, each
   perturbed independently (random "Change gender", then the random EQ;
   ``contentvec_transforms.perturb_view``), drawn from ``default_rng([seed, epoch, 0, key])``.
 * Validation: view 1 is the original, view 2 the fixed "Change gender" for the speaker's sex.
+* Window before perturbing: with ``random_crop``, an utterance longer than ``max_sample_size`` is
+  first cut to a random window of ``max_sample_size`` samples whose start is a whole number of
+  label frames (labels cut alike), from ``default_rng([seed, epoch, 3, key])``. The batch crop
+  (at most ``max_sample_size``) then falls inside that window, so the crops have the
+  reference's distribution (up to the frame grid) while Praat processes only the window, not a
+  15 s file of which 2 s are kept. The f0 median of "Change gender" is measured on the window
+  (the reference measures it on the whole file).
 * ``collater`` crops both views at the SAME start (HuBERT's crop-to-shortest) and returns
   ``net_input = {"source": (B, L) view 1, "source_2": (B, L) view 2, "spk_emb": (B, D),
   "padding_mask": (B, L)}`` plus HuBERT's targets.
@@ -16,6 +23,7 @@ speaker's embedding (research/hubert_contentvec.md section 2.2).
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Sequence
 from typing import Any
@@ -24,7 +32,7 @@ import numpy as np
 import torch
 
 from speechkit.data.contentvec_transforms import ContentVecPerturbConfig, fixed_view, perturb_view
-from speechkit.data.hubert_dataset import _ITEM_STREAM, HubertDataset
+from speechkit.data.hubert_dataset import _ITEM_STREAM, _WINDOW_STREAM, HubertDataset
 from speechkit.data.spk2info import SpeakerInfo, load_spk2info, speaker_from_path
 from speechkit.errors import DataError
 
@@ -109,6 +117,8 @@ class ContentVecDataset(HubertDataset):
         """``{"id", "source": (L,) view 1, "source_2": (L,) view 2, "spk_emb": (D,),
         "label_list": [(T_i,) int64]}`` (views of the whole utterance, float32)."""
         wav = self.load_audio(index)
+        labels = self.get_labels(index)
+        wav, labels = self.window(index, wav, labels)
         s = int(self.item_speaker[index])
         floor, ceiling = self.pitch_ranges[s]
         what = self.describe(index)
@@ -126,8 +136,37 @@ class ContentVecDataset(HubertDataset):
             "source": self.postprocess(view_1),
             "source_2": self.postprocess(view_2),
             "spk_emb": torch.from_numpy(self.spk_emb[s].copy()),
-            "label_list": self.get_labels(index),
+            "label_list": labels,
         }
+
+    def frame_step(self) -> int | None:
+        """Samples per label frame common to every stream (e.g. 320 for 50 and 100 Hz), or None
+        when a stream's frame is not a whole number of samples (sequence labels)."""
+        step = 1
+        for rate in self.label_rates:
+            hop = self.sample_rate / rate if rate > 0 else 0.0
+            if hop <= 0 or abs(hop - round(hop)) > 1e-9:
+                return None
+            step = math.lcm(step, int(round(hop)))
+        return step
+
+    def window(
+        self, index: int, wav: np.ndarray, labels: list[torch.Tensor]
+    ) -> tuple[np.ndarray, list[torch.Tensor]]:
+        """Cut ``wav`` (L,) and its labels to a random frame-aligned window of
+        ``max_sample_size`` samples (see the module docstring); unchanged when the utterance is
+        not longer, without ``random_crop`` or with sequence labels."""
+        step = self.frame_step()
+        size = self.max_sample_size
+        if not self.random_crop or step is None or len(wav) <= size:
+            return wav, labels
+        rng = np.random.default_rng([self.seed, self.epoch, _WINDOW_STREAM, int(index)])
+        start = int(rng.integers(0, (len(wav) - size) // step + 1)) * step
+        cut = []
+        for t, rate in zip(labels, self.label_rates):
+            hop = int(round(self.sample_rate / rate))
+            cut.append(t[start // hop : (start + size) // hop])
+        return wav[start : start + size], cut
 
     def collater(self, items: Sequence[dict[str, Any]]) -> dict[str, Any]:
         """HuBERT's collater over both views with one crop start per item, plus

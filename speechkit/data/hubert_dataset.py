@@ -42,7 +42,12 @@ __all__ = ["HubertDataset", "fairseq_batch_by_size"]
 
 logger = logging.getLogger(__name__)
 
-_ITEM_STREAM, _COLLATE_STREAM, _BATCH_STREAM = 0, 1, 2  # keep the generators' seeds disjoint
+_ITEM_STREAM, _COLLATE_STREAM, _BATCH_STREAM, _WINDOW_STREAM = (
+    0,
+    1,
+    2,
+    3,
+)  # keep the generators' seeds disjoint
 
 
 def fairseq_batch_by_size(

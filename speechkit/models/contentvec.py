@@ -85,6 +85,11 @@ class ContentVecConfig(HubertConfig):
     cond_layer_norm_joint: bool = False
     """False: per-frame LayerNorm over C (default). True: the reference's statistics over
     (B, C) per time step (batch-dependent; for exact reproduction of its checkpoints)."""
+    cond_layer_norm_init: str = "bert"
+    """``bert``: the reference (``weight_ln`` / ``bias_ln`` drawn from N(0, 0.02), so the
+    conditional gains start near 0). ``mean_speaker``: gain 1 and bias 0 at the mean training
+    speaker embedding (the ``contentvec`` task calls ``init_conditional_norms``), i.e. the
+    conditional layers start as ordinary LayerNorms; small models learn much faster from it."""
 
 
 class ConditionalLayerNorm(nn.Module):
@@ -281,6 +286,11 @@ class ContentVecModel(HubertModel):
                 f"model.encoder_layers_1={cfg.encoder_layers_1} must be >= 0 and "
                 f"model.spk_dim={cfg.spk_dim} >= 1"
             )
+        if cfg.cond_layer_norm_init not in ("bert", "mean_speaker"):
+            raise ConfigError(
+                f"model.cond_layer_norm_init={cfg.cond_layer_norm_init!r}: expected 'bert' or "
+                "'mean_speaker'"
+            )
         if cfg.ctr_layers and cfg.num_negatives < 1:
             raise ConfigError("model.num_negatives must be >= 1 when model.ctr_layers is set")
         dim = cfg.encoder_embed_dim
@@ -310,6 +320,32 @@ class ContentVecModel(HubertModel):
     def set_num_updates(self, num_updates: int) -> None:
         """Called by the trainer before every update."""
         self.num_updates = num_updates
+
+    def conditional_norms(self) -> list[ConditionalLayerNorm]:
+        return [m for m in self.modules() if isinstance(m, ConditionalLayerNorm)]
+
+    @torch.no_grad()
+    def init_conditional_norms(self, mean_spk_emb: torch.Tensor) -> None:
+        """``cond_layer_norm_init="mean_speaker"``: set every ``weight_ln`` to
+        ``1 mean^T / |mean|^2`` and ``bias_ln`` to 0, so that a speaker embedding e gets the
+        gain ``(mean . e) / |mean|^2`` (1 at the mean) and bias 0.
+
+        Args:
+            mean_spk_emb: (spk_dim,) mean embedding of the training speakers.
+
+        Raises:
+            ValueError: wrong size or a zero mean.
+        """
+        mean = mean_spk_emb.detach().float().flatten()
+        if mean.numel() != self.cfg.spk_dim or float(mean.norm()) == 0.0:
+            raise ValueError(
+                f"mean speaker embedding of size {mean.numel()} (norm {float(mean.norm()):.3g}); "
+                f"expected a non-zero ({self.cfg.spk_dim},) vector"
+            )
+        for norm in self.conditional_norms():
+            w = norm.weight_ln.weight
+            w.copy_((mean / mean.pow(2).sum()).to(w).expand_as(w))
+            norm.bias_ln.weight.zero_()
 
     # ------------------------------------------------------------------------------------------
     def forward_layers(

@@ -20,6 +20,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
+import torch
+from torch import nn
+
 from speechkit.data.contentvec_dataset import ContentVecDataset
 from speechkit.data.contentvec_transforms import ContentVecPerturbConfig
 from speechkit.data.spk2info import load_spk2info
@@ -68,6 +72,15 @@ class ContentVecPretrainingTask(HubertPretrainingTask):
 
     def model_overrides(self) -> dict[str, Any]:
         return {**super().model_overrides(), "spk_dim": self.spk_dim}
+
+    def build_model(self, cfg: Any) -> nn.Module:
+        """HuBERT's ``build_model``; with ``model.cond_layer_norm_init=mean_speaker`` the
+        conditional norms start at unit gain for the mean ``train`` speaker embedding."""
+        model = super().build_model(cfg)
+        if getattr(model.cfg, "cond_layer_norm_init", "bert") == "mean_speaker":
+            embs = np.stack([i.spk_emb for i in self.spk2info["train"].values()])
+            model.init_conditional_norms(torch.from_numpy(embs.astype(np.float32)).mean(0))
+        return model
 
     def has_split(self, split: str) -> bool:
         return super().has_split(split) and split in self.spk2info
