@@ -33,7 +33,10 @@ def pretraining_dir(shared_data, tmp_path_factory):
     write_manifest(out / "train.tsv", str(shared_data), [rel], [240000])
     (out / "train.km").write_text(" ".join(["3"] * 750) + "\n")
     (out / "dict.km.txt").write_text("".join(f"{k} 1\n" for k in range(500)))
-    info = SpeakerInfo(np.zeros(256, np.float32), 50.0, 300.0, sex="M")
+    # A unit-norm embedding: the ContentVec demo initialises its conditional layer norms from
+    # the mean speaker embedding, which must be non-zero.
+    emb = np.random.default_rng(0).standard_normal(256).astype(np.float32)
+    info = SpeakerInfo(emb / np.linalg.norm(emb), 50.0, 300.0, sex="M")
     save_spk2info(out / "spk2info.dict", {"train": {"1688": info}})
     return out
 
