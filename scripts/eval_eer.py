@@ -4,13 +4,14 @@
     python scripts/eval_eer.py --checkpoint runs/sv/checkpoint_best.pt \\
         --test-list voxceleb1_test.txt --test-path data/voxceleb1/wav \\
         [--eval-frames 400 --num-eval 10] [--scoring cosine|crop_distance] \\
-        [--cohort-list cohort.txt --cohort-path ROOT --top-k 300] \\
+        [--cohort-list cohort.txt --cohort-path ROOT --top-k 300 --cohort-level speaker] \\
         [--scores scores.txt] [--det-plot det.png]
 
 Each file of the trial list is embedded once (batched). Every listed file is checked before any
 embedding is computed. Scores are cosine similarities of the mean crop embeddings (default) or
 voxceleb_trainer's negative mean crop distance; ``--cohort-list`` adds adaptive symmetric score
-normalisation (AS-norm, Matejka et al. 2017). Works with speechkit checkpoints and with
+normalisation (AS-norm, Matejka et al. 2017); the cohort is one L2-normalised mean embedding per
+cohort speaker (wespeaker's VoxCeleb recipe; ``--cohort-level utterance`` uses every file). Works with speechkit checkpoints and with
 voxceleb_trainer checkpoints converted by ``scripts/convert_voxceleb_trainer.py``.
 
 Exit status: 0 ok, 2 bad input (message on stderr).
@@ -65,6 +66,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--cohort-list", help="'speaker path' list for AS-norm")
     p.add_argument("--cohort-path", default=None, help="root of the cohort list (default: test)")
     p.add_argument("--top-k", type=int, default=300, help="AS-norm cohort size per side")
+    p.add_argument(
+        "--cohort-level",
+        choices=("speaker", "utterance"),
+        default="speaker",
+        help="AS-norm cohort: one mean embedding per speaker (wespeaker) or one per file",
+    )
     p.add_argument("--scores", help="write 'score label path1 path2' lines here")
     p.add_argument("--det-plot", help="write a DET curve PNG here")
     p.add_argument("--batch-files", type=int, default=8)
@@ -86,6 +93,11 @@ def run(args: argparse.Namespace) -> dict[str, float]:
         )
     if args.cohort_list and args.scoring != "cosine":
         raise SpeechkitError("--cohort-list (AS-norm) needs --scoring cosine")
+    cohort: list[tuple[str, str]] = []  # (speaker, path)
+    if args.cohort_list:  # checked before anything is embedded
+        cohort_root = args.cohort_path or args.test_path
+        cohort = read_train_list(args.cohort_list, cohort_root, check_exists=True)
+        cohort_files = sorted({p for _, p in cohort})
 
     state = load_checkpoint_file(args.checkpoint)
     crit = ((state.get("cfg") or {}).get("criterion") or {}).get("_name")
@@ -113,10 +125,6 @@ def run(args: argparse.Namespace) -> dict[str, float]:
     )
 
     if args.cohort_list:
-        cohort_root = args.cohort_path or args.test_path
-        cohort_files = [
-            p for _, p in read_train_list(args.cohort_list, cohort_root, check_exists=True)
-        ]
         cemb = extract_embeddings(
             model,
             cohort_files,
@@ -132,12 +140,27 @@ def run(args: argparse.Namespace) -> dict[str, float]:
         def mean_emb(paths):
             return F.normalize(torch.stack([emb_all[p].mean(0) for p in paths]), dim=-1)
 
-        cohort = mean_emb(cohort_files)
-        top_k = min(args.top_k, len(cohort_files))
+        if args.cohort_level == "speaker":
+            files_of: dict[str, list[str]] = {}
+            for speaker, path in cohort:
+                files_of.setdefault(speaker, []).append(path)
+            # mean of each speaker's L2-normalised file embeddings, re-normalised
+            cohort_emb = F.normalize(
+                torch.stack([mean_emb(files).mean(0) for files in files_of.values()]), dim=-1
+            )
+        else:
+            cohort_emb = mean_emb(cohort_files)
+        n_cohort = cohort_emb.shape[0]
+        if n_cohort < 2:
+            raise SpeechkitError(
+                f"{args.cohort_list}: AS-norm needs a cohort of 2 or more {args.cohort_level}s"
+            )
+        top_k = min(args.top_k, n_cohort)
         scores = np.asarray(
-            as_norm(scores, mean_emb(p1), mean_emb(p2), cohort, top_k=top_k), dtype=np.float64
+            as_norm(scores, mean_emb(p1), mean_emb(p2), cohort_emb, top_k=top_k),
+            dtype=np.float64,
         )
-        print(f"AS-norm with {len(cohort_files)} cohort files, top-{top_k}")
+        print(f"AS-norm with a cohort of {n_cohort} {args.cohort_level}s, top-{top_k}")
 
     result = evaluate_scores(scores, trials.labels)
     print(

@@ -12,7 +12,8 @@ paths with ``.npy`` instead of the audio suffix:
 
 * ``normal``: ``speaker_id file``, every utterance, in list order.
 * ``test``: ``label file1 file2``. For every utterance up to ``--trials-per-utterance`` random
-  partners of its speaker and as many random utterances of other speakers; repeated pairs are
+  partners of its speaker and up to ``--trials-per-utterance`` random utterances of other
+  speakers (a one-utterance speaker still gets non-target trials); repeated pairs are
   dropped, then the larger side is subsampled so the list has as many target as non-target
   trials; shuffled.
 * ``triplet``: ``speaker_id file other_speaker_id``, the other speaker drawn uniformly.
@@ -92,14 +93,20 @@ def test_entries(utts: Utterances, rng: random.Random, per_utterance: int) -> li
         )
     same: dict[tuple[str, str], None] = {}
     diff: dict[tuple[str, str], None] = {}
+    everyone = [(s, f) for s in speakers for f in utts[s]]
     for speaker, files in utts.items():
-        others = [f for s in speakers if s != speaker for f in utts[s]]
+        n_others = len(everyone) - len(files)
         for i, f in enumerate(files):
             partners = files[:i] + files[i + 1 :]
-            k = min(per_utterance, len(partners))
-            for g in rng.sample(partners, k):
+            for g in rng.sample(partners, min(per_utterance, len(partners))):
                 same.setdefault(tuple(sorted((f, g))), None)
-            for g in rng.sample(others, min(k, len(others))):
+            # other speakers' files by rejection: O(per_utterance) per file, not O(N)
+            picked: set[str] = set()
+            while len(picked) < min(per_utterance, n_others):
+                other, g = rng.choice(everyone)
+                if other != speaker:
+                    picked.add(g)
+            for g in sorted(picked):
                 diff.setdefault(tuple(sorted((f, g))), None)
     n = min(len(same), len(diff))
     trials = [(1, p) for p in rng.sample(list(same), n)] + [

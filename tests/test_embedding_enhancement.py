@@ -527,6 +527,12 @@ def test_dataset_items_and_bad_input(tmp_path):
         build_dataset(
             read_enhancement_list(dist, "distribution"), table, targets, {"s1": 0, "s2": 1}
         )
+    # cross-session pairs have two session targets: session level is refused
+    session_targets = TargetTable(tmp_path / "targets", 8, level="session")
+    with pytest.raises(DataError, match=r"dist\.txt: a distribution list .* speaker-level"):
+        build_dataset(
+            read_enhancement_list(dist, "distribution"), table, session_targets, {"s1": 0, "s2": 1}
+        )
 
 
 def test_task_checks_model_dim_and_criterion_format(tmp_path):
@@ -634,7 +640,10 @@ def test_dump_is_batched_resumable_and_atomic(
         dump_embeddings.main(argv)
     monkeypatch.setattr(np, "save", real_save)
     assert not files[1].exists()
-    assert not list(out.rglob("*.partial")) and not list(out.rglob(".*.partial"))
+    # nothing half-written is left behind: neither the target nor the writer's temporary file
+    assert sorted(p.name for p in out.rglob("*") if p.is_file()) == sorted(
+        p.name for p in files if p.exists()
+    ) + ["dump_info.json"]
 
     assert dump_embeddings.main(argv) == 0
     assert "2 already dumped, 1 to embed" in capsys.readouterr().out

@@ -422,6 +422,10 @@ def test_full_contentvec_checkpoint_round_trip(tmp_path):
     path = save_fairseq_checkpoint(model, None, tmp_path / "contentvec.pt")
     ckpt = load_fairseq_checkpoint(path)
     assert ckpt["cfg"]["model"]["_name"] == "contentvec"
+    # ContentVec's own registered names, not HuBERT's
+    assert ckpt["cfg"]["task"]["_name"] == "contentvec_pretraining"
+    assert ckpt["cfg"]["criterion"]["_name"] == "contentvec"
+    assert ckpt["optimizer_history"][-1]["criterion_name"] == "ContentvecCriterion"
     assert ckpt["model"]["encoder.layers.4.self_attn_layer_norm.weight_ln.weight"].shape == (32, 6)
 
     loaded, cfg2, dicts = contentvec_from_fairseq_checkpoint(path)

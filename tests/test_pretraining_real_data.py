@@ -11,6 +11,7 @@ import importlib.util
 import re
 import signal
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -20,7 +21,7 @@ import torch
 
 from speechkit.data.manifest import read_manifest
 from speechkit.hubert_features import HubertFeatureExtractor
-from tests.helpers import REPO_ROOT, clean_env, run_train, train_cmd
+from tests.helpers import REPO_ROOT, clean_env, free_port, run_train, train_cmd
 
 N_CLUSTERS = 32
 CHANCE = 100.0 / N_CLUSTERS  # % masked accuracy of a uniform guess over the clusters
@@ -141,7 +142,7 @@ def test_contentvec_demo_learns_resumes_after_kill_and_extracts(prepared, tmp_pa
         f"out={out}",
     ]
     proc = subprocess.run(
-        [str(Path(__import__("sys").executable)), *cmd[1:]],
+        [sys.executable, *cmd[1:]],
         cwd=REPO_ROOT,
         env=clean_env(),
         capture_output=True,
@@ -183,3 +184,22 @@ def test_hubert_iteration_1_then_2(prepared, tmp_path):
     assert np.isfinite(v2[30]["loss"]) and v2[30]["loss_m_0"] < v2[0]["loss_m_0"]
     state = torch.load(it2 / "checkpoint_last.pt", map_location="cpu", weights_only=True)
     assert state["cfg"]["model"]["label_rate"] == 50.0
+
+
+def test_contentvec_demo_trains_on_two_processes(prepared, tmp_path):
+    """DDP (2 gloo ranks): LayerDrop and the contrastive head idle at update 0 leave parameters
+    without gradients in some updates; the preset's find_unused_parameters lets DDP cope, and
+    both ranks' masked-prediction metrics are aggregated."""
+    run_dir = tmp_path / "ddp"
+    args = overrides("contentvec_demo", prepared, run_dir, 6)
+    args += ["model.encoder_layerdrop=0.5", "distributed.world_size=2"]
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nnodes=1", "--nproc_per_node=2"]
+    cmd += [f"--master_port={free_port()}", "-m", "speechkit.train", *args]
+    proc = subprocess.run(
+        cmd, cwd=REPO_ROOT, env=clean_env(), capture_output=True, text=True, timeout=600
+    )
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    assert "2 process(es) via torchrun" in proc.stderr
+    assert np.isfinite(valid_lines(proc.stderr)[6]["loss_m_0"])
+    state = torch.load(run_dir / "checkpoint_last.pt", map_location="cpu", weights_only=True)
+    assert state["train_state"]["num_updates"] == 6 and len(state["rng"]) == 2

@@ -75,7 +75,7 @@ def test_overfit_ten_speakers(overfit):
         f"trained {overfit['after']:.2f}%"
     )
     assert overfit["before"] > 15.0  # an untrained net is far from separating the speakers
-    assert overfit["after"] < 0.6 * overfit["before"]
+    assert overfit["after"] < 0.5 * overfit["before"]  # measured: 23.8% -> 8.2%
 
 
 def logmel_stats_baseline_eer(shared, trials_file) -> float:
@@ -138,6 +138,45 @@ def test_eval_eer_script_writes_scores_and_det(overfit, shared_data, tmp_path):
     assert np.array_equal(written.labels, trials.labels) and len(written.scores) == 12
     png = __import__("matplotlib.image", fromlist=["imread"]).imread(det)
     assert png.ndim == 3 and png.shape[0] > 100
+
+
+def test_eval_eer_as_norm_cohort_levels(overfit, shared_data, tmp_path, capsys):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("eval_eer", REPO_ROOT / "scripts/eval_eer.py")
+    eval_eer = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(eval_eer)
+    files_of: dict[str, list[str]] = {}
+    for line in (
+        (shared_data / "lists/librispeech_test_other_train_all.txt").read_text().split("\n")
+    ):
+        if line.strip():
+            speaker, path = line.split()
+            files_of.setdefault(speaker, []).append(path)
+    speakers = sorted(files_of)[:3]
+    two = tmp_path / "two_per_speaker.txt"
+    two.write_text("".join(f"{s} {f}\n" for s in speakers for f in files_of[s][:2]))
+    one = tmp_path / "one_per_speaker.txt"
+    one.write_text("".join(f"{s} {files_of[s][0]}\n" for s in speakers))
+    base = ["--checkpoint", str(overfit["checkpoint"]), "--test-path", str(shared_data)]
+    base += ["--test-list", str(shared_data / "lists/voxceleb1_mini_trials.txt")]
+    base += ["--eval-frames", "100", "--num-eval", "2", "--cohort-path", str(shared_data)]
+
+    def scores(name, *extra):
+        out = tmp_path / f"{name}.txt"
+        assert eval_eer.main([*base, *extra, "--scores", str(out)]) == 0
+        return read_score_file(out).scores
+
+    raw = scores("raw")
+    spk2 = scores("spk2", "--cohort-list", str(two))
+    utt2 = scores("utt2", "--cohort-list", str(two), "--cohort-level", "utterance")
+    spk1 = scores("spk1", "--cohort-list", str(one))
+    utt1 = scores("utt1", "--cohort-list", str(one), "--cohort-level", "utterance")
+    out = capsys.readouterr().out
+    assert "cohort of 3 speakers, top-3" in out and "cohort of 6 utterances, top-6" in out
+    assert not np.allclose(spk2, raw) and not np.allclose(spk2, utt2)
+    # one file per speaker: the speaker means are those files' embeddings
+    np.testing.assert_allclose(spk1, utt1, rtol=1e-5, atol=1e-6)
 
 
 def test_eval_eer_missing_files_fail_before_embedding(overfit, tmp_path, capsys):

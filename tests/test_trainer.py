@@ -68,6 +68,51 @@ def test_nonfinite_loss_is_skipped_then_stops(tmp_path, caplog):
     assert "skipped: non-finite" in caplog.text
 
 
+def test_mid_epoch_validation_writes_best_checkpoint(tmp_path):
+    """A new best found by validate_interval_updates is saved at once, not at the next
+    numbered save (16 updates per epoch here: both validations fall inside epoch 1)."""
+    t = make_trainer(
+        tmp_path,
+        "optimization.max_update=12",
+        "optimization.lr=0.01",
+        "dataset.validate_interval_updates=5",
+        "dataset.validate_interval=0",
+        "checkpoint.save_interval_updates=0",
+    )
+    t.train()
+    best = torch.load(tmp_path / "checkpoint_best.pt", weights_only=True)
+    assert best["train_state"]["num_updates"] == 10
+    assert best["train_state"]["epoch"] == 1 and best["train_state"]["iterations_in_epoch"] == 10
+
+
+def test_skipped_updates_do_not_repeat_interval_actions(tmp_path):
+    """After a skipped (NaN) update num_updates is unchanged: its validation and numbered save
+    must not run again."""
+    t = make_trainer(
+        tmp_path,
+        "task.nan_after=3",
+        "optimization.max_update=50",
+        "common.max_nonfinite_steps=4",
+        "dataset.validate_interval_updates=3",
+        "checkpoint.save_interval_updates=3",
+    )
+    calls = {"validate": 0, "save": 0}
+    validate, save = t._validate_and_track, t.save_checkpoint
+
+    def count_validate():
+        calls["validate"] += 1
+        return validate()
+
+    def count_save(*args, **kwargs):
+        calls["save"] += 1
+        return save(*args, **kwargs)
+
+    t._validate_and_track, t.save_checkpoint = count_validate, count_save
+    with pytest.raises(FloatingPointError):
+        t.train()
+    assert t.num_updates == 3 and calls == {"validate": 1, "save": 1}
+
+
 @pytest.mark.parametrize("precision", ["bf16", "fp16"])
 def test_mixed_precision_trains(tmp_path, precision):
     t = make_trainer(

@@ -430,8 +430,10 @@ def _model_cfg_dict(cfg: HubertConfig) -> dict:
 
 
 def _fairseq_cfg(cfg: HubertConfig, task_cfg: dict | None, n_sets: int) -> dict:
+    is_contentvec = hasattr(cfg, "encoder_layers_1")
     task = {
-        "_name": "hubert_pretraining",
+        # ContentVec's registered names: task contentvec_pretraining, criterion contentvec
+        "_name": "contentvec_pretraining" if is_contentvec else "hubert_pretraining",
         "data": "",
         "labels": ["km"] * n_sets,
         "label_dir": None,
@@ -465,7 +467,7 @@ def _fairseq_cfg(cfg: HubertConfig, task_cfg: dict | None, n_sets: int) -> dict:
     out["model"] = _model_cfg_dict(cfg)
     out["task"] = task
     out["criterion"] = {
-        "_name": "hubert",
+        "_name": "contentvec" if is_contentvec else "hubert",
         "pred_masked_weight": 1.0,
         "pred_nomask_weight": 0.0,
         "loss_weights": [10.0],
@@ -534,7 +536,9 @@ def save_fairseq_checkpoint(
         "criterion": None,
         "optimizer_history": [
             {
-                "criterion_name": "HubertCriterion",
+                "criterion_name": (
+                    "ContentvecCriterion" if hasattr(cfg, "encoder_layers_1") else "HubertCriterion"
+                ),
                 "optimizer_name": "FairseqAdam",
                 "lr_scheduler_state": {"best": None},
                 "num_updates": int(num_updates),

@@ -597,10 +597,20 @@ def build_dataset(
     Raises:
         ValueError: a ``test`` list.
         DataError: see ``EmbeddingTable`` and ``TargetTable``; for a distribution list also a
-            speaker that lacks same-session or cross-session pairs (the MMD needs both).
+            speaker that lacks same-session or cross-session pairs (the MMD needs both), or
+            session-level targets. A triplet list's negative is the other speaker's
+            speaker-level target (``<speaker>.npy``; at session level build targets with
+            ``combine_embeddings.py --level both``).
     """
     if lst.format == "test":
         raise ValueError("a test list has no speakers or targets; it is for validation")
+    if lst.format == "distribution" and targets.level == "session":
+        # a cross-session pair (flag 0) has two sessions, hence two targets, but the
+        # domain-adaptation loss pulls both outputs toward one: speaker level only
+        raise DataError(
+            f"{lst.path}: a distribution list pairs files of different sessions; it needs "
+            "speaker-level targets (task.target_level=speaker), not session-level ones"
+        )
     wheres = [lst.where(e) for e in lst.entries]
     tgt = np.stack([targets.get(e.speaker, e.files[0], w) for e, w in zip(lst.entries, wheres)])
     labels = np.array([label_of_speaker[e.speaker] for e in lst.entries], dtype=np.int64)

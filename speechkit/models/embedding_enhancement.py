@@ -18,8 +18,13 @@ As in the reference the activation (``relu`` or ``elu``) follows every layer, th
 included (``final_activation=True``); note that a final ReLU makes every output non-negative,
 so such a net cannot reach targets with negative components. Linear layers are named
 ``l1 .. lN`` like the reference's ``__S__.l{k}`` keys, so its checkpoints map by dropping the
-``__S__.`` prefix. Dropout is ``nn.Dropout`` on (B, D) vectors, which is what the reference's
-``Dropout1d`` amounts to on its (B, D) input.
+``__S__.`` prefix.
+
+Deviation: dropout is element-wise ``nn.Dropout`` on the (B, D) activations. The reference calls
+``nn.Dropout1d`` on that 2-D input, which PyTorch reads as one unbatched (C=B, L=D) signal, so
+it zeroes whole rows: each training example's activation vector is dropped entirely with
+probability 0.2 (and the rest scaled by 1.25). That throws away a fifth of every batch at each
+such layer rather than regularising features, so speechkit drops elements.
 """
 
 from __future__ import annotations

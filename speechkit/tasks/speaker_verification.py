@@ -135,6 +135,7 @@ class SpeakerVerificationTask(Task):
         max_tokens: int | None = None,
     ) -> list[list[Any]]:
         dataset = self.dataset(split)
+        dataset.seed = seed  # crops and augmentation follow common.seed, as the batches do
         batches = speaker_balanced_batches(
             dataset.labels,
             n_per_speaker=self.cfg.n_per_speaker,

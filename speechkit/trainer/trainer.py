@@ -162,6 +162,7 @@ class Trainer:
         self.best_metric: float | None = None
         self.nonfinite_streak = 0
         self._stop_signal: int | None = None
+        self._stop_agreed = False  # set by _train_update from the all-reduced flag
         self.save_dir = Path(cfg.checkpoint.save_dir)
         self.writer = CheckpointWriter(self.save_dir, cfg.checkpoint.keep_last_checkpoints)
         self.meter = IntervalMeter()
@@ -342,7 +343,13 @@ class Trainer:
             return contextlib.nullcontext()
         return torch.autocast(device_type=self.device.type, dtype=self.amp_dtype)
 
-    def _train_update(self, samples: list[Any]) -> None:
+    def _train_update(self, samples: list[Any]) -> bool:
+        """Forward/backward over the micro-batches of one update, then step.
+
+        Returns False when the update was skipped (non-finite loss or gradient). Sets
+        ``self._stop_agreed`` when any rank has been signalled: every rank reads the same
+        all-reduced flag, so all of them stop (and enter the collective save) at the same update.
+        """
         if not self.module.training:  # train() walks every submodule: only when needed
             self.module.train()
         self.criterion.set_num_updates(self.num_updates)
@@ -380,6 +387,7 @@ class Trainer:
         nonfinite_ranks, stop_ranks = reduced[len(keys) :]
         if stop_ranks > 0 and self._stop_signal is None:
             self._stop_signal = signal.SIGTERM  # another rank was signalled
+        self._stop_agreed = stop_ranks > 0
 
         total = sums.get("sample_size", 0.0)
         if not normalise_loss and total > 0 and total != self._scale_one:
@@ -411,13 +419,14 @@ class Trainer:
                     "gradient (common.max_nonfinite_steps); lower the LR, enable clipping "
                     "(optimization.clip_norm) or check the data"
                 )
-            return
+            return False
         self.nonfinite_streak = 0
         self.scaler.step(self.optimizer)
         self.scaler.update()
         self.optimizer.zero_grad(set_to_none=True)
         self.num_updates += 1
         self.meter.add(sums, grad_norm)
+        return True
 
     # ------------------------------------------------------------------------------------------
     # validation
@@ -578,26 +587,31 @@ class Trainer:
             remaining -= 1
             if len(pending) < update_freq and remaining > 0:
                 continue
-            self._train_update(pending)
+            stepped = self._train_update(pending)
             self.iterations_in_epoch += len(pending)
             if bar is not None:
                 bar.update(len(pending))
             pending = []
-            if self.num_updates % cfg.common.log_interval == 0:
+            # a skipped update leaves num_updates as it was: its interval actions already ran
+            if stepped and self.num_updates % cfg.common.log_interval == 0:
                 self._log_train_interval(bar)
             numbered_save = (
-                cfg.checkpoint.save_interval_updates > 0
+                stepped
+                and cfg.checkpoint.save_interval_updates > 0
                 and self.num_updates % cfg.checkpoint.save_interval_updates == 0
             )
             val_now = (
-                cfg.dataset.validate_interval_updates > 0
+                stepped
+                and cfg.dataset.validate_interval_updates > 0
                 and self.num_updates % cfg.dataset.validate_interval_updates == 0
             )
             is_best = False
             if val_now:
                 metrics, is_best = self._validate_and_track()
-            stop = self._stop_signal is not None
-            if numbered_save or stop or (self._done() and remaining > 0):
+            # the all-reduced flag, not this rank's own: a signal that arrived after the
+            # all-reduce is acted on at the next update, by every rank together
+            stop = self._stop_agreed
+            if numbered_save or stop or is_best or (self._done() and remaining > 0):
                 self.save_checkpoint(numbered=numbered_save, is_best=is_best)
             if stop:
                 if bar is not None:
