@@ -11,7 +11,7 @@ from speechkit.registry import LR_SCHEDULER_REGISTRY
 from speechkit.train import build_components
 from speechkit.trainer.rng import seed_everything
 from speechkit.trainer.trainer import Trainer
-from tests.helpers import TOY, compose_cfg
+from tests.helpers import TOY, compose_cfg, prepare_registries
 
 
 def make_trainer(tmp_path, *overrides):
@@ -177,6 +177,7 @@ def test_finetune_and_reset_optimizer(tmp_path):
     ],
 )
 def test_lr_schedules(name, over, checks):
+    prepare_registries()  # the built-in schedulers, also when this test runs on its own
     opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
     sched = LR_SCHEDULER_REGISTRY.build({"_name": name, **over}, opt, 1e-3, 100)
     for step, lr in checks.items():
@@ -184,6 +185,7 @@ def test_lr_schedules(name, over, checks):
 
 
 def test_reduce_on_plateau():
+    prepare_registries()
     opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
     sched = LR_SCHEDULER_REGISTRY.build(
         {"_name": "reduce_lr_on_plateau", "patience": 1, "factor": 0.1}, opt, 1.0, 0

@@ -41,7 +41,9 @@ class Criterion(nn.Module):
 
     def set_num_updates(self, num_updates: int) -> None:
         """Called by the trainer before every update (for schedules such as AAM margin ramps)."""
-        self.num_updates = num_updates
+        # a plain int attribute: skip nn.Module.__setattr__'s parameter/buffer/module checks,
+        # which cost more than the rest of this per-update call
+        self.__dict__["num_updates"] = num_updates
 
     @staticmethod
     def reduce_metrics(sums: dict[str, float]) -> dict[str, float]:

@@ -145,6 +145,8 @@ class Trainer:
             bucket_cap_mb=dcfg.bucket_cap_mb,
         )
         self.is_ddp = self.wrapped is not self.module
+        # looked up once: hasattr on an nn.Module goes through __getattr__ and an exception
+        self._model_set_num_updates = getattr(self.model, "set_num_updates", None)
         self.params = [p for p in self.module.parameters() if p.requires_grad]
         self.optimizer = OPTIMIZER_REGISTRY.build(cfg.optimizer, self.params, opt.lr)
         self.lr_scheduler = LR_SCHEDULER_REGISTRY.build(
@@ -353,8 +355,8 @@ class Trainer:
         if not self.module.training:  # train() walks every submodule: only when needed
             self.module.train()
         self.criterion.set_num_updates(self.num_updates)
-        if hasattr(self.model, "set_num_updates"):
-            self.model.set_num_updates(self.num_updates)
+        if self._model_set_num_updates is not None:
+            self._model_set_num_updates(self.num_updates)
         self.lr_scheduler.step_update(self.num_updates)
 
         logs = []
@@ -362,7 +364,8 @@ class Trainer:
         # one micro-batch on one rank: normalise the loss itself (cheaper than scaling grads)
         normalise_loss = len(samples) == 1 and self.env.world_size == 1
         for i, sample in enumerate(samples):
-            sample = move_to_device(sample, self.device)
+            if self.device.type != "cpu":  # data loader output is already on the CPU
+                sample = move_to_device(sample, self.device)
             last = i == len(samples) - 1
             sync = contextlib.nullcontext() if (last or not self.is_ddp) else self.wrapped.no_sync()
             with sync:
@@ -372,7 +375,7 @@ class Trainer:
                     )
                 if normalise_loss and sample_size not in (0, 1):
                     loss = loss / sample_size
-                self.scaler.scale(loss).backward()
+                self.scaler.scale(loss).backward()  # identity unless fp16
             if not math.isfinite(float(log.get("loss", 0.0))):
                 loss_finite = False
             log = dict(log)
@@ -380,11 +383,13 @@ class Trainer:
             logs.append(log)
 
         sums = sum_logging_outputs(logs)
-        keys = sorted(sums)
         flags = [0.0 if loss_finite else 1.0, 1.0 if self._stop_signal else 0.0]
-        reduced = dist_utils.all_reduce_sums([sums[k] for k in keys] + flags, self.device)
-        sums = dict(zip(keys, reduced[: len(keys)]))
-        nonfinite_ranks, stop_ranks = reduced[len(keys) :]
+        if self.env.world_size > 1:  # one all-reduce for the logging sums and both flags
+            keys = sorted(sums)
+            reduced = dist_utils.all_reduce_sums([sums[k] for k in keys] + flags, self.device)
+            sums = dict(zip(keys, reduced[: len(keys)]))
+            flags = reduced[len(keys) :]
+        nonfinite_ranks, stop_ranks = flags
         if stop_ranks > 0 and self._stop_signal is None:
             self._stop_signal = signal.SIGTERM  # another rank was signalled
         self._stop_agreed = stop_ranks > 0
@@ -396,10 +401,11 @@ class Trainer:
             )
         grad_norm = None
         clip = self.cfg.optimization.clip_norm
-        self.scaler.unscale_(self.optimizer)
+        fp16 = self.scaler.is_enabled()  # only fp16 scales the loss; otherwise skip the scaler
+        if fp16:
+            self.scaler.unscale_(self.optimizer)
         if clip > 0:
             grad_norm = float(torch.nn.utils.clip_grad_norm_(self.params, clip))
-        fp16 = self.scaler.is_enabled()
         skip = nonfinite_ranks > 0 or (
             grad_norm is not None and not math.isfinite(grad_norm) and not fp16
         )
@@ -421,8 +427,11 @@ class Trainer:
                 )
             return False
         self.nonfinite_streak = 0
-        self.scaler.step(self.optimizer)
-        self.scaler.update()
+        if fp16:
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+        else:
+            self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
         self.num_updates += 1
         self.meter.add(sums, grad_norm)
