@@ -16,6 +16,7 @@ BUILTIN_MODULES = [
     "speechkit.tasks.embedding_enhancement",
     "speechkit.tasks.hubert_pretraining",
     "speechkit.tasks.contentvec_pretraining",
+    "speechkit.tasks.syncnet",
     # models
     "speechkit.models.resnet_se",
     "speechkit.models.vggvox",
@@ -24,12 +25,14 @@ BUILTIN_MODULES = [
     "speechkit.models.embedding_enhancement",
     "speechkit.models.hubert",
     "speechkit.models.contentvec",
+    "speechkit.models.syncnet",
     # criterions
     "speechkit.criterions.speaker_classification",
     "speechkit.criterions.speaker_metric",
     "speechkit.criterions.embedding_enhancement",
     "speechkit.criterions.hubert_criterion",
     "speechkit.criterions.contentvec_criterion",
+    "speechkit.criterions.syncnet_criterion",
 ]
 
 

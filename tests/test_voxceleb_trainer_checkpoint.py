@@ -369,6 +369,53 @@ def test_rawnet3_model_layout(tmp_path, shared_data):
     assert emb.shape == (256,) and torch.isfinite(emb).all()
 
 
+def vggvox40_keys(n_out: int = 512, sap: bool = True) -> list[tuple[str, tuple]]:
+    """VGGVox40 (section 1.4): netcnn convs 0/4/8/11/14/18 with bias, BNs 1/5/9/12/15/19."""
+    convs = [(0, 1, 96, (5, 7)), (4, 96, 256, (5, 5)), (8, 256, 384, (3, 3))]
+    convs += [(11, 384, 256, (3, 3)), (14, 256, 256, (3, 3)), (18, 256, 512, (4, 1))]
+    keys = []
+    for idx, c_in, c_out, kernel in convs:
+        keys += [(f"netcnn.{idx}.weight", (c_out, c_in, *kernel)), (f"netcnn.{idx}.bias", (c_out,))]
+        keys += _bn(f"netcnn.{idx + 1}", c_out)
+    if sap:
+        keys += [("sap_linear.weight", (512, 512)), ("sap_linear.bias", (512,))]
+        keys += [("attention", (512, 1))]
+    keys += [("fc.weight", (n_out, 512)), ("fc.bias", (n_out,))]
+    keys += [("torchfb.spectrogram.window", (400,)), ("torchfb.mel_scale.fb", (257, 40))]
+    return keys
+
+
+def test_vggvox40_legacy_file(tmp_path, shared_data):
+    """VGGVox40 with SAP: every key maps, the hann-window mel front-end checks out, and the
+    converted model embeds real speech; without sap_linear the pooling must be named."""
+    state = prefixed(fill(vggvox40_keys(), 4), "__S__.")
+    state["__S__.torchfb.spectrogram.window"] = torch.from_numpy(hann_periodic(400)).float()
+    path = tmp_path / "vggvox.model"
+    torch.save({**state, **angleproto_loss()}, path)
+    ckpt, report = convert_voxceleb_trainer(path)
+    assert report.model == "vggvox40" and report.problems() == []
+    assert report.unmapped == [] and report.missing == []
+    assert report.frontend_checks and all(c.ok for c in report.frontend_checks)
+    cfg = ckpt["cfg"]["model"]
+    assert (cfg["encoder_type"], cfg["embed_dim"]) == ("SAP", 512)
+    assert_same_tensors(state, ckpt["model"], "__S__.")
+    out = tmp_path / "vggvox.pt"
+    save_converted(ckpt, out)
+    emb = SpeakerEmbedding.from_checkpoint(out, eval_frames=100, num_eval=2).embed(
+        shared_data / VOX_WAV
+    )
+    assert emb.shape == (512,) and torch.isfinite(emb).all()
+
+    no_sap = prefixed(fill(vggvox40_keys(sap=False), 4), "__S__.")
+    no_sap["__S__.torchfb.spectrogram.window"] = torch.from_numpy(hann_periodic(400)).float()
+    path = tmp_path / "vggvox_max.model"
+    torch.save(no_sap, path)
+    with pytest.raises(CheckpointError, match="MAX or TAP"):
+        convert_voxceleb_trainer(path)
+    ckpt, report = convert_voxceleb_trainer(path, model_overrides={"encoder_type": "MAX"})
+    assert ckpt["cfg"]["model"]["encoder_type"] == "MAX" and report.missing == []
+
+
 def test_module_prefix_and_legacy_format_are_read(tmp_path, lite_state):
     """DataParallel's 'module.' prefix is stripped; torch's zip format is read as well."""
     path = tmp_path / "wrapped.model"
