@@ -33,10 +33,16 @@ SCORING = ("cosine", "crop_distance")
 def embed_crops(
     model: nn.Module, crops: torch.Tensor, device: torch.device, chunk: int = 64
 ) -> torch.Tensor:
-    """Embed crops (N, L) -> (N, D) float32 on the CPU, ``chunk`` crops per forward pass."""
+    """Embed crops (N, L) -> (N, D) float32 on the CPU, ``chunk`` crops per forward pass.
+
+    A model with an ``embed_identity`` method (the audio-visual ``syncnet_fbank``) is embedded
+    with it: the time-mean of its audio identity head, syncnet_trainer's speaker-verification
+    embedding (research/sv_syncnet_enh.md section 2.5).
+    """
+    forward = getattr(model, "embed_identity", None) or model
     out = []
     for i in range(0, crops.shape[0], chunk):
-        out.append(model(crops[i : i + chunk].to(device)).float().cpu())
+        out.append(forward(crops[i : i + chunk].to(device)).float().cpu())
     return torch.cat(out)
 
 

@@ -7,11 +7,13 @@ from __future__ import annotations
 import math
 import re
 
+import numpy as np
 import torch
 
 from speechkit.data.audio import read_audio
 from speechkit.data.video import read_video_frames
 from speechkit.metrics.av_sync import av_offset
+from speechkit.metrics.scoring import read_score_file
 from speechkit.models.syncnet import SyncNetConfig, SyncNetFBank, audio_samples_for_frames
 from tests.helpers import run_train
 
@@ -43,6 +45,22 @@ def test_syncnet_demo_trains_validates_and_saves(shared_data, tmp_path):
     )
     assert set(state["criterion"]) == {"wI", "bI", "wC", "bC"}
     assert all(torch.isfinite(v).all() for v in state["model"].values() if v.is_floating_point())
+
+    # section 2.5: speaker verification with the audio identity head, through eval_eer.py
+    import importlib.util
+
+    from tests.helpers import REPO_ROOT
+
+    spec = importlib.util.spec_from_file_location("eval_eer", REPO_ROOT / "scripts/eval_eer.py")
+    eval_eer = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(eval_eer)
+    scores = tmp_path / "scores.txt"
+    argv = ["--checkpoint", str(tmp_path / "checkpoint_last.pt"), "--test-path", str(shared_data)]
+    argv += ["--test-list", str(shared_data / "lists/voxceleb1_mini_trials.txt")]
+    argv += ["--eval-frames", "200", "--num-eval", "2", "--scores", str(scores)]
+    assert eval_eer.main(argv) == 0
+    written = read_score_file(scores)
+    assert len(written.scores) == 12 and np.isfinite(written.scores).all()
 
 
 def test_av_offset_runs_on_real_clip_features(shared_data):
