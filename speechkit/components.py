@@ -17,6 +17,7 @@ BUILTIN_MODULES = [
     "speechkit.tasks.hubert_pretraining",
     "speechkit.tasks.contentvec_pretraining",
     "speechkit.tasks.syncnet",
+    "speechkit.tasks.target_speaker_separation",
     # models
     "speechkit.models.resnet_se",
     "speechkit.models.vggvox",
@@ -26,6 +27,7 @@ BUILTIN_MODULES = [
     "speechkit.models.hubert",
     "speechkit.models.contentvec",
     "speechkit.models.syncnet",
+    "speechkit.models.voicevector",
     # criterions
     "speechkit.criterions.speaker_classification",
     "speechkit.criterions.speaker_metric",
@@ -33,6 +35,7 @@ BUILTIN_MODULES = [
     "speechkit.criterions.hubert_criterion",
     "speechkit.criterions.contentvec_criterion",
     "speechkit.criterions.syncnet_criterion",
+    "speechkit.criterions.separation",
 ]
 
 

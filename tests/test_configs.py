@@ -5,8 +5,8 @@ in ../shared/data (same formats), and multi-GPU presets are composed with world_
 HuBERT / ContentVec presets get a one-utterance manifest of the real data with a label file,
 dictionary and speaker table of the right formats (their training runs in
 tests/test_pretraining_real_data.py). Presets whose task reads derived data (dumped embeddings)
-are built and trained on that data in their own pipeline test
-(tests/test_enhancement_pipeline.py); here their configs are resolved against the registries.
+are built and trained on that data in their own tests (tests/test_enhancement_pipeline.py,
+tests/test_separation_real_data.py); here their configs are resolved against the registries.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from speechkit.registry import CRITERION_REGISTRY, MODEL_REGISTRY, TASK_REGISTRY
 from speechkit.train import build_components
 from tests.helpers import CONFIG_DIR, compose_cfg
 
-BUILT_ELSEWHERE = {"embedding_enhancement"}
+BUILT_ELSEWHERE = {"embedding_enhancement", "target_speaker_separation"}
 EXPERIMENTS = sorted(p.stem for p in (CONFIG_DIR / "experiment").glob("*.yaml"))
 
 

@@ -1,0 +1,386 @@
+"""On-the-fly two-speaker mixtures with enrolment vectors for VoiceVector target-speaker
+separation (the audio-enrolment ``voicevectorae`` variant; research/voicevector_separation.md
+sections 1.4-1.5).
+
+Inputs:
+
+* a speaker list, one ``speaker_id relative/path.wav`` line per utterance (the speaker-
+  verification train-list format, ``speechkit.data.lists``), paths relative to ``root``;
+* an embedding folder written by ``scripts/dump_embeddings.py``: one ``.npy`` per utterance at
+  ``embedding_path(relative/path.wav)`` (``relative/path.npy``), holding crop embeddings
+  ``(num_crops, D)`` or one ``(D,)``. An utterance's vector is the mean over crops, then
+  L2-normalised (``speechkit.data.embedding_dataset.utterance_vector``). Every ``.npy`` is read
+  (and checked) when the dataset is built.
+
+One item (``index`` = the target utterance, ``index % num_utterances`` in eval mode):
+
+1. target: a ``segment``-second crop (``S`` samples at 16 kHz) of the utterance. The offset is a
+   uniform multiple of 640 samples (25 fps video frames) in ``[0, L - S]``, and 0 when the file
+   has fewer than ``S + 4000`` samples (the reference's rule). A file shorter than ``S`` is
+   repeated from its start (``np.pad(mode="wrap")``: ``x x x ...`` cut at ``S``), so a short
+   crop holds the whole utterance followed by its own beginning again.
+2. interferer: a uniformly drawn utterance of any OTHER speaker, cropped the same way, scaled so
+   ``||interferer|| = ||target|| * 10 ** (r / 20)`` with ``r`` a uniform integer in
+   ``[sir_low, sir_high]`` dB (default [-5, 5]). ``r`` is the interferer-to-target level in dB, as
+   in the reference (``r > 0``: the interferer is louder). An all-zero interferer crop stays zero.
+3. mixture = target + interferer (float32; the item's ``interferer`` is exactly that float32
+   summand).
+4. enrolment: ``K = num_enrol`` vectors. Training draws ``P`` uniform in ``[1, K]`` (so
+   ``N = K - P`` may be 0); eval uses ``P = num_positive``. Positives: vectors of OTHER
+   utterances of the target speaker (without replacement when there are at least ``P``, else with
+   replacement); a speaker with no other utterance gets the target utterance's own vector ``P``
+   times (as the reference does for LRS2's one-utterance "speakers"). Negatives: other
+   utterances of the interferer's speaker by the same rules (the interferer utterance's own vector
+   when its speaker has no other). Positives come first; the model's enrolment tokens carry no
+   position, so the order does not matter. ``enrol_type`` is 1 = positive, 0 = negative.
+
+Randomness: training items use ``np.random.default_rng([seed, epoch, index])``, so an epoch is
+reproducible and a resumed run rebuilds the same items; eval items use
+``np.random.default_rng([seed, EVAL_STREAM, index])``, the same mixtures every epoch.
+
+Sample rate: audio is 16 kHz. A file at another rate is a ``DataError`` (naming the file and the
+list line) unless ``resample=True``, in which case the whole file is decoded and resampled with
+soxr by ``read_audio`` on every read (slow; convert the data once instead). 16 kHz files are read
+only over the crop (``soundfile`` seeks).
+
+Errors (``DataError``, naming ``list:line`` and the file): a malformed list line, a missing audio
+file (all checked when built), a missing, unreadable, zero or wrong-dimension ``.npy``, fewer than
+two speakers, a file at the wrong sample rate.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from speechkit.data.audio import audio_info, read_audio
+from speechkit.data.embedding_dataset import EmbeddingTable, embedding_path
+from speechkit.data.lists import check_files_exist, read_list_fields
+from speechkit.errors import DataError
+
+__all__ = [
+    "EVAL_STREAM",
+    "OFFSET_STEP",
+    "SAMPLE_RATE",
+    "SeparationDataset",
+    "collate_separation",
+    "crop_offset",
+    "read_separation_list",
+]
+
+SAMPLE_RATE = 16000
+OFFSET_STEP = 640
+"""Crop offsets are multiples of 640 samples (one 25 fps video frame at 16 kHz)."""
+SHORT_MARGIN = 4000
+"""Files with fewer than ``S + SHORT_MARGIN`` samples are cropped at offset 0 (the reference)."""
+EVAL_STREAM = 0x5E9A
+"""Extra seed word of eval items, so they never coincide with a training epoch's stream."""
+
+LIST_LAYOUT = "speaker_id relative/path.wav"
+
+
+def read_separation_list(
+    path: str | os.PathLike, root: str | os.PathLike
+) -> list[tuple[str, str, str, int]]:
+    """Read a ``speaker_id relative/path.wav`` list and check the audio files exist.
+
+    Args:
+        path: the list file.
+        root: folder the paths are relative to.
+
+    Returns:
+        ``[(speaker_id, relative_path, absolute_path, line_number), ...]`` in list order.
+
+    Raises:
+        DataError: missing/empty list, a line without exactly 2 fields (file:line named),
+            missing audio files (count and the first few with line numbers).
+    """
+    path = os.fspath(path)
+    root = os.path.abspath(os.fspath(root))
+    rows = read_list_fields(path, (2,), LIST_LAYOUT)
+    items = [
+        (fields[0], fields[1], os.path.normpath(os.path.join(root, fields[1])), n)
+        for n, fields in rows
+    ]
+    check_files_exist(path, ((n, p) for _, _, p, n in items))
+    return items
+
+
+def crop_offset(length: int, num_samples: int, rng: np.random.Generator) -> int:
+    """Start of a ``num_samples`` crop in a file of ``length`` samples (section 1.5 step 1).
+
+    Returns:
+        0 when ``length < num_samples + 4000``; else ``640 * k`` with ``k`` uniform in
+        ``[0, (length - num_samples) // 640]`` (the crop always fits).
+    """
+    if length < num_samples + SHORT_MARGIN:
+        return 0
+    return OFFSET_STEP * int(rng.integers(0, (length - num_samples) // OFFSET_STEP + 1))
+
+
+def _fit(wav: np.ndarray, num_samples: int) -> np.ndarray:
+    """Cut to ``num_samples``, repeating a shorter waveform from its start (wrap padding)."""
+    if len(wav) < num_samples:
+        wav = np.pad(wav, (0, num_samples - len(wav)), mode="wrap")
+    return np.ascontiguousarray(wav[:num_samples], dtype=np.float32)
+
+
+class SeparationDataset(Dataset):
+    """Two-speaker mixtures made on the fly, with positive/negative enrolment vectors.
+
+    Args:
+        list_path: ``speaker_id relative/path.wav`` list.
+        root: folder the list paths are relative to.
+        embedding_dir: folder of the per-utterance ``.npy`` files (same relative layout).
+        segment: crop length in seconds (S = round(segment * 16000) samples).
+        num_enrol: K, enrolment vectors per item.
+        num_positive: P in eval mode (``1 <= P <= K``); training draws P uniform in [1, K].
+        eval_mode: fixed mixtures per index, independent of the epoch.
+        num_items: items in eval mode (``0``: one per utterance); training always has one item
+            per utterance.
+        emb_dim: expected D; ``None``: taken from the first ``.npy``, then enforced.
+        seed: base seed (the task sets ``common.seed`` for training).
+        sir_low, sir_high: the integer interferer-to-target ratio range in dB.
+        resample: resample files that are not 16 kHz (else ``DataError``).
+
+    Item (``dataset[i]``): ``mixture``, ``target``, ``interferer`` (S,) float32 tensors;
+    ``enrol`` (K, D) float32; ``enrol_type`` (K,) int64; ``sir_db`` float; ``id`` int;
+    ``meta``: dict of utterance indices and offsets (``target``, ``interferer``,
+    ``target_offset``, ``interferer_offset``, ``positives``, ``negatives``).
+
+    Raises:
+        DataError: see the module docstring. ValueError: bad ``segment``, ``num_enrol``,
+            ``num_positive`` or SIR range.
+    """
+
+    def __init__(
+        self,
+        list_path: str | os.PathLike,
+        root: str | os.PathLike,
+        embedding_dir: str | os.PathLike,
+        segment: float = 4.0,
+        num_enrol: int = 5,
+        num_positive: int = 3,
+        eval_mode: bool = False,
+        num_items: int = 0,
+        emb_dim: int | None = None,
+        seed: int = 0,
+        sir_low: int = -5,
+        sir_high: int = 5,
+        resample: bool = False,
+    ):
+        if segment <= 0:
+            raise ValueError(f"segment must be positive seconds, got {segment}")
+        if num_enrol < 1:
+            raise ValueError(f"num_enrol must be >= 1, got {num_enrol}")
+        if not 1 <= num_positive <= num_enrol:
+            raise ValueError(
+                f"num_positive must be in [1, num_enrol={num_enrol}], got {num_positive}"
+            )
+        if sir_low > sir_high:
+            raise ValueError(f"empty SIR range [{sir_low}, {sir_high}] dB")
+        if num_items < 0:
+            raise ValueError(f"num_items must be >= 0, got {num_items}")
+        self.list_path = os.fspath(list_path)
+        self.num_samples = int(round(segment * SAMPLE_RATE))
+        self.num_enrol = num_enrol
+        self.num_positive = num_positive
+        self.eval_mode = eval_mode
+        self.seed = seed
+        self.epoch = 1
+        self.sir_low, self.sir_high = int(sir_low), int(sir_high)
+        self.resample = resample
+
+        entries = read_separation_list(list_path, root)
+        self.speakers = [e[0] for e in entries]
+        self.rel_paths = [e[1] for e in entries]
+        self.paths = [e[2] for e in entries]
+        self.lines = [e[3] for e in entries]
+        speaker_ids = sorted(set(self.speakers))
+        if len(speaker_ids) < 2:
+            raise DataError(
+                f"{self.list_path}: mixing needs utterances of at least 2 speakers, got "
+                f"{len(speaker_ids)} ({', '.join(speaker_ids)})"
+            )
+        table = EmbeddingTable(embedding_dir, emb_dim)
+        self.vectors = np.stack(
+            [table.get(embedding_path(rel), self.where(i)) for i, rel in enumerate(self.rel_paths)]
+        ).astype(np.float32)
+        self.emb_dim = int(self.vectors.shape[1])
+        self.embedding_dir = os.fspath(embedding_dir)
+
+        label = {s: k for k, s in enumerate(speaker_ids)}
+        self.labels = np.array([label[s] for s in self.speakers], dtype=np.int64)
+        # utterances grouped by speaker: order[start[k]:start[k + 1]] are speaker k's
+        self.order = np.argsort(self.labels, kind="stable")
+        counts = np.bincount(self.labels, minlength=len(speaker_ids))
+        self.start = np.concatenate([[0], np.cumsum(counts)])
+        self.num_items = num_items if (eval_mode and num_items > 0) else len(self.paths)
+
+    # -- bookkeeping ----------------------------------------------------------------------------
+    @property
+    def num_speakers(self) -> int:
+        return len(self.start) - 1
+
+    def where(self, utt: int) -> str:
+        """``list:line`` of utterance ``utt``."""
+        return f"{self.list_path}:{self.lines[utt]}"
+
+    def __len__(self) -> int:
+        return self.num_items
+
+    def set_epoch(self, epoch: int) -> None:
+        """Select the epoch's random stream (training items only)."""
+        self.epoch = int(epoch)
+
+    def rng(self, index: int) -> np.random.Generator:
+        """The generator of item ``index``: ``[seed, epoch, index]`` (eval: epoch-free)."""
+        if self.eval_mode:
+            return np.random.default_rng([self.seed, EVAL_STREAM, index])
+        return np.random.default_rng([self.seed, self.epoch, index])
+
+    def utterances_of(self, utt: int) -> np.ndarray:
+        """Indices of all utterances of ``utt``'s speaker (list order)."""
+        k = self.labels[utt]
+        return self.order[self.start[k] : self.start[k + 1]]
+
+    # -- drawing --------------------------------------------------------------------------------
+    def _other_speaker_utterance(self, utt: int, rng: np.random.Generator) -> int:
+        """A uniform utterance among those of every speaker but ``utt``'s."""
+        k = self.labels[utt]
+        a, b = self.start[k], self.start[k + 1]
+        j = int(rng.integers(0, len(self.order) - (b - a)))
+        if j >= a:
+            j += b - a
+        return int(self.order[j])
+
+    def _enrolment(self, utt: int, count: int, rng: np.random.Generator) -> np.ndarray:
+        """``count`` utterances of ``utt``'s speaker other than ``utt`` (see module doc)."""
+        if count == 0:
+            return np.zeros(0, dtype=np.int64)
+        others = self.utterances_of(utt)
+        others = others[others != utt]
+        if len(others) == 0:
+            return np.full(count, utt, dtype=np.int64)
+        return rng.choice(others, size=count, replace=len(others) < count).astype(np.int64)
+
+    def _read_crop(self, utt: int, rng: np.random.Generator) -> tuple[np.ndarray, int]:
+        """(S,) float32 crop of utterance ``utt`` and its offset (16 kHz samples)."""
+        path = self.paths[utt]
+        try:
+            info = audio_info(path)
+        except DataError as e:
+            raise DataError(f"{self.where(utt)}: {e}") from None
+        if info.sample_rate != SAMPLE_RATE:
+            if not self.resample:
+                raise DataError(
+                    f"{path} (listed at {self.where(utt)}): sample rate is {info.sample_rate} Hz,"
+                    f" expected {SAMPLE_RATE} Hz; convert the data, or set task.resample=true "
+                    "to resample every read with soxr"
+                )
+            wav = read_audio(path, SAMPLE_RATE)
+            offset = crop_offset(len(wav), self.num_samples, rng)
+            return _fit(wav[offset:], self.num_samples), offset
+        offset = crop_offset(info.frames, self.num_samples, rng)
+        if info.frames >= self.num_samples:
+            wav = read_audio(path, SAMPLE_RATE, start=offset, frames=self.num_samples)
+        else:
+            wav = read_audio(path, SAMPLE_RATE)
+        return _fit(wav, self.num_samples), offset
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        index = int(index)
+        if not 0 <= index < self.num_items:
+            raise IndexError(f"item {index} out of range [0, {self.num_items})")
+        rng = self.rng(index)
+        utt = index % len(self.paths)
+        other = self._other_speaker_utterance(utt, rng)
+        target, t_off = self._read_crop(utt, rng)
+        interferer, i_off = self._read_crop(other, rng)
+        sir = int(rng.integers(self.sir_low, self.sir_high + 1))
+        t_norm = float(np.linalg.norm(target.astype(np.float64)))
+        i_norm = float(np.linalg.norm(interferer.astype(np.float64)))
+        gain = t_norm * 10.0 ** (sir / 20.0) / i_norm if i_norm > 0 else 0.0
+        interferer = (interferer.astype(np.float64) * gain).astype(np.float32)
+        mixture = target + interferer
+        num_pos = self.num_positive if self.eval_mode else int(rng.integers(1, self.num_enrol + 1))
+        positives = self._enrolment(utt, num_pos, rng)
+        negatives = self._enrolment(other, self.num_enrol - num_pos, rng)
+        chosen = np.concatenate([positives, negatives])
+        enrol_type = np.concatenate(
+            [np.ones(len(positives), dtype=np.int64), np.zeros(len(negatives), dtype=np.int64)]
+        )
+        return {
+            "id": index,
+            "mixture": torch.from_numpy(mixture),
+            "target": torch.from_numpy(target),
+            "interferer": torch.from_numpy(interferer),
+            "enrol": torch.from_numpy(self.vectors[chosen]),
+            "enrol_type": torch.from_numpy(enrol_type),
+            "sir_db": float(sir),
+            "meta": {
+                "target": utt,
+                "interferer": other,
+                "target_offset": t_off,
+                "interferer_offset": i_off,
+                "positives": positives.tolist(),
+                "negatives": negatives.tolist(),
+            },
+        }
+
+    def collater(self, items: Sequence[dict[str, Any]]) -> dict[str, Any]:
+        """See ``collate_separation``."""
+        return collate_separation(items)
+
+
+def collate_separation(items: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """Stack items into a batch, padding the enrolment to the batch's largest count.
+
+    Args:
+        items: dataset items with equal-length waveforms (``mixture``/``target`` (T,)) and
+            ``enrol`` (N_i, D), ``enrol_type`` (N_i,).
+
+    Returns:
+        ``{"id": (B,) int64, "mixture": (B, T), "target": (B, T), "enrol": (B, N, D) zero-padded,
+        "enrol_type": (B, N) int64 (padding 0), "enrol_mask": (B, N) bool (True = real vector),
+        "sir_db": (B,) float32, "nsentences": B, "ntokens": B * T}``, ``N = max_i N_i``.
+        An empty list gives ``{}``.
+
+    Raises:
+        ValueError: waveforms of different lengths or enrolment of different dimensions.
+    """
+    if not items:
+        return {}
+    lengths = {int(it["mixture"].shape[0]) for it in items}
+    dims = {int(it["enrol"].shape[1]) for it in items}
+    if len(lengths) != 1 or len(dims) != 1:
+        raise ValueError(
+            f"cannot batch waveforms of lengths {sorted(lengths)} / enrolment dims {sorted(dims)}"
+        )
+    batch_size, dim = len(items), dims.pop()
+    n_max = max(int(it["enrol"].shape[0]) for it in items)
+    enrol = torch.zeros(batch_size, n_max, dim, dtype=torch.float32)
+    enrol_type = torch.zeros(batch_size, n_max, dtype=torch.long)
+    enrol_mask = torch.zeros(batch_size, n_max, dtype=torch.bool)
+    for b, it in enumerate(items):
+        n = int(it["enrol"].shape[0])
+        enrol[b, :n] = it["enrol"]
+        enrol_type[b, :n] = it["enrol_type"]
+        enrol_mask[b, :n] = True
+    mixture = torch.stack([it["mixture"] for it in items])
+    return {
+        "id": torch.tensor([int(it["id"]) for it in items], dtype=torch.long),
+        "mixture": mixture,
+        "target": torch.stack([it["target"] for it in items]),
+        "enrol": enrol,
+        "enrol_type": enrol_type,
+        "enrol_mask": enrol_mask,
+        "sir_db": torch.tensor([float(it["sir_db"]) for it in items], dtype=torch.float32),
+        "nsentences": batch_size,
+        "ntokens": int(mixture.numel()),
+    }

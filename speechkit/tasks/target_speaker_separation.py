@@ -1,0 +1,225 @@
+"""``target_speaker_separation``: VoiceVector audio-enrolment separation (``voicevectorae``,
+research/voicevector_separation.md sections 1.4-1.8) on two-speaker mixtures made on the fly.
+
+Data preparation: a speaker list (``speaker_id relative/path.wav``, the speaker-verification
+train-list format) and one ``.npy`` per utterance from a speaker model::
+
+    python scripts/dump_embeddings.py --checkpoint sv.pt --list train.txt --list valid.txt \\
+        --root DATA --out emb/
+    python -m speechkit.train experiment=tss_voicevector_ae task.root=DATA \\
+        task.train_list=train.txt task.valid_list=valid.txt task.embedding_dir=emb/ \\
+        task.emb_dim=<D of the speaker model> model.emb_dim=<same>
+
+Mixing and enrolment: :mod:`speechkit.data.separation_dataset` (training: P uniform in [1, K];
+validation: ``num_positive`` positives and ``num_enrol - num_positive`` negatives, fixed
+mixtures seeded by ``valid_seed``). Every audio file is stat-ed and every ``.npy`` read when
+the task is built, so a missing file or a wrong dimension fails before any model is built.
+
+Validation (``validate``): the ``num_valid`` fixed mixtures of ``valid_list`` in eval mode, split
+across ranks by index (rank r takes items r, r + W, ...), scored by the criterion (one forward
+pass per batch). The criterion's summed logs (``waveform_l1`` logs ``loss``, ``si_sdr``,
+``si_sdri``, ``sdr``, ``sdri`` per item) are all-reduced and passed to its ``reduce_metrics``,
+so the reported numbers are means over all mixtures whatever the world size. (The trainer's
+default loop would drop trailing batches to give each rank the same number, making the numbers
+depend on the world size; this one does not.)
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from speechkit import distributed as dist_utils
+from speechkit.data.separation_dataset import SeparationDataset
+from speechkit.dataclass import SpeechkitDataclass
+from speechkit.errors import ConfigError
+from speechkit.registry import register_task
+from speechkit.tasks.base import Task
+from speechkit.trainer.metrics import sum_logging_outputs
+
+
+@dataclass
+class TargetSpeakerSeparationConfig(SpeechkitDataclass):
+    root: str = "???"
+    """Folder the list paths are relative to."""
+    train_list: str = "???"
+    """``speaker_id relative/path.wav`` lines (at least 2 speakers)."""
+    valid_list: str | None = None
+    """Same format, for the fixed validation mixtures; null: no validation."""
+    embedding_dir: str = "???"
+    """``scripts/dump_embeddings.py --out`` folder: ``<rel path>.npy`` (num_crops, D) per
+    utterance of both lists."""
+    segment: float = 4.0
+    """Mixture length in seconds (the reference's LRS3 4 s)."""
+    num_enrol: int = 5
+    """K, enrolment vectors per mixture (positives + negatives)."""
+    num_positive: int = 3
+    """Positives at validation (the rest negatives); training draws P uniform in [1, K]."""
+    emb_dim: int = 192
+    """D of the ``.npy`` vectors (ECAPA: 192); must equal the files' and ``model.emb_dim``."""
+    num_valid: int = 0
+    """Fixed validation mixtures; 0: one per utterance of ``valid_list``."""
+    valid_seed: int = 2038
+    """Seed of the validation mixtures (the reference's eval seed), independent of
+    ``common.seed`` and the epoch."""
+    sir_low: int = -5
+    sir_high: int = 5
+    """Interferer-to-target ratio range in dB (integers, uniform)."""
+    resample: bool = False
+    """Resample non-16 kHz files on every read (else they are an error)."""
+    default_batch_size: int = 40
+    """Mixtures per batch when ``dataset.batch_size`` is null (the reference's 40)."""
+    valid_batch_size: int = 0
+    """Mixtures per validation batch; 0: the training batch size."""
+
+
+def _unwrap(model: nn.Module) -> nn.Module:
+    return getattr(model, "module", model)
+
+
+@register_task("target_speaker_separation", dataclass=TargetSpeakerSeparationConfig)
+class TargetSpeakerSeparationTask(Task):
+    """Target-speaker separation with positive/negative enrolment vectors (VoiceVector AE).
+
+    Raises (at construction, before any model is built):
+        ConfigError: a required path not set, bad ``segment`` / ``num_enrol`` /
+            ``num_positive`` / ``num_valid`` / SIR range, or ``emb_dim`` different from the
+            ``.npy`` files' dimension.
+        DataError: see :mod:`speechkit.data.separation_dataset`.
+    """
+
+    def __init__(self, cfg: TargetSpeakerSeparationConfig):
+        super().__init__(cfg)
+        for key in ("root", "train_list", "embedding_dir"):
+            if getattr(cfg, key) in ("???", "", None):
+                raise ConfigError(f"task.{key} is required")
+        if cfg.segment <= 0:
+            raise ConfigError(f"task.segment must be positive seconds, got {cfg.segment}")
+        if cfg.num_enrol < 1 or not 1 <= cfg.num_positive <= cfg.num_enrol:
+            raise ConfigError(
+                f"task.num_enrol={cfg.num_enrol}, task.num_positive={cfg.num_positive}: need "
+                "num_enrol >= 1 and 1 <= num_positive <= num_enrol"
+            )
+        if cfg.num_valid < 0 or cfg.sir_low > cfg.sir_high:
+            raise ConfigError(
+                f"task.num_valid={cfg.num_valid} must be >= 0 and task.sir_low={cfg.sir_low} <= "
+                f"task.sir_high={cfg.sir_high}"
+            )
+        common = dict(
+            root=cfg.root,
+            embedding_dir=cfg.embedding_dir,
+            segment=cfg.segment,
+            num_enrol=cfg.num_enrol,
+            num_positive=cfg.num_positive,
+            sir_low=cfg.sir_low,
+            sir_high=cfg.sir_high,
+            resample=cfg.resample,
+        )
+        self.train_dataset = SeparationDataset(cfg.train_list, **common)
+        dim = self.train_dataset.emb_dim
+        if cfg.emb_dim > 0 and dim != cfg.emb_dim:
+            raise ConfigError(
+                f"task.emb_dim={cfg.emb_dim} but the embeddings in {cfg.embedding_dir} are "
+                f"{dim}-d (e.g. {self.train_dataset.embedding_dir}/...); set task.emb_dim={dim} "
+                f"model.emb_dim={dim}"
+            )
+        self.emb_dim = dim
+        self.valid_dataset = None
+        if cfg.valid_list:
+            self.valid_dataset = SeparationDataset(
+                cfg.valid_list,
+                eval_mode=True,
+                num_items=cfg.num_valid,
+                emb_dim=dim,
+                seed=cfg.valid_seed,
+                **common,
+            )
+        self._batch_size: int | None = None
+
+    # -- building -------------------------------------------------------------------------------
+    def build_model(self, cfg: Any) -> nn.Module:
+        dim = getattr(cfg, "emb_dim", None)
+        if dim is not None and dim != self.emb_dim:
+            raise ConfigError(
+                f"model.emb_dim={dim} but the enrolment vectors in {self.cfg.embedding_dir} are "
+                f"{self.emb_dim}-d; set model.emb_dim={self.emb_dim}"
+            )
+        return super().build_model(cfg)
+
+    # -- data -----------------------------------------------------------------------------------
+    def has_split(self, split: str) -> bool:
+        return split == "train" or (split == "valid" and self.valid_dataset is not None)
+
+    def load_dataset(self, split: str) -> SeparationDataset:
+        if split == "train":
+            return self.train_dataset
+        if split == "valid" and self.valid_dataset is not None:
+            return self.valid_dataset
+        raise ValueError(f"target_speaker_separation has no '{split}' dataset")
+
+    def _size(self, batch_size: int | None) -> int:
+        size = batch_size or self.cfg.default_batch_size
+        if size <= 0:
+            raise ConfigError(f"dataset.batch_size must be positive, got {size}")
+        return size
+
+    def batches(
+        self,
+        split: str,
+        epoch: int,
+        seed: int,
+        batch_size: int | None = None,
+        max_tokens: int | None = None,
+    ) -> list[list[int]]:
+        """Training: every utterance once as the target, shuffled by ``(seed, epoch)``, in
+        batches of ``batch_size`` (the last may be smaller); the items' mixing follows
+        ``[seed, epoch, index]``. Validation: the fixed mixtures in order."""
+        dataset = self.dataset(split)
+        size = self._size(batch_size)
+        if split == "train":
+            self._batch_size = size
+            dataset.seed = seed
+            order = np.random.default_rng([seed, epoch]).permutation(len(dataset)).tolist()
+        else:
+            order = list(range(len(dataset)))
+        return [order[i : i + size] for i in range(0, len(order), size)]
+
+    # -- validation -----------------------------------------------------------------------------
+    @torch.no_grad()
+    def validate(
+        self, model: nn.Module, criterion: nn.Module, device: torch.device, env: Any
+    ) -> dict[str, float] | None:
+        """Means over the fixed validation mixtures: ``loss`` and whatever the criterion's
+        ``reduce_metrics`` reports (``waveform_l1``: ``si_sdr``, ``si_sdri``, ``sdr``,
+        ``sdri`` in dB); identical on every rank. ``None`` without ``valid_list``."""
+        if self.valid_dataset is None:
+            return None
+        from speechkit.trainer.trainer import move_to_device
+
+        dataset = self.valid_dataset
+        rank = 0 if env is None else env.rank
+        world = 1 if env is None else env.world_size
+        size = self.cfg.valid_batch_size or self._batch_size or self.cfg.default_batch_size
+        mine = list(range(rank, len(dataset), world))
+        net = _unwrap(model)
+        logs = []
+        for i in range(0, len(mine), size):
+            sample = dataset.collater([dataset[j] for j in mine[i : i + size]])
+            sample = move_to_device(sample, device)
+            _, sample_size, log = self.valid_step(sample, net, criterion)
+            log = dict(log)
+            log.setdefault("sample_size", sample_size)
+            logs.append(log)
+        sums = sum_logging_outputs(logs) if logs else {}
+        keys: set[str] = set()
+        for part in dist_utils.all_gather_object(sorted(sums)):
+            keys.update(part)
+        keys_sorted = sorted(keys)
+        reduced = dist_utils.all_reduce_sums([sums.get(k, 0.0) for k in keys_sorted], device)
+        metrics = self.reduce_metrics(dict(zip(keys_sorted, reduced)), criterion)
+        metrics["num_mixtures"] = float(len(dataset))
+        return metrics
