@@ -7,7 +7,9 @@
 Reads the reference's bare ``__S__.*`` / ``__L__.*`` state dict without executing pickled code,
 maps every key onto ``syncnet_fbank`` and the ``syncnet`` criterion (a missing, unexpected or
 mis-shaped key is an error and nothing is written) and writes the result atomically. Then:
-``python -m speechkit.train experiment=syncnet_vox2 checkpoint.finetune_from_model=OUTPUT``.
+``python -m speechkit.train experiment=syncnet_vox2 model.input_scale=32768
+checkpoint.finetune_from_model=OUTPUT`` (fine-tuning builds the model from the command line's
+config, so repeat the recorded ``input_scale`` there).
 
 Exit status: 0 converted, 2 bad input (message on stderr).
 """
@@ -53,7 +55,8 @@ def main(argv: list[str] | None = None) -> int:
     print(
         f"{args.output}: syncnet_fbank (embed_dim {model['embed_dim']}, temporal_stride "
         f"{model['temporal_stride']}, input_scale {model['input_scale']:g}), "
-        f"{len(ckpt['model'])} model + {len(ckpt['criterion'])} loss tensors"
+        f"{len(ckpt['model'])} model + {len(ckpt['criterion'])} loss tensors; fine-tune with "
+        f"model.input_scale={model['input_scale']:g} checkpoint.finetune_from_model={args.output}"
     )
     return 0
 

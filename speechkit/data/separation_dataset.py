@@ -18,7 +18,9 @@ One item (``index`` = the target utterance, ``index % num_utterances`` in eval m
    uniform multiple of 640 samples (25 fps video frames) in ``[0, L - S]``, and 0 when the file
    has fewer than ``S + 4000`` samples (the reference's rule). A file shorter than ``S`` is
    repeated from its start (``np.pad(mode="wrap")``: ``x x x ...`` cut at ``S``), so a short
-   crop holds the whole utterance followed by its own beginning again.
+   crop holds the whole utterance followed by its own beginning again. (Deviation: the
+   reference appends the file's last samples instead; a wrap keeps the speech continuous
+   instead of doubling the ending.)
 2. interferer: a uniformly drawn utterance of any OTHER speaker, cropped the same way, scaled so
    ``||interferer|| = ||target|| * 10 ** (r / 20)`` with ``r`` a uniform integer in
    ``[sir_low, sir_high]`` dB (default [-5, 5]). ``r`` is the interferer-to-target level in dB, as

@@ -111,6 +111,44 @@ class Task:
         """
         return None
 
+    @torch.no_grad()
+    def validate_batches(
+        self,
+        dataset: Any,
+        batches: list[list[int]],
+        model: nn.Module,
+        criterion: nn.Module,
+        device: torch.device,
+        env: Any,
+    ) -> dict[str, float]:
+        """Validation over fixed global ``batches`` of ``dataset`` whatever the world size.
+
+        Rank r runs batches r, r + W, ... (no batch is dropped to even the ranks out, and a
+        batch's composition never depends on W); the summed logging outputs of all ranks are
+        all-reduced and passed to :meth:`reduce_metrics`, so every rank returns the same
+        metrics, equal to a single-process run's. ``model`` may be DDP-wrapped (its ``module``
+        is used: no collective runs inside the forward pass).
+        """
+        from speechkit import distributed as dist_utils
+        from speechkit.trainer.metrics import sum_logging_outputs
+        from speechkit.trainer.trainer import move_to_device
+
+        rank = 0 if env is None else env.rank
+        world = 1 if env is None else env.world_size
+        net = getattr(model, "module", model)
+        logs = []
+        for batch in batches[rank::world]:
+            sample = move_to_device(dataset.collater([dataset[i] for i in batch]), device)
+            _, sample_size, log = self.valid_step(sample, net, criterion)
+            logs.append({"sample_size": sample_size, **log})
+        sums = sum_logging_outputs(logs) if logs else {}
+        keys: set[str] = set()
+        for part in dist_utils.all_gather_object(sorted(sums)):  # a rank may have no batch
+            keys.update(part)
+        names = sorted(keys)
+        reduced = dist_utils.all_reduce_sums([sums.get(k, 0.0) for k in names], device)
+        return self.reduce_metrics(dict(zip(names, reduced)), criterion)
+
     def reduce_metrics(self, sums: dict[str, float], criterion: nn.Module) -> dict[str, float]:
         """Summed logging outputs -> reported metrics (defaults to the criterion's rule)."""
         return criterion.reduce_metrics(sums)

@@ -8,11 +8,12 @@ relative to ``task.root``. A batch is ``{"audio": (B, 4 * max_frames * 160 + 240
 
 Epochs: ``num_train_per_epoch`` random clips per epoch (the reference's ``nTrainPerEpoch``,
 100,000 on VoxCeleb2; null: every clip), shuffled per ``(common.seed, epoch)`` into batches of
-``dataset.batch_size`` clips (default 30), the last partial batch dropped. Validation is the
-trainer's batch-wise loop over ``valid_list`` (the same losses as training, on the middle crop
-of each clip; ``num_valid`` caps it to a fixed random subset, the reference's ``nTestPerEpoch``).
-Speaker-verification EER of the audio identity embedding (section 2.5) is not part of training
-validation.
+``dataset.batch_size`` clips (default 30), the last partial batch dropped. Validation
+(``validate``): the same losses and accuracies as training on the middle crop of each clip of
+``valid_list`` (``num_valid`` caps it to a fixed random subset, the reference's
+``nTestPerEpoch``), in fixed batches of ``valid_batch_size`` shared out across ranks, so the
+numbers do not depend on the world size. Speaker-verification EER of the audio identity
+embedding (section 2.5) is measured with ``scripts/eval_eer.py``, not during training.
 """
 
 from __future__ import annotations
@@ -22,6 +23,8 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+import torch
+from torch import nn
 
 from speechkit.data.syncnet_dataset import SyncNetDataset, read_syncnet_list
 from speechkit.dataclass import SpeechkitDataclass
@@ -50,8 +53,13 @@ class SyncNetTaskConfig(SpeechkitDataclass):
     """Random clips per epoch (``nTrainPerEpoch``); null: all clips."""
     num_valid: int | None = None
     """Validate on at most this many clips (a fixed random subset); null: all."""
+    valid_seed: int = 0
+    """Seed of the ``num_valid`` subset (fixed: independent of ``common.seed`` and epoch)."""
     default_batch_size: int = 30
     """Clips per batch and rank when ``dataset.batch_size`` is null (the reference's 30)."""
+    valid_batch_size: int | None = None
+    """Clips per validation batch (the identity loss contrasts the clips of a batch, so its
+    value depends on this); null: ``default_batch_size``."""
     fps: float = 25.0
     """Required video frame rate (640 samples of 16 kHz audio per frame)."""
     check_files: bool = True
@@ -141,8 +149,8 @@ class SyncNetTask(Task):
         """Batches of ``batch_size`` clip indices, a deterministic function of (seed, epoch).
 
         Train: a random permutation per ``(seed, epoch)``, cut to ``num_train_per_epoch``,
-        partial last batch dropped. Valid: a fixed subset (``num_valid``) in list order, the
-        last batch kept when it has at least 2 clips (the identity loss contrasts clips).
+        partial last batch dropped. Valid: a fixed subset (``num_valid``, drawn with
+        ``valid_seed``) in list order; a short last batch is dropped unless it is the only one.
 
         Raises:
             ConfigError: a non-positive batch size.
@@ -168,10 +176,25 @@ class SyncNetTask(Task):
             return [order[i : i + size] for i in range(0, usable, size)]
         order = np.arange(n)
         if self.cfg.num_valid and self.cfg.num_valid < n:
-            pick = np.random.default_rng([seed, 0]).permutation(n)[: self.cfg.num_valid]
+            pick = np.random.default_rng([self.cfg.valid_seed, 0]).permutation(n)
+            pick = pick[: self.cfg.num_valid]
             order = np.sort(pick)
         order = order.tolist()
         batches = [order[i : i + size] for i in range(0, len(order), size)]
-        if len(batches) > 1 and len(batches[-1]) < 2:
+        if len(batches) > 1 and len(batches[-1]) < size:
+            # a short batch would weigh as much as a full one in the per-batch mean, and its
+            # identity task (a choice among fewer clips) would be easier
             batches.pop()
         return batches
+
+    def validate(
+        self, model: nn.Module, criterion: nn.Module, device: torch.device, env: Any
+    ) -> dict[str, float] | None:
+        """The training losses and accuracies over the fixed validation batches, identical on
+        every rank and for every world size (``Task.validate_batches``); ``None`` without a
+        ``valid_list``."""
+        if not self.has_split("valid"):
+            return None
+        size = self.cfg.valid_batch_size or self.cfg.default_batch_size
+        batches = self.batches("valid", 1, self.cfg.valid_seed, size)
+        return self.validate_batches(self.dataset("valid"), batches, model, criterion, device, env)

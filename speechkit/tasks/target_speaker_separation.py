@@ -15,13 +15,12 @@ validation: ``num_positive`` positives and ``num_enrol - num_positive`` negative
 mixtures seeded by ``valid_seed``). Every audio file is stat-ed and every ``.npy`` read when
 the task is built, so a missing file or a wrong dimension fails before any model is built.
 
-Validation (``validate``): the ``num_valid`` fixed mixtures of ``valid_list`` in eval mode, split
-across ranks by index (rank r takes items r, r + W, ...), scored by the criterion (one forward
-pass per batch). The criterion's summed logs (``waveform_l1`` logs ``loss``, ``si_sdr``,
-``si_sdri``, ``sdr``, ``sdri`` per item) are all-reduced and passed to its ``reduce_metrics``,
-so the reported numbers are means over all mixtures whatever the world size. (The trainer's
-default loop would drop trailing batches to give each rank the same number, making the numbers
-depend on the world size; this one does not.)
+Validation (``validate``): the ``num_valid`` fixed mixtures of ``valid_list`` in eval mode, in
+fixed batches shared out across ranks (``Task.validate_batches``), scored by the criterion. Its
+summed logs (``waveform_l1`` logs ``loss``, ``si_sdr``, ``si_sdri``, ``sdr``, ``sdri`` per item)
+are all-reduced and passed to its ``reduce_metrics``, so the reported numbers are means over all
+mixtures whatever the world size. (The trainer's default loop would drop trailing batches to
+give each rank the same number, making the numbers depend on the world size.)
 """
 
 from __future__ import annotations
@@ -33,13 +32,11 @@ import numpy as np
 import torch
 from torch import nn
 
-from speechkit import distributed as dist_utils
 from speechkit.data.separation_dataset import SeparationDataset
 from speechkit.dataclass import SpeechkitDataclass
 from speechkit.errors import ConfigError
 from speechkit.registry import register_task
 from speechkit.tasks.base import Task
-from speechkit.trainer.metrics import sum_logging_outputs
 
 
 @dataclass
@@ -75,10 +72,6 @@ class TargetSpeakerSeparationConfig(SpeechkitDataclass):
     """Mixtures per batch when ``dataset.batch_size`` is null (the reference's 40)."""
     valid_batch_size: int = 0
     """Mixtures per validation batch; 0: the training batch size."""
-
-
-def _unwrap(model: nn.Module) -> nn.Module:
-    return getattr(model, "module", model)
 
 
 @register_task("target_speaker_separation", dataclass=TargetSpeakerSeparationConfig)
@@ -198,28 +191,11 @@ class TargetSpeakerSeparationTask(Task):
         ``sdri`` in dB); identical on every rank. ``None`` without ``valid_list``."""
         if self.valid_dataset is None:
             return None
-        from speechkit.trainer.trainer import move_to_device
-
         dataset = self.valid_dataset
-        rank = 0 if env is None else env.rank
-        world = 1 if env is None else env.world_size
         size = self.cfg.valid_batch_size or self._batch_size or self.cfg.default_batch_size
-        mine = list(range(rank, len(dataset), world))
-        net = _unwrap(model)
-        logs = []
-        for i in range(0, len(mine), size):
-            sample = dataset.collater([dataset[j] for j in mine[i : i + size]])
-            sample = move_to_device(sample, device)
-            _, sample_size, log = self.valid_step(sample, net, criterion)
-            log = dict(log)
-            log.setdefault("sample_size", sample_size)
-            logs.append(log)
-        sums = sum_logging_outputs(logs) if logs else {}
-        keys: set[str] = set()
-        for part in dist_utils.all_gather_object(sorted(sums)):
-            keys.update(part)
-        keys_sorted = sorted(keys)
-        reduced = dist_utils.all_reduce_sums([sums.get(k, 0.0) for k in keys_sorted], device)
-        metrics = self.reduce_metrics(dict(zip(keys_sorted, reduced)), criterion)
+        batches = [
+            list(range(i, min(i + size, len(dataset)))) for i in range(0, len(dataset), size)
+        ]
+        metrics = self.validate_batches(dataset, batches, model, criterion, device, env)
         metrics["num_mixtures"] = float(len(dataset))
         return metrics
