@@ -140,15 +140,18 @@ def test_resume_from_checkpoint_in_process(tmp_path):
         assert torch.equal(resumed.model.state_dict()[k], v), k
 
 
-def test_finetune_and_reset_optimizer(tmp_path):
+def test_finetune_and_reset_optimizer(tmp_path, caplog):
     src = make_trainer(tmp_path / "src", "optimization.max_update=10")
     src.train()
     ft = make_trainer(
         tmp_path / "ft",
         "optimization.max_update=1",
+        "model.dropout=0.3",
         f"checkpoint.finetune_from_model={tmp_path / 'src' / 'checkpoint_last.pt'}",
     )
     ft.load_checkpoint()
+    # the weights load, and the changed model setting is reported
+    assert "dropout=0.3 (checkpoint: " in caplog.text
     assert ft.num_updates == 0 and ft.epoch == 1
     for k, v in src.model.state_dict().items():
         assert torch.equal(ft.model.state_dict()[k], v)

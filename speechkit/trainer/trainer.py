@@ -291,6 +291,7 @@ class Trainer:
             if "model" not in state:
                 raise CheckpointError(f"{ccfg.finetune_from_model} has no 'model' weights")
             self.model.load_state_dict(state["model"])
+            self._warn_model_cfg_differs(state, ccfg.finetune_from_model)
             if state.get("criterion") and len(state["criterion"]):
                 missing = self.criterion.load_state_dict(state["criterion"], strict=False)
                 if missing.missing_keys or missing.unexpected_keys:
@@ -300,6 +301,30 @@ class Trainer:
                 ccfg.finetune_from_model,
             )
         return False
+
+    def _warn_model_cfg_differs(self, state: dict, path: str) -> None:
+        """Fine-tuning builds the model from this run's config: say which model fields differ
+        from the checkpoint's (e.g. a converted checkpoint's ``input_scale``), since the weights
+        load either way when the shapes agree."""
+        saved = ((state.get("cfg") or {}).get("model")) or {}
+        cfg = self.full_cfg
+        model_cfg = cfg.model if isinstance(cfg, DictConfig) else getattr(cfg, "model", None)
+        if not saved or model_cfg is None:
+            return
+        if not isinstance(model_cfg, DictConfig):
+            model_cfg = OmegaConf.structured(model_cfg)
+        current = OmegaConf.to_container(model_cfg, resolve=True)
+        differ = [
+            f"{key}={current[key]!r} (checkpoint: {saved[key]!r})"
+            for key in sorted(set(saved) & set(current))
+            if saved[key] != current[key]
+        ]
+        if differ:
+            logger.warning(
+                "fine-tuning from %s with model settings that differ from the checkpoint's: %s",
+                path,
+                "; ".join(differ),
+            )
 
     # ------------------------------------------------------------------------------------------
     # data
