@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from speechkit.criterions.syncnet_criterion import SyncNetCriterion, SyncNetCriterionConfig
-from speechkit.metrics.av_sync import av_offset, median_filter
+from speechkit.metrics.av_sync import av_offset
 from speechkit.models.syncnet import SyncNetConfig, SyncNetFBank, audio_samples_for_frames
 from speechkit.registry import CRITERION_REGISTRY, MODEL_REGISTRY
 
@@ -316,13 +316,6 @@ def test_av_offset_recovers_shift(k):
     assert res.min_dist == pytest.approx(res.mean_dist.min())
     assert res.framewise_confidence.shape == (t,)
     assert res.mean_dist.shape == (31,)
-
-
-def test_median_filter_matches_scipy():
-    from scipy.signal import medfilt
-
-    x = np.random.default_rng(2).standard_normal(23)
-    np.testing.assert_allclose(median_filter(x, 9), medfilt(x, kernel_size=9))
 
 
 def test_av_offset_bad_input():

@@ -43,12 +43,19 @@ class AudioInfo(NamedTuple):
         return self.frames / self.sample_rate
 
 
-def _check_file(path: str | os.PathLike) -> str:
+def check_media_file(path: str | os.PathLike, kind: str = "audio") -> str:
+    """``path`` as a string when it is an existing regular file.
+
+    Raises:
+        DataError: ``"<path>: <kind> file not found"`` or ``"<path>: not a regular file
+            (expected a(n) <kind> file)"``.
+    """
     path = os.fspath(path)
     if not os.path.exists(path):
-        raise DataError(f"{path}: audio file not found")
+        raise DataError(f"{path}: {kind} file not found")
     if not os.path.isfile(path):
-        raise DataError(f"{path}: not a regular file (expected an audio file)")
+        article = "an" if kind[:1] in "aeiou" else "a"
+        raise DataError(f"{path}: not a regular file (expected {article} {kind} file)")
     return path
 
 
@@ -64,7 +71,7 @@ def audio_info(path: str | os.PathLike) -> AudioInfo:
     Raises:
         DataError: the file is missing or libsndfile cannot parse its header.
     """
-    path = _check_file(path)
+    path = check_media_file(path)
     try:
         info = sf.info(path)
     except _DECODE_ERRORS as e:
@@ -120,7 +127,7 @@ def read_audio(
             (in the requested range), or has the wrong rate with ``resample=False``. The
             message names the file.
     """
-    path = _check_file(path)
+    path = check_media_file(path)
     try:
         wav, file_rate = sf.read(path, dtype="float32", always_2d=True, start=start, frames=frames)
     except _DECODE_ERRORS as e:

@@ -24,6 +24,7 @@ from typing import NamedTuple
 
 import numpy as np
 
+from speechkit.data.audio import check_media_file
 from speechkit.errors import DataError
 
 __all__ = ["VideoInfo", "read_video_frames", "video_info", "DEFAULT_FPS"]
@@ -70,25 +71,27 @@ def _av():
     return av
 
 
-def _check_file(path: str | os.PathLike) -> str:
-    path = os.fspath(path)
-    if not os.path.exists(path):
-        raise DataError(f"{path}: video file not found")
-    if not os.path.isfile(path):
-        raise DataError(f"{path}: not a regular file (expected a video file)")
-    return path
+def _open(path: str, expected_fps: float | None):
+    """(container, first video stream, its frame rate); the caller closes the container.
 
-
-def _open(path: str):
+    Raises:
+        DataError: not openable, no video stream, or a frame rate other than ``expected_fps``.
+    """
     av = _av()
     try:
         container = av.open(path)
     except (av.error.FFmpegError, UnicodeDecodeError, ValueError) as e:
         raise DataError(f"{path}: cannot open the video ({e}); expected a video file") from None
-    if not container.streams.video:
+    try:
+        if not container.streams.video:
+            raise DataError(f"{path}: the file has no video stream")
+        stream = container.streams.video[0]
+        fps = _stream_fps(path, stream)
+        _check_fps(path, fps, expected_fps)
+    except DataError:
         container.close()
-        raise DataError(f"{path}: the file has no video stream")
-    return container
+        raise
+    return container, stream, fps
 
 
 def _stream_fps(path: str, stream) -> Fraction:
@@ -127,13 +130,10 @@ def video_info(path: str | os.PathLike, expected_fps: float | None = DEFAULT_FPS
         DataError: the file is missing, cannot be demuxed (corrupt, not a video), has no video
             stream or no frames, or its frame rate differs from ``expected_fps``.
     """
-    path = _check_file(path)
+    path = check_media_file(path, "video")
     av = _av()
-    container = _open(path)
+    container, stream, fps = _open(path, expected_fps)
     try:
-        stream = container.streams.video[0]
-        fps = _stream_fps(path, stream)
-        _check_fps(path, fps, expected_fps)
         count = 0
         try:
             for packet in container.demux(stream):
@@ -196,17 +196,14 @@ def read_video_frames(
     """
     if start < 0 or (num_frames is not None and num_frames < 0):
         raise ValueError(f"start and num_frames must be >= 0, got {start}, {num_frames}")
-    path = _check_file(path)
+    path = check_media_file(path, "video")
     if num_frames == 0:
         return np.zeros((0, 0, 0, 3), dtype=np.uint8)
     if isinstance(size, int):
         size = (size, size)
     av = _av()
-    container = _open(path)
+    container, stream, fps = _open(path, expected_fps)
     try:
-        stream = container.streams.video[0]
-        fps = _stream_fps(path, stream)
-        _check_fps(path, fps, expected_fps)
         frames = None
         try:
             if start >= SEEK_MIN_FRAMES and stream.time_base:

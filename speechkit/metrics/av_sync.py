@@ -12,8 +12,9 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
+from scipy.ndimage import median_filter
 
-__all__ = ["AVOffset", "av_offset", "median_filter"]
+__all__ = ["AVOffset", "av_offset"]
 
 _PAIRWISE_EPS = 1e-6  # torch.nn.functional.pairwise_distance's eps, added to the difference
 
@@ -28,7 +29,8 @@ class AVOffset:
         confidence: ``median(mean_dist) - min(mean_dist)`` over the shifts ("Sync-C").
         min_dist: ``min(mean_dist)``, the mean distance at the best shift ("Sync-D").
         framewise_confidence: (T,) ``median(mean_dist) - dist_t[best shift]``, median-filtered
-            with kernel 9 (zero padding at the ends, as ``scipy.signal.medfilt``).
+            with kernel 9 and zero padding at the ends (``scipy.signal.medfilt``'s result, without its
+            warning for clips shorter than the kernel).
         mean_dist: (2 * vshift + 1,) mean distance per shift; index j is shift ``j - vshift``.
     """
 
@@ -37,23 +39,6 @@ class AVOffset:
     min_dist: float
     framewise_confidence: np.ndarray
     mean_dist: np.ndarray
-
-
-def median_filter(x: np.ndarray, kernel_size: int = 9) -> np.ndarray:
-    """1-D median filter with zero padding, as ``scipy.signal.medfilt`` (odd ``kernel_size``).
-
-    Raises:
-        ValueError: even or non-positive ``kernel_size``, or ``x`` not 1-D.
-    """
-    x = np.asarray(x, dtype=np.float64)
-    if x.ndim != 1 or kernel_size < 1 or kernel_size % 2 == 0:
-        raise ValueError(
-            f"median_filter: expected 1-D input and an odd kernel, got shape {x.shape}, "
-            f"kernel_size={kernel_size}"
-        )
-    half = kernel_size // 2
-    padded = np.pad(x, half)
-    return np.median(np.lib.stride_tricks.sliding_window_view(padded, kernel_size), axis=1)
 
 
 def _as_float64(feats, name: str) -> np.ndarray:
@@ -112,6 +97,6 @@ def av_offset(video_feats, audio_feats, vshift: int = 15) -> AVOffset:
         offset=vshift - best,
         confidence=median - float(mean_dist[best]),
         min_dist=float(mean_dist[best]),
-        framewise_confidence=median_filter(framewise, 9),
+        framewise_confidence=median_filter(framewise, size=9, mode="constant", cval=0.0),
         mean_dist=mean_dist,
     )
