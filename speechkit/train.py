@@ -6,15 +6,28 @@ directory is ``checkpoint.save_dir`` (the same on every rank, no timestamp) and 
 ``config.yaml``, ``train.log`` and TensorBoard events there from rank 0.
 
 Exit status: 0 done; 2 bad input (one ``speechkit: error: ...`` line); 75 pre-empted by
-SIGUSR1/SIGTERM after saving ``checkpoint_last.pt`` (requeue the job to resume); 1 other errors.
+SIGUSR1/SIGTERM (``speechkit.preemption``: handled from the first line of this module on; after
+saving ``checkpoint_last.pt`` when training had started; requeue the job to resume); 130
+interrupted (Ctrl-C); 1 other errors. The command-line process leaves through ``os._exit`` after
+flushing its logs and killing its data-loader workers, so no error, in training or validation,
+can leave it waiting for workers at interpreter exit.
 """
 
 from __future__ import annotations
+
+# first, before torch and Hydra are imported: a pre-emption signal during start-up must end the
+# job with status 75 (requeue), not kill it
+from speechkit import preemption
+
+if __name__ == "__main__":
+    preemption.install()
+    preemption.install_exit_hook()
 
 import logging
 import os
 import sys
 from pathlib import Path
+from typing import NoReturn
 
 import hydra
 from omegaconf import DictConfig, OmegaConf
@@ -23,9 +36,10 @@ from speechkit import components
 from speechkit.config import register_train_schema
 from speechkit.distributed import DistributedEnv, destroy_distributed, detect_env, init_distributed
 from speechkit.errors import SpeechkitError
+from speechkit.preemption import EXIT_PREEMPTED, Preempted
 from speechkit.registry import TASK_REGISTRY
 from speechkit.trainer.rng import seed_everything
-from speechkit.trainer.trainer import EXIT_PREEMPTED, Preempted, Trainer
+from speechkit.trainer.trainer import Trainer
 from speechkit.user_dir import import_user_module, user_dir_from_argv
 
 CONFIG_DIR = os.environ.get(
@@ -114,11 +128,67 @@ def main(cfg: DictConfig) -> int:
         destroy_distributed()
 
 
+EXIT_INTERRUPTED = 130
+"""Exit status after Ctrl-C (128 + SIGINT), as a shell reports it."""
+
+
+def exit_process(status: int) -> NoReturn:
+    """End the command-line process now with ``status``, whatever its threads and children do.
+
+    A process leaving with :data:`EXIT_PREEMPTED` first writes ``$SPEECHKIT_STATUS_FILE``. Logs
+    and standard streams are flushed, data-loader workers (which ignore SIGTERM so that a
+    pre-emption save is never cut short) are killed, and ``os._exit`` skips the interpreter's
+    exit handlers, which would otherwise wait for those workers forever.
+    """
+    if status == EXIT_PREEMPTED:
+        preemption.write_status_file(status)
+    logging.shutdown()
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):
+            pass
+    import multiprocessing
+
+    for child in multiprocessing.active_children():
+        child.kill()
+    os._exit(status)
+
+
+def run_guarded(cfg: DictConfig) -> int:
+    """``main(cfg)`` with every way out turned into an exit status (traceback logged for bugs)."""
+    try:
+        return main(cfg)
+    except Preempted as e:
+        logger.warning("pre-empted: %s; exiting with status %d for requeue", e, EXIT_PREEMPTED)
+        return EXIT_PREEMPTED
+    except KeyboardInterrupt:
+        logger.error("interrupted (Ctrl-C); exiting with status %d", EXIT_INTERRUPTED)
+        return EXIT_INTERRUPTED
+    except SystemExit as e:
+        return e.code if isinstance(e.code, int) else 1
+    except BaseException:
+        logger.exception("training failed with an unexpected error")
+        return 1
+    finally:
+        destroy_distributed()
+
+
+def _is_multirun() -> bool:
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    return HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
+
+
 @hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="train")
 def hydra_main(cfg: DictConfig) -> None:
-    status = main(cfg)
+    status = run_guarded(cfg)
+    if not _is_multirun():
+        exit_process(status)
+    # a Hydra sweep (``-m``, e.g. the submitit launcher) runs several jobs: report, don't exit
     if status:
-        sys.exit(status)
+        raise SystemExit(status)
 
 
 def prepare(argv: list[str] | None = None) -> None:
@@ -131,11 +201,14 @@ def prepare(argv: list[str] | None = None) -> None:
 
 
 def cli_main() -> None:
+    # again for the console script, which does not run this module as __main__
+    preemption.install()
+    preemption.install_exit_hook()  # a signal before main() runs (e.g. during composition)
     try:
         prepare()
     except SpeechkitError as e:
         print(f"speechkit: error: {e}", file=sys.stderr)
-        sys.exit(2)
+        exit_process(2)
     hydra_main()
 
 

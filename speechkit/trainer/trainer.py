@@ -34,21 +34,27 @@ from torch.utils.data import DataLoader
 
 import speechkit
 from speechkit import distributed as dist_utils
+from speechkit import preemption
 from speechkit.distributed import DistributedEnv
 from speechkit.errors import CheckpointError, ConfigError
+from speechkit.preemption import EXIT_PREEMPTED, Preempted  # noqa: F401 (re-exported)
 from speechkit.registry import LR_SCHEDULER_REGISTRY, OPTIMIZER_REGISTRY
-from speechkit.trainer.checkpoint import CheckpointWriter, load_checkpoint_file
+from speechkit.trainer.checkpoint import (
+    LAST,
+    CheckpointWriter,
+    check_weights_match,
+    load_checkpoint_file,
+    load_resume_checkpoint,
+)
 from speechkit.trainer.metrics import IntervalMeter, sum_logging_outputs
-from speechkit.trainer.rng import get_rng_state, seed_everything, set_rng_state
+from speechkit.trainer.rng import (
+    configure_determinism,
+    get_rng_state,
+    seed_everything,
+    set_rng_state,
+)
 
 logger = logging.getLogger("speechkit.trainer")
-
-EXIT_PREEMPTED = 75
-"""Exit status after a SIGUSR1/SIGTERM save (EX_TEMPFAIL): the job should be requeued."""
-
-
-class Preempted(Exception):
-    """Raised by ``Trainer.train`` after saving checkpoint_last on SIGUSR1/SIGTERM."""
 
 
 class ModelWithCriterion(nn.Module):
@@ -120,6 +126,7 @@ class Trainer:
         # plain dataclass sections: attribute access on a DictConfig costs ~10us, too much for
         # the per-update path
         self.cfg = cfg = _plain_sections(cfg)
+        configure_determinism(cfg.common.deterministic, getattr(cfg.common, "num_threads", None))
         self.task = task
         self.env = env or DistributedEnv()
         self.device = device or torch.device("cpu")
@@ -163,7 +170,7 @@ class Trainer:
         self.iterations_in_epoch = 0
         self.best_metric: float | None = None
         self.nonfinite_streak = 0
-        self._stop_signal: int | None = None
+        self._stop_signal: int | None = None  # a signal seen by this rank or, via the flag, another
         self._stop_agreed = False  # set by _train_update from the all-reduced flag
         self.save_dir = Path(cfg.checkpoint.save_dir)
         self.writer = CheckpointWriter(self.save_dir, cfg.checkpoint.keep_last_checkpoints)
@@ -244,7 +251,13 @@ class Trainer:
         self, numbered: bool, is_best: bool = False, epoch_label: int | None = None
     ) -> None:
         """Collective: every rank calls it; rank 0 writes. Numbered files are named
-        ``checkpoint_<epoch_label>_<update>.pt`` (default: the current epoch)."""
+        ``checkpoint_<epoch_label>_<update>.pt`` (default: the current epoch). A state with
+        non-finite model/criterion tensors is not written (see ``CheckpointWriter.save``).
+
+        Raises:
+            OutputError: (rank 0) the disk is full or the folder not writable; the previous
+                checkpoint files are intact and no temporary file is left.
+        """
         if self.cfg.checkpoint.no_save:
             return
         self._saved_at = (self.epoch, self.num_updates, self.iterations_in_epoch)
@@ -252,25 +265,43 @@ class Trainer:
         if self.env.is_master:
             t0 = time.perf_counter()
             label = self.epoch if epoch_label is None else epoch_label
+            # None: refused (non-finite weights, logged as an error; the previous files stay)
             path = self.writer.save(state, label, self.num_updates, numbered, is_best)
-            logger.info(
-                "saved %s (epoch %d, update %d, %.2fs)",
-                path,
-                self.epoch,
-                self.num_updates,
-                time.perf_counter() - t0,
-            )
+            if path is not None:
+                logger.info(
+                    "saved %s (epoch %d, update %d, %.2fs)",
+                    path,
+                    self.epoch,
+                    self.num_updates,
+                    time.perf_counter() - t0,
+                )
         dist_utils.barrier()
 
     def load_checkpoint(self) -> bool:
         """Resume from ``checkpoint.restore_file`` if it exists, else initialise from
-        ``finetune_from_model`` if set. Returns whether a training state was resumed."""
+        ``finetune_from_model`` if set. Returns whether a training state was resumed.
+
+        Rank 0 first removes stale temporaries of killed checkpoint writes. Auto-resume from a
+        damaged ``checkpoint_last.pt`` falls back to the newest intact numbered checkpoint.
+
+        Raises:
+            CheckpointError: no usable checkpoint, an unsafe pickle, or weights that do not fit
+                this run's model (the message names both models and the first keys that differ).
+        """
         ccfg = self.cfg.checkpoint
+        if self.env.is_master:  # temporaries of writes killed in an earlier run
+            self.writer.remove_stale_temporaries()
+        run_model = getattr(getattr(self.full_cfg, "model", None), "_name", None)
         restore = Path(ccfg.restore_file)
         if not restore.is_absolute():
             restore = self.save_dir / restore
         if restore.is_file():
-            state = load_checkpoint_file(restore)
+            # auto-resume (the default checkpoint_last.pt) falls back to the newest intact
+            # numbered checkpoint when checkpoint_last is damaged; an explicit file does not
+            auto = restore == self.save_dir / LAST
+            state, restore = load_resume_checkpoint(restore, fallback=auto)
+            saved_model = ((state.get("cfg") or {}).get("model") or {}).get("_name")
+            check_weights_match(self.model, state.get("model", {}), restore, saved_model, run_model)
             self.load_state_dict(
                 state,
                 ccfg.reset_optimizer,
@@ -290,6 +321,10 @@ class Trainer:
             state = load_checkpoint_file(ccfg.finetune_from_model)
             if "model" not in state:
                 raise CheckpointError(f"{ccfg.finetune_from_model} has no 'model' weights")
+            saved_model = ((state.get("cfg") or {}).get("model") or {}).get("_name")
+            check_weights_match(
+                self.model, state["model"], ccfg.finetune_from_model, saved_model, run_model
+            )
             self.model.load_state_dict(state["model"])
             self._warn_model_cfg_differs(state, ccfg.finetune_from_model)
             if state.get("criterion") and len(state["criterion"]):
@@ -373,7 +408,8 @@ class Trainer:
     def _train_update(self, samples: list[Any]) -> bool:
         """Forward/backward over the micro-batches of one update, then step.
 
-        Returns False when the update was skipped (non-finite loss or gradient). Sets
+        Returns False when the update was skipped (non-finite loss or gradient); a skipped
+        update leaves every parameter and buffer exactly as it was. Sets
         ``self._stop_agreed`` when any rank has been signalled: every rank reads the same
         all-reduced flag, so all of them stop (and enter the collective save) at the same update.
         """
@@ -383,6 +419,16 @@ class Trainer:
         if self._model_set_num_updates is not None:
             self._model_set_num_updates(self.num_updates)
         self.lr_scheduler.step_update(self.num_updates)
+        # the forward pass writes buffers (BatchNorm running statistics, NaN ones for a NaN
+        # input) before the update can be judged: keep a copy to restore if it is skipped.
+        # The list is made once (buffers are updated in place, load_state_dict copies into
+        # them); a model without buffers pays nothing.
+        backup = self.__dict__.get("_buffer_backup")
+        if backup is None:
+            buffers = list(self.module.buffers())
+            backup = self._buffer_backup = (buffers, [torch.empty_like(b) for b in buffers])
+        if backup[0]:
+            torch._foreach_copy_(backup[1], backup[0])
 
         logs = []
         loss_finite = True
@@ -408,6 +454,8 @@ class Trainer:
             logs.append(log)
 
         sums = sum_logging_outputs(logs)
+        if self._stop_signal is None:
+            self._stop_signal = preemption.received()
         flags = [0.0 if loss_finite else 1.0, 1.0 if self._stop_signal else 0.0]
         if self.env.world_size > 1:  # one all-reduce for the logging sums and both flags
             keys = sorted(sums)
@@ -436,6 +484,8 @@ class Trainer:
         )
         if skip:
             self.optimizer.zero_grad(set_to_none=True)
+            if backup[0]:  # parameters are untouched (no step); buffers back as they were
+                torch._foreach_copy_(backup[0], backup[1])
             if fp16:
                 self.scaler.update()
             self.nonfinite_streak += 1
@@ -555,9 +605,13 @@ class Trainer:
 
     # ------------------------------------------------------------------------------------------
     # the loop
-    def _handle_signal(self, signum: int, _frame: Any) -> None:
-        logger.warning("received signal %d: saving checkpoint_last after this update", signum)
-        self._stop_signal = signum
+    def _announce_preempted(self) -> None:
+        """Collective, after the pre-emption save: rank 0 writes ``$SPEECHKIT_STATUS_FILE``
+        before any rank may exit, so a launcher that kills the slower ranks as soon as the first
+        one leaves still learns that the job was pre-empted, not failed."""
+        if self.env.is_master:
+            preemption.write_status_file(EXIT_PREEMPTED)
+        dist_utils.barrier()
 
     def _done(self) -> bool:
         opt = self.cfg.optimization
@@ -568,28 +622,28 @@ class Trainer:
     def train(self) -> dict[str, float] | None:
         """Train until max_update / max_epoch; returns the last validation metrics.
 
+        SIGUSR1/SIGTERM (``speechkit.preemption``): before the checkpoint is loaded, the handlers
+        that ``python -m speechkit.train`` installed at start-up raise ``Preempted`` at once
+        (nothing new to save); from then on a signal is recorded, every rank finishes its
+        update, rank 0 saves ``checkpoint_last.pt`` and ``Preempted`` is raised on every rank.
+
         Raises:
             Preempted: after SIGUSR1/SIGTERM, once checkpoint_last is saved.
             FloatingPointError: too many consecutive non-finite updates.
         """
         seed_everything(self.cfg.common.seed + self.env.rank)
         self.load_checkpoint()
-        old_handlers = {}
-        if sys.platform != "win32":
-            for sig in (signal.SIGUSR1, signal.SIGTERM):
-                old_handlers[sig] = signal.signal(sig, self._handle_signal)
         self._open_tensorboard()
         last_metrics = None
-        if self.cfg.dataset.validate_before_training and self.num_updates == 0:
-            self.validate()
         try:
-            while not self._done():
-                last_metrics = self._train_epoch() or last_metrics
-            if self._saved_at != (self.epoch, self.num_updates, self.iterations_in_epoch):
-                self.save_checkpoint(numbered=False)
+            with preemption.deferred():
+                if self.cfg.dataset.validate_before_training and self.num_updates == 0:
+                    self.validate()
+                while not self._done():
+                    last_metrics = self._train_epoch() or last_metrics
+                if self._saved_at != (self.epoch, self.num_updates, self.iterations_in_epoch):
+                    self.save_checkpoint(numbered=False)
         finally:
-            for sig, handler in old_handlers.items():
-                signal.signal(sig, handler)
             if self.tb is not None:
                 self.tb.close()
         return last_metrics
@@ -616,6 +670,7 @@ class Trainer:
         self.meter.reset()
         it = iter(loader)
         remaining = n_batches
+        end_numbered = end_best = False  # saves due at the last update, made at the epoch end
         while remaining > 0:
             pending.append(next(it))
             remaining -= 1
@@ -645,12 +700,18 @@ class Trainer:
             # the all-reduced flag, not this rank's own: a signal that arrived after the
             # all-reduce is acted on at the next update, by every rank together
             stop = self._stop_agreed
-            if numbered_save or stop or is_best or (self._done() and remaining > 0):
+            if remaining == 0 and not stop:
+                # the epoch ends with this update and its end saves anyway, under the same
+                # numbered name: one write, carrying this update's numbered/best flags
+                end_numbered = end_numbered or numbered_save
+                end_best = end_best or is_best
+            elif numbered_save or stop or is_best or (self._done() and remaining > 0):
                 self.save_checkpoint(numbered=numbered_save, is_best=is_best)
             if stop:
                 if bar is not None:
                     bar.close()
                 del it, loader
+                self._announce_preempted()
                 raise Preempted(f"signal {self._stop_signal}: saved checkpoint_last")
             if self._done():
                 break
@@ -673,6 +734,6 @@ class Trainer:
         self.epoch += 1
         self.iterations_in_epoch = 0
         si = cfg.checkpoint.save_interval
-        numbered = si > 0 and finished % si == 0
-        self.save_checkpoint(numbered=numbered, is_best=is_best, epoch_label=finished)
+        numbered = (si > 0 and finished % si == 0) or end_numbered
+        self.save_checkpoint(numbered=numbered, is_best=is_best or end_best, epoch_label=finished)
         return metrics

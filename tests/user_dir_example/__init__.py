@@ -29,6 +29,17 @@ class ToyRegressionConfig(SpeechkitDataclass):
     """Seconds to sleep in every train step (lets tests interrupt a run mid-epoch)."""
     nan_after: int = -1
     """From this update on, the loss is NaN (tests the non-finite guard); -1: never."""
+    nan_input_at: int = -1
+    """At this update one input value is NaN, as from a corrupt audio file: the forward pass
+    itself sees it (BatchNorm statistics included); -1: never."""
+    crash_at_update: int = -1
+    """Raise a RuntimeError in the train step of this update (tests crash handling); -1: never."""
+    crash_rank: int = 0
+    """The rank that crashes at ``crash_at_update``."""
+    valid_step_delay: float = 0.0
+    """Seconds to sleep in every validation step (lets tests interrupt a validation)."""
+    startup_delay: float = 0.0
+    """Seconds to sleep while the task is built (lets tests signal a job during start-up)."""
     data: str | None = None
     """Optional path of a .pt file holding {'x': (N, dim), 'y': (N,)}; must exist when set."""
 
@@ -52,6 +63,8 @@ class ToyDataset(torch.utils.data.Dataset):
 class ToyRegressionTask(Task):
     def __init__(self, cfg: ToyRegressionConfig):
         super().__init__(cfg)
+        if cfg.startup_delay:
+            time.sleep(cfg.startup_delay)
         if cfg.data is not None:
             from pathlib import Path
 
@@ -61,11 +74,24 @@ class ToyRegressionTask(Task):
     def train_step(self, sample, model_and_criterion, update_num):
         if self.cfg.step_delay:
             time.sleep(self.cfg.step_delay)
+        if update_num == self.cfg.nan_input_at:
+            x = sample["x"].clone()
+            x[0, 0] = float("nan")
+            sample = dict(sample, x=x)
+        if update_num == self.cfg.crash_at_update:
+            rank = torch.distributed.get_rank() if torch.distributed.is_initialized() else 0
+            if rank == self.cfg.crash_rank:
+                raise RuntimeError(f"injected crash at update {update_num} on rank {rank}")
         loss, n, log = model_and_criterion(sample)
         if 0 <= self.cfg.nan_after <= update_num:
             loss = loss * float("nan")
             log = dict(log, loss=float("nan"))
         return loss, n, log
+
+    def valid_step(self, sample, model, criterion):
+        if self.cfg.valid_step_delay:
+            time.sleep(self.cfg.valid_step_delay)
+        return super().valid_step(sample, model, criterion)
 
     def has_split(self, split: str) -> bool:
         return split in ("train", "valid")
@@ -90,14 +116,18 @@ class ToyMLPConfig(SpeechkitDataclass):
     dim: int = 8
     hidden: int = 32
     dropout: float = 0.1
+    batchnorm: bool = False
+    """A BatchNorm1d after the first layer (running statistics are buffers)."""
 
 
 @register_model("toy_mlp", dataclass=ToyMLPConfig)
 class ToyMLP(nn.Module):
     def __init__(self, cfg: ToyMLPConfig):
         super().__init__()
+        norm = [nn.BatchNorm1d(cfg.hidden)] if cfg.batchnorm else []
         self.net = nn.Sequential(
             nn.Linear(cfg.dim, cfg.hidden),
+            *norm,
             nn.Tanh(),
             nn.Dropout(cfg.dropout),
             nn.Linear(cfg.hidden, 1),
