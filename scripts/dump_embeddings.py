@@ -15,6 +15,11 @@ same command. A file is written to a temporary name, fsynced and renamed, so a p
 ``.npy`` never remains. ``--out``/``dump_info.json`` records the checkpoint hash and crop
 settings; a resumed run with other settings is refused (the folder would mix two models).
 
+Audio input: files at another rate than the model's 16 kHz are resampled with soxr and
+multi-channel files averaged to mono, each with a WARNING naming the file; a file with NaN/inf
+samples (list line and file named) or a checkpoint that is not a speaker model is refused, and
+nothing of that chunk is written.
+
 Exit status: 0 ok, 2 bad input (``dump_embeddings: error: ...`` on stderr).
 """
 
@@ -154,6 +159,7 @@ def run(args: argparse.Namespace) -> dict[str, int]:
     device = torch.device(args.device)
     model = SpeakerEmbedding.from_checkpoint(args.checkpoint, device=device).model.eval()
     check_info(out, info)
+    where = {str(root / rel): line for rel, line in entries}  # "list:LINE" for messages
     t0 = time.perf_counter()
     done = 0
     for start in range(0, len(todo), args.chunk_files):
@@ -166,6 +172,7 @@ def run(args: argparse.Namespace) -> dict[str, int]:
             num_eval=args.num_eval,
             normalize=args.normalize,
             batch_files=args.batch_files,
+            where=where,
         )
         for rel in chunk:
             atomic_save_npy(out / embedding_path(rel), emb[str(root / rel)].numpy())

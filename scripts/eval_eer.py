@@ -3,7 +3,7 @@
 
     python scripts/eval_eer.py --checkpoint runs/sv/checkpoint_best.pt \\
         --test-list voxceleb1_test.txt --test-path data/voxceleb1/wav \\
-        [--eval-frames 400 --num-eval 10] [--scoring cosine|crop_distance] \\
+        [--eval-frames 400 --num-eval 10] [--scoring cosine|crop_distance|syncnet_reference] \\
         [--cohort-list cohort.txt --cohort-path ROOT --top-k 300 --cohort-level speaker] \\
         [--scores scores.txt] [--det-plot det.png]
 
@@ -14,12 +14,17 @@ normalisation (AS-norm, Matejka et al. 2017); the cohort is one L2-normalised me
 cohort speaker (wespeaker's VoxCeleb recipe; ``--cohort-level utterance`` uses every file). Works with speechkit checkpoints and with
 voxceleb_trainer checkpoints converted by ``scripts/convert_voxceleb_trainer.py``.
 
-Exit status: 0 ok, 2 bad input (message on stderr).
+Audio input: files at another rate than the model's 16 kHz are resampled with soxr and
+multi-channel files averaged to mono, each with a WARNING naming the file; a file with NaN/inf
+samples, or a checkpoint that is not a speaker model (HuBERT, ContentVec ...), is refused.
+
+Exit status: 0 ok, 2 bad input (one line ``eval_eer: error: FILE[:LINE]: ...`` on stderr).
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 from pathlib import Path
@@ -32,7 +37,7 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from speechkit.data.lists import read_train_list  # noqa: E402
+from speechkit.data.lists import read_list_fields, read_train_list  # noqa: E402
 from speechkit.errors import SpeechkitError  # noqa: E402
 from speechkit.metrics.score_norm import as_norm  # noqa: E402
 from speechkit.metrics.scoring import read_trial_list, write_score_file  # noqa: E402
@@ -56,7 +61,15 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--test-path", default=".", help="folder the trial paths are relative to")
     p.add_argument("--eval-frames", type=int, default=300, help="crop in frames; 0 = whole file")
     p.add_argument("--num-eval", type=int, default=10)
-    p.add_argument("--scoring", choices=SCORING, default="cosine")
+    p.add_argument(
+        "--scoring",
+        choices=SCORING,
+        default="cosine",
+        help="cosine: cosine of the mean crop embeddings (default, the better one); "
+        "crop_distance: voxceleb_trainer's -mean crop distance; syncnet_reference: "
+        "syncnet_trainer's mean cosine over all crop pairs, the rule that reproduces its "
+        "released EER 20.4348 (use with --eval-frames 200 --num-eval 10)",
+    )
     p.add_argument(
         "--normalize",
         choices=["auto", "yes", "no"],
@@ -78,6 +91,28 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--num-workers", type=int, default=0)
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     return p.parse_args(argv)
+
+
+def trial_lines(test_list: str, resolve) -> dict[str, str]:
+    """``{resolved path: "trials.txt:LINE"}`` of each file's first trial line (for messages)."""
+    where: dict[str, str] = {}
+    with open(test_list, encoding="utf-8") as f:
+        for number, line in enumerate(f, start=1):
+            fields = line.split()
+            if len(fields) < 2 or fields[0].startswith("#"):
+                continue
+            for p in fields[-2:]:
+                where.setdefault(str(resolve(p)), f"{test_list}:{number}")
+    return where
+
+
+def cohort_lines(cohort_list: str, root: str) -> dict[str, str]:
+    """``{path as read_train_list resolves it: "cohort.txt:LINE"}`` (for messages)."""
+    base = os.path.abspath(root)
+    return {
+        os.path.normpath(os.path.join(base, fields[1])): f"{cohort_list}:{number}"
+        for number, fields in reversed(read_list_fields(cohort_list, (2,), "speaker_id path"))
+    }
 
 
 def run(args: argparse.Namespace) -> dict[str, float]:
@@ -104,6 +139,7 @@ def run(args: argparse.Namespace) -> dict[str, float]:
     normalize = {"yes": True, "no": False}.get(args.normalize, crit not in NO_TEST_NORMALIZE)
     device = torch.device(args.device)
     model = SpeakerEmbedding.from_checkpoint(args.checkpoint, device=device).model
+    where = trial_lines(args.test_list, trials.resolve)
 
     t0 = time.perf_counter()
     emb = extract_embeddings(
@@ -115,6 +151,7 @@ def run(args: argparse.Namespace) -> dict[str, float]:
         normalize=normalize,
         batch_files=args.batch_files,
         num_workers=args.num_workers,
+        where=where,
     )
     p1 = [str(trials.resolve(p)) for p in trials.paths1]
     p2 = [str(trials.resolve(p)) for p in trials.paths2]
@@ -134,6 +171,7 @@ def run(args: argparse.Namespace) -> dict[str, float]:
             normalize=normalize,
             batch_files=args.batch_files,
             num_workers=args.num_workers,
+            where=cohort_lines(args.cohort_list, cohort_root),
         )
         emb_all = {**emb, **cemb}
 

@@ -26,6 +26,11 @@ speaker (path component ``--speaker-path-index`` of the manifest entries; 1 for 
   because some voices sit near the boundary. The measured median f0 is stored as the
   reference's unused third value.
 
+Audio input: files at another rate than the speaker model's 16 kHz are resampled with soxr and
+multi-channel files averaged to mono, each with a WARNING naming the file; a file with NaN/inf
+samples (manifest line and file named) or a checkpoint that is not a speaker model (HuBERT,
+ContentVec ...) is refused before anything is written.
+
 The output is written atomically, in speechkit's format (loads without executing code) or with
 ``--legacy-pickle`` in the reference's pickle layout. Exit status: 0 ok, 2 bad input.
 """
@@ -142,10 +147,13 @@ def speaker_table(
     for spk, entries in sorted(groups.items()):
         embeddings, f0 = [], []
         for i in entries:
-            wav = read_audio(manifest.audio_path(i), embedder.sample_rate)
-            if args.max_seconds:
-                wav = wav[: max(1, int(args.max_seconds * embedder.sample_rate))]
-            embeddings.append(embedder.embed(wav).double())  # (D,), unit length
+            try:
+                wav = read_audio(manifest.audio_path(i), embedder.sample_rate)
+                if args.max_seconds:
+                    wav = wav[: max(1, int(args.max_seconds * embedder.sample_rate))]
+                embeddings.append(embedder.embed(wav).double())  # (D,), unit length
+            except ValueError as e:  # DataError (file) or a too short waveform
+                raise DataError(f"{manifest.where(i)}: {e}") from None
             f0.append(voiced_f0(wav, embedder.sample_rate))
         mean = torch.stack(embeddings).mean(0)
         spk_emb = (mean / mean.norm().clamp_min(1e-12)).float().numpy()

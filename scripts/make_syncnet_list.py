@@ -21,7 +21,10 @@ Follows syncnet_trainer's makeFileList.py (research/sv_syncnet_enh.md section 2.
   is skipped when that count differs from the container's declared count (the reference
   compares OpenCV's count with the header's), when the video is not 25 fps or cannot be read,
   when the WAV is not 16 kHz, and when ``|len(wav) / 640 - frames| > --max-diff`` (1 frame).
-  The skips are counted by reason on stderr, with the first files of each.
+  Every skipped clip is named with its reason: one stderr line per clip (``skipped
+  <list:line or video>: <reason>: <detail>``, e.g. the video's frame rate; the first
+  ``--show-skipped`` (50) of them, then a count) and, in full, in ``<out>.skipped.tsv``
+  (``source<TAB>reason<TAB>detail`` per clip; removed when nothing is skipped).
 
 Paths are written relative to ``--root`` (absolute where a file is not under it). The list is
 written atomically. Exit status: 0 done; 2 bad input (a missing folder, a malformed list or
@@ -220,6 +223,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     p.add_argument("--fps", type=float, default=25.0, help="required video frame rate (25)")
     p.add_argument("--workers", type=int, default=1, help="processes counting frames")
+    p.add_argument(
+        "--show-skipped",
+        type=int,
+        default=50,
+        help="skipped clips named on stderr (all of them are in <out>.skipped.tsv)",
+    )
     return p.parse_args(argv)
 
 
@@ -242,10 +251,25 @@ def run(args: argparse.Namespace) -> int:
     for r in results:
         if r.reason:
             skipped.setdefault(r.reason, []).append(r)
+    bad = [r for r in results if r.reason]
+    for r in bad[: max(args.show_skipped, 0)]:
+        print(f"{PROG}: skipped {r.clip.source}: {r.reason}: {r.detail}", file=sys.stderr)
+    if len(bad) > max(args.show_skipped, 0):
+        print(
+            f"{PROG}: ... {len(bad) - max(args.show_skipped, 0)} more skipped clip(s) not shown",
+            file=sys.stderr,
+        )
     for reason, items in sorted(skipped.items()):
         print(f"{PROG}: skipped {len(items)} clip(s): {reason}", file=sys.stderr)
-        for r in items[:3]:
-            print(f"  {r.clip.source}: {r.detail}", file=sys.stderr)
+    skipped_file = Path(f"{args.out}.skipped.tsv")
+    if bad:
+        atomic_write_text(
+            skipped_file,
+            "".join(f"{r.clip.source}\t{r.reason}\t{' '.join(r.detail.split())}\n" for r in bad),
+        )
+        print(f"{PROG}: the skipped clips and reasons -> {skipped_file}", file=sys.stderr)
+    elif skipped_file.exists():
+        skipped_file.unlink()  # a stale list from an earlier run would mislead
     if not kept:
         raise DataError(f"no clip passed the checks ({len(results)} read); nothing written")
     lines = [

@@ -36,6 +36,9 @@ class CommonConfig:
     """Stop after this many consecutive updates with a NaN/inf loss or gradient (each is skipped)."""
     deterministic: bool = False
     """``torch.use_deterministic_algorithms(True)`` (slower on GPU; bit-exact resume on GPU)."""
+    num_threads: int | None = None
+    """Intra-op CPU threads (``torch.set_num_threads``), applied by the Trainer; null: leave
+    torch's setting (``OMP_NUM_THREADS`` or the core count). CPU results depend on it."""
 
 
 @dataclass

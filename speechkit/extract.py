@@ -16,6 +16,11 @@ Files are written atomically (temporary file, fsync, rename): an interrupted run
 output under the final names. The ``.npy`` is streamed to disk, so memory stays bounded whatever
 the shard size. Keys are checked strictly: an unknown key is an error.
 
+Audio input: every file's frame count must equal the manifest's ``num_samples`` and its samples
+must be finite (else exit 2 naming the manifest line and the file); a file at another rate than
+the model's 16 kHz is resampled with soxr and a multi-channel file averaged to mono, each with a
+WARNING naming the file.
+
 Exit status: 0 ok, 2 bad input (one-line message on stderr).
 """
 
@@ -35,12 +40,13 @@ import numpy as np
 import torch
 
 from speechkit.atomic import atomic_save_npy, fsync_dir, temporary_name
-from speechkit.data.audio import read_audio
+from speechkit.data.audio import audio_info, read_audio
 from speechkit.data.manifest import Manifest, read_manifest
 from speechkit.errors import ConfigError, DataError, SpeechkitError
 
 __all__ = [
     "ConcatFeatureWriter",
+    "check_manifest_size",
     "dump_features",
     "main",
     "parse_key_values",
@@ -143,6 +149,26 @@ class ConcatFeatureWriter:
             self.abort()
 
 
+def check_manifest_size(path: str | os.PathLike, num_samples: int) -> None:
+    """Refuse an audio file whose frame count is not the manifest's ``num_samples``.
+
+    fairseq's manifests record ``soundfile.info(path).frames`` (samples per channel at the
+    file's own rate); a disagreement means a stale manifest or a changed file, and the labels
+    dumped from these features would not line up with the manifest that trains on them.
+
+    Raises:
+        DataError: ``"<path>: the file holds N samples; expected the manifest's num_samples M
+            ..."`` (or the file's own read error).
+    """
+    frames = audio_info(path).frames
+    if frames != num_samples:
+        raise DataError(
+            f"{os.fspath(path)}: the file holds {frames} samples; expected the manifest's "
+            f"num_samples {num_samples} (regenerate the manifest: num_samples is the file's "
+            "frame count at its own rate)"
+        )
+
+
 def _utterance_output(out_dir: Path, rel: str, where: str) -> Path:
     rel_path = Path(rel)
     if ".." in rel_path.parts:
@@ -166,7 +192,10 @@ def dump_features(
 ) -> list[Path]:
     """Compute features for one shard of a manifest and write them (see the module docstring).
 
-    Audio is read with ``read_audio`` (resampled to ``sample_rate``) in background threads.
+    Audio is read with ``read_audio`` in background threads. Each file's frame count must equal
+    the manifest's ``num_samples``; a file at another rate is resampled to ``sample_rate`` (soxr)
+    and a multi-channel file averaged, each with a WARNING naming it; NaN/inf samples are
+    refused. Nothing is written under the final names when a file is refused.
     Utterances are grouped into batches of similar manifest length inside windows of
     ``8 * batch_size`` consecutive entries; output order is always the manifest's.
 
@@ -181,7 +210,8 @@ def dump_features(
         The files written.
 
     Raises:
-        DataError: unreadable audio (the manifest line is named). ConfigError: bad shard.
+        DataError: unreadable audio, NaN/inf samples, or a frame count other than the
+            manifest's (the manifest line and file are named). ConfigError: bad shard.
     """
     from tqdm import tqdm
 
@@ -195,18 +225,12 @@ def dump_features(
         writer = ConcatFeatureWriter(out_dir / f"{name}.npy", out_dir / f"{name}.len")
 
     def load(i: int) -> np.ndarray:
+        path = manifest.audio_path(i)
         try:
-            wav = read_audio(manifest.audio_path(i), sample_rate=sample_rate)
+            check_manifest_size(path, int(manifest.sizes[i]))
+            return read_audio(path, sample_rate=sample_rate)
         except DataError as e:
             raise DataError(f"{manifest.where(i)}: {e}") from None
-        if abs(len(wav) - int(manifest.sizes[i])) > 160:
-            logger.warning(
-                "%s: %d samples in the file, %d in the manifest",
-                manifest.where(i),
-                len(wav),
-                int(manifest.sizes[i]),
-            )
-        return wav
 
     try:
         with (

@@ -22,17 +22,18 @@ objects outside an allow-list are refused, never executed):
 * fairseq HuBERT and ContentVec checkpoints, legacy (HuBERT layout) or full (told apart by
   their keys: ``args`` / ``optimizer_history`` / ``task_state`` mark a fairseq file).
 
-ContentVec full checkpoints hold speaker-conditioned layers (``encoder.layers.12+`` with
-``CondLayerNorm`` weights ``*.weight_ln.*``) that need a speaker embedding. They are not loaded:
-only the unconditional layers (1 .. ``encoder_layers``, 12 in the released models; the usual
-feature layers 9 / 12 are among them) are available, and asking for a conditional layer raises
-``ConfigError``.
+ContentVec full checkpoints (speaker-conditioned layers ``encoder.layers.12+`` with
+``CondLayerNorm`` weights ``*.weight_ln.*``) load as a ``ContentVecModel``
+(``contentvec_from_fairseq_checkpoint``). Its ordinary layers (1 .. ``encoder_layers``, 12 in
+the released models; the usual feature layers 9 / 12 are among them) need nothing more; the
+speaker-conditioned ones (``encoder_layers + 1 ..``) need the speaker embedding of each
+utterance: ``features(wav, layer, spk_emb=e)`` with ``e`` a (D,) embedding, or a speaker id
+looked up in the ``spk2info.dict`` given to ``from_checkpoint(path, spk2info=...)``.
 """
 
 from __future__ import annotations
 
 import os
-import re
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -42,9 +43,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from speechkit.checkpoints.fairseq import hubert_config_from_fairseq, load_fairseq_checkpoint
+from speechkit.checkpoints.fairseq import (
+    contentvec_from_fairseq_checkpoint,
+    hubert_config_from_fairseq,
+    load_fairseq_checkpoint,
+)
 from speechkit.data.audio import read_audio
-from speechkit.errors import CheckpointError, ConfigError
+from speechkit.data.spk2info import load_spk2info
+from speechkit.errors import CheckpointError, ConfigError, DataError
 from speechkit.models.hubert import HubertConfig, HubertModel
 
 __all__ = ["HubertFeatureExtractor", "MAX_CHUNK", "chunk_bounds"]
@@ -54,11 +60,12 @@ MAX_CHUNK = 1_600_000
 
 SPEECHKIT_MODEL_NAMES = ("hubert", "hubert_large", "contentvec")
 _FAIRSEQ_KEYS = ("args", "optimizer_history", "task_state")
-_CONDITIONAL = re.compile(r"^encoder\.layers\.(\d+)\..*\.weight_ln\.")
 _CONTENTVEC_EXTRAS = ("layer_proj.", "encoder.cond_layer_norm.")
 _HEAD = ("final_proj.", "label_embs_concat")
 
 Audio = np.ndarray | torch.Tensor | str | os.PathLike
+SpeakerEmbedding = np.ndarray | torch.Tensor | str
+"""A (D,) speaker embedding, or a speaker id of the extractor's ``spk2info`` table."""
 
 
 def chunk_bounds(num_samples: int, max_chunk: int = MAX_CHUNK) -> list[tuple[int, int]]:
@@ -110,23 +117,46 @@ def _checkpoint_format(ckpt: dict, where: str) -> str:
     )
 
 
-def _encoder_state(state: dict, n_plain: int, where: str) -> dict:
-    """State dict without the prediction head and ContentVec's conditional / extra modules."""
-    conditional = sorted({int(m.group(1)) for k in state if (m := _CONDITIONAL.match(k))})
-    if conditional and conditional[0] != n_plain:
+def _load_hubert(ckpt: dict, where: str) -> tuple[HubertModel, HubertConfig]:
+    """HuBERT or ContentVec-legacy weights into a ``HubertModel`` without the prediction head."""
+    cfg = hubert_config_from_fairseq(ckpt, num_classes=[])
+    model = HubertModel(cfg)
+    model.remove_pretraining_modules()
+    skip = _HEAD + _CONTENTVEC_EXTRAS
+    state = {k: v for k, v in ckpt["model"].items() if not k.startswith(skip)}
+    _load_encoder_weights(model, state, f"{where}: weights do not fit the HuBERT config")
+    return model, cfg
+
+
+def _load_contentvec(ckpt: dict, where: str) -> tuple[HubertModel, HubertConfig]:
+    """A full ContentVec checkpoint into a ``ContentVecModel`` without its training heads.
+
+    ``encoder.cond_layer_norm`` may be missing for post-LN models, which never use it."""
+    model_cfg = (ckpt.get("cfg") or {}).get("model") if isinstance(ckpt.get("cfg"), dict) else {}
+    joint = bool(_get(model_cfg or {}, "cond_layer_norm_joint", False))
+    state = {k: v for k, v in ckpt["model"].items() if not k.startswith((*_HEAD, "layer_proj."))}
+    model, cfg, _ = contentvec_from_fairseq_checkpoint(
+        {**ckpt, "model": state}, strict=False, cond_layer_norm_joint=joint
+    )
+    model.remove_pretraining_modules()
+    unused = () if cfg.layer_norm_first else ("encoder.cond_layer_norm.",)
+    _load_encoder_weights(
+        model, state, f"{where}: weights do not fit the ContentVec config", unused
+    )
+    return model, cfg
+
+
+def _load_encoder_weights(
+    model: HubertModel, state: dict, message: str, may_miss: tuple[str, ...] = ()
+) -> None:
+    """Load ``state`` into ``model``; CheckpointError naming missing / unexpected keys (keys
+    starting with ``may_miss`` may be absent)."""
+    result = model.load_state_dict(state, strict=False)
+    missing = [k for k in result.missing_keys if not k.startswith(may_miss)]
+    if missing or result.unexpected_keys:
         raise CheckpointError(
-            f"{where}: speaker-conditioned layers start at encoder.layers.{conditional[0]}, but "
-            f"the config has encoder_layers={n_plain} unconditional layers"
+            f"{message} (missing {missing[:5]}, unexpected {result.unexpected_keys[:5]})"
         )
-    out = {}
-    for k, v in state.items():
-        if k.startswith(_HEAD) or k.startswith(_CONTENTVEC_EXTRAS):
-            continue
-        m = re.match(r"^encoder\.layers\.(\d+)\.", k)
-        if conditional and m and int(m.group(1)) >= n_plain:
-            continue
-        out[k] = v
-    return out
 
 
 class HubertFeatureExtractor:
@@ -137,12 +167,19 @@ class HubertFeatureExtractor:
         sample_rate: input rate in Hz (files are resampled to it).
         normalize: layer-normalise each utterance's waveform first (fairseq ``task.normalize``).
         max_chunk: samples per independent chunk (fairseq's 1,600,000).
-        num_layers: usable layers (default: all of ``model.encoder.layers``).
+        num_layers: layers usable without a speaker embedding (default: the encoder's
+            ``num_layers``, all its layers but ContentVec's speaker-conditioned ones).
         info: free-form facts about the source checkpoint (``format``, ``model``,
             ``normalize_source``, ``conditional_layers``).
+        spk2info: a ``spk2info.dict`` (``speechkit.data.spk2info``) whose speaker ids
+            ``spk_emb=`` may name; its splits are merged.
+
+    Layers ``num_layers + 1 .. num_layers + num_conditional_layers`` (ContentVec) take a speaker
+    embedding per utterance (``spk_emb=``).
 
     Raises:
         ConfigError: ``max_chunk`` shorter than the conv receptive field.
+        DataError: unreadable ``spk2info``, or a speaker id with two different embeddings.
     """
 
     def __init__(
@@ -153,11 +190,15 @@ class HubertFeatureExtractor:
         max_chunk: int = MAX_CHUNK,
         num_layers: int | None = None,
         info: dict | None = None,
+        spk2info: str | os.PathLike | None = None,
     ):
         self.model = model.eval()
         self.sample_rate = int(sample_rate)
         self.normalize = bool(normalize)
-        self.num_layers = len(model.encoder.layers) if num_layers is None else num_layers
+        encoder = model.encoder
+        self.num_layers = encoder.num_layers if num_layers is None else num_layers
+        self.num_conditional_layers = len(encoder.layers) - encoder.num_layers
+        self.speakers = {} if spk2info is None else self._read_speakers(spk2info)
         self.receptive_field = self._receptive_field()
         if max_chunk < self.receptive_field:
             raise ConfigError(
@@ -175,6 +216,7 @@ class HubertFeatureExtractor:
         device: str | torch.device = "cpu",
         max_chunk: int = MAX_CHUNK,
         normalize: bool | None = None,
+        spk2info: str | os.PathLike | None = None,
     ) -> HubertFeatureExtractor:
         """Load a speechkit or fairseq HuBERT / ContentVec checkpoint for feature extraction.
 
@@ -184,6 +226,7 @@ class HubertFeatureExtractor:
             max_chunk: samples per independent chunk.
             normalize: override the waveform normalisation read from the checkpoint
                 (``None``: as the checkpoint says; see the module docstring).
+            spk2info: speaker table for ``spk_emb=`` speaker ids (ContentVec).
 
         Raises:
             CheckpointError: unreadable or unsafe file, unknown layout or model name, or
@@ -192,26 +235,16 @@ class HubertFeatureExtractor:
         where = str(path)
         ckpt = load_fairseq_checkpoint(path, map_location="cpu")
         fmt = _checkpoint_format(ckpt, where)
-        cfg = hubert_config_from_fairseq(ckpt, num_classes=[])
-        state = ckpt["model"]
-        conditional = sorted({int(m.group(1)) for k in state if (m := _CONDITIONAL.match(k))})
-        model = HubertModel(cfg)
-        model.remove_pretraining_modules()
-        result = model.load_state_dict(
-            _encoder_state(state, cfg.encoder_layers, where), strict=False
-        )
-        if result.missing_keys or result.unexpected_keys:
-            raise CheckpointError(
-                f"{where}: weights do not fit the HuBERT config (missing "
-                f"{result.missing_keys[:5]}, unexpected {result.unexpected_keys[:5]})"
-            )
+        full_contentvec = any(".weight_ln." in k for k in ckpt["model"])
+        load = _load_contentvec if full_contentvec else _load_hubert
+        model, cfg = load(ckpt, where)
         detected, source = _detect_normalize(ckpt, fmt, cfg)
         cfg_dict = ckpt.get("cfg") if isinstance(ckpt.get("cfg"), dict) else {}
         info = {
             "format": fmt,
             "model": (cfg_dict.get("model") or {}).get("_name", "hubert"),
             "normalize_source": source if normalize is None else "override",
-            "conditional_layers": len(conditional),
+            "conditional_layers": len(model.encoder.layers) - model.encoder.num_layers,
             "path": where,
         }
         return cls(
@@ -220,6 +253,7 @@ class HubertFeatureExtractor:
             normalize=detected if normalize is None else normalize,
             max_chunk=max_chunk,
             info=info,
+            spk2info=spk2info,
         )
 
     # ------------------------------------------------------------------------------------------
@@ -254,27 +288,90 @@ class HubertFeatureExtractor:
                 total += int(fe.output_lengths(e - s))
         return total
 
-    def check_layer(self, layer: int) -> None:
-        """Raise ``ConfigError`` unless ``layer`` is in ``1 .. num_layers`` (1-based)."""
-        if not isinstance(layer, int | np.integer) or not 1 <= layer <= self.num_layers:
-            cond = self.info.get("conditional_layers", 0)
+    @property
+    def spk_dim(self) -> int | None:
+        """Speaker-embedding size D of the conditional layers (None without such layers)."""
+        return self.model.cfg.spk_dim if self.num_conditional_layers else None
+
+    def check_layer(self, layer: int, with_speaker: bool = False) -> None:
+        """Raise ``ConfigError`` unless ``layer`` is in ``1 .. num_layers`` (1-based), or, when
+        a speaker embedding comes along (``with_speaker``), one of the speaker-conditioned
+        layers after them."""
+        top = self.num_layers
+        if with_speaker and self.num_conditional_layers:
+            top = len(self.model.encoder.layers)
+        if not isinstance(layer, int | np.integer) or not 1 <= layer <= top:
+            first, cond = self.model.encoder.num_layers + 1, self.num_conditional_layers
             extra = (
-                f"; layers {self.num_layers + 1}..{self.num_layers + cond} of this ContentVec "
-                "checkpoint are speaker-conditioned and not available without a speaker "
-                "embedding"
-                if cond
+                f"; layers {first}..{first + cond - 1} of this ContentVec checkpoint are "
+                f"speaker-conditioned: pass spk_emb= (a ({self.spk_dim},) speaker embedding, or "
+                "a speaker id of the spk2info given to from_checkpoint)"
+                if cond and not with_speaker
                 else ""
             )
-            raise ConfigError(
-                f"layer must be in 1..{self.num_layers} (1-based), got {layer}{extra}"
+            raise ConfigError(f"layer must be in 1..{top} (1-based), got {layer}{extra}")
+
+    @staticmethod
+    def _read_speakers(path: str | os.PathLike) -> dict[str, torch.Tensor]:
+        speakers: dict[str, torch.Tensor] = {}
+        for entries in load_spk2info(path).values():
+            for spk, info in entries.items():
+                emb = torch.as_tensor(np.asarray(info.spk_emb, dtype=np.float32))
+                if spk in speakers and not torch.equal(speakers[spk], emb):
+                    raise DataError(
+                        f"{path}: speaker {spk!r} has different embeddings in two splits; "
+                        "expected one embedding per speaker"
+                    )
+                speakers[spk] = emb
+        return speakers
+
+    def speaker_embedding(self, spk: SpeakerEmbedding) -> torch.Tensor:
+        """(D,) float32 CPU speaker embedding: ``spk`` itself, or the ``spk2info`` entry of the
+        speaker id ``spk``.
+
+        Raises:
+            DataError: unknown speaker id. ValueError: not a finite (D,) vector, or the model
+                has no speaker-conditioned layers.
+        """
+        if self.spk_dim is None:
+            raise ValueError("this checkpoint has no speaker-conditioned layers")
+        if isinstance(spk, str):
+            if spk not in self.speakers:
+                known = (
+                    f"the spk2info has {len(self.speakers)} speakers, e.g. "
+                    f"{sorted(self.speakers)[:3]}"
+                    if self.speakers
+                    else "no spk2info was given (from_checkpoint(..., spk2info=FILE))"
+                )
+                raise DataError(f"speaker {spk!r} not found; {known}")
+            emb = self.speakers[spk]
+        else:
+            emb = torch.as_tensor(spk).detach().float().cpu()
+        if emb.shape != (self.spk_dim,) or not bool(torch.isfinite(emb).all()):
+            raise ValueError(
+                f"speaker embedding of shape {tuple(emb.shape)}; expected ({self.spk_dim},) "
+                "finite values"
             )
+        return emb
+
+    def _speaker_rows(self, spk_emb: Any, n: int) -> list[torch.Tensor]:
+        """One (D,) embedding per utterance from one embedding / id for all, a sequence of
+        them, or an (n, D) array."""
+        if isinstance(spk_emb, str) or getattr(spk_emb, "ndim", None) == 1:
+            return [self.speaker_embedding(spk_emb)] * n
+        rows = list(spk_emb)
+        if len(rows) != n:
+            raise ValueError(f"{len(rows)} speaker embeddings for {n} utterances; expected {n}")
+        return [self.speaker_embedding(r) for r in rows]
 
     def load(self, wav: Audio) -> torch.Tensor:
         """Waveform (L,) float32 on the CPU, normalised when the model expects it.
 
-        ``wav``: (L,) array / tensor at ``sample_rate`` Hz, or an audio file path (decoded and
-        resampled by ``read_audio``). Raises ``DataError`` for unreadable files, ``ValueError``
-        for arrays that are not 1-D.
+        ``wav``: (L,) array / tensor at ``sample_rate`` Hz, or an audio file path (decoded by
+        ``read_audio``: a file at another rate is resampled with soxr and a multi-channel file
+        averaged to mono, each with a WARNING naming the file). Raises ``DataError`` for
+        unreadable files or files with NaN/inf samples, ``ValueError`` for arrays that are not
+        1-D or hold NaN/inf samples.
         """
         if isinstance(wav, str | os.PathLike):
             x = torch.from_numpy(read_audio(Path(wav), sample_rate=self.sample_rate))
@@ -282,6 +379,11 @@ class HubertFeatureExtractor:
             x = torch.as_tensor(wav).detach().float().cpu()
         if x.dim() != 1:
             raise ValueError(f"expected a (L,) waveform, got shape {tuple(x.shape)}")
+        if not bool(torch.isfinite(x).all()):
+            raise ValueError(
+                f"the waveform holds {int((~torch.isfinite(x)).sum())} non-finite sample(s) "
+                "(NaN/inf); expected finite samples in [-1, 1]"
+            )
         if self.normalize and x.numel() > 0:
             x = F.layer_norm(x, x.shape)
         return x
@@ -321,8 +423,11 @@ class HubertFeatureExtractor:
         return x
 
     @torch.no_grad()
-    def _forward_padded(self, chunks: list[torch.Tensor], layer: int) -> list[torch.Tensor]:
-        """Chunks (each >= receptive field) -> list of (T_i, C) float32 CPU features."""
+    def _forward_padded(
+        self, chunks: list[torch.Tensor], layer: int, spk_emb: torch.Tensor | None = None
+    ) -> list[torch.Tensor]:
+        """Chunks (each >= receptive field) -> list of (T_i, C) float32 CPU features;
+        ``spk_emb``: (num chunks, D) for speaker-conditioned layers."""
         device = self.device
         lengths = torch.tensor([c.numel() for c in chunks], device=device)
         source = torch.nn.utils.rnn.pad_sequence(chunks, batch_first=True).to(device)
@@ -338,24 +443,34 @@ class HubertFeatureExtractor:
             x = model.post_extract_proj(x)
         x = model.dropout_input(x)
         h = model.encoder.embed_positions(x, padding_mask)
-        x, _ = model.encoder.forward_layers(h, padding_mask, layer - 1)
+        cond = None if spk_emb is None else spk_emb.to(device, x.dtype)
+        x, _ = model.encoder.forward_layers(h, padding_mask, layer - 1, cond)
         return [x[i, : int(n)].float().cpu() for i, n in enumerate(frames.tolist())]
 
-    def features_batch(self, wavs: Sequence[Audio], layer: int) -> list[torch.Tensor]:
+    def features_batch(
+        self, wavs: Sequence[Audio], layer: int, spk_emb: Any = None
+    ) -> list[torch.Tensor]:
         """Features of several utterances in one padded forward pass (all their chunks).
 
         Args:
             wavs: (L_i,) waveforms at ``sample_rate`` Hz or audio file paths.
             layer: 1-based Transformer layer (fairseq ``output_layer``).
+            spk_emb: speaker embeddings for ContentVec's speaker-conditioned layers (ignored
+                by the others): one ``SpeakerEmbedding`` ((D,) vector or spk2info speaker id)
+                for every input, or a sequence / (N, D) array with one per input. With the
+                reference's joint conditional norms (``cond_layer_norm_joint``) the chunks
+                of a conditional layer run one at a time (their statistics mix the rows).
 
         Returns:
             One (T_i, C) float32 CPU tensor per input, ``T_i = num_frames(L_i)``; the same
             values (to float rounding) as calling ``features`` on each input.
 
         Raises:
-            ConfigError: layer out of range. DataError: unreadable audio file.
+            ConfigError: layer out of range (a speaker-conditioned one without ``spk_emb``).
+            DataError: unreadable audio file, unknown speaker id. ValueError: speaker
+                embeddings of the wrong shape or count.
         """
-        self.check_layer(layer)
+        self.check_layer(layer, with_speaker=spk_emb is not None)
         pieces: list[list[torch.Tensor]] = []
         for wav in wavs:
             x = self.load(wav)
@@ -367,7 +482,18 @@ class HubertFeatureExtractor:
                 ]
             )
         flat = [c for p in pieces for c in p]
-        outputs = self._forward_padded(flat, layer) if flat else []
+        cond = None
+        if layer > self.model.encoder.num_layers:
+            rows = self._speaker_rows(spk_emb, len(pieces))
+            cond = [e for p, e in zip(pieces, rows) for _ in p]
+        if not flat:
+            outputs = []
+        elif cond is None:
+            outputs = self._forward_padded(flat, layer)
+        elif getattr(self.model.cfg, "cond_layer_norm_joint", False):
+            outputs = [self._forward_padded([c], layer, e[None])[0] for c, e in zip(flat, cond)]
+        else:
+            outputs = self._forward_padded(flat, layer, torch.stack(cond))
         results, i = [], 0
         for p in pieces:
             parts = outputs[i : i + len(p)]
@@ -377,13 +503,17 @@ class HubertFeatureExtractor:
             )
         return results
 
-    def features(self, wav: Audio, layer: int) -> torch.Tensor:
+    def features(
+        self, wav: Audio, layer: int, spk_emb: SpeakerEmbedding | None = None
+    ) -> torch.Tensor:
         """Features of one utterance: (T, C) float32 on the CPU at ``frame_rate`` Hz.
 
         Args:
             wav: (L,) waveform (numpy array or tensor, float in [-1, 1] at ``sample_rate`` Hz)
                 or an audio file path.
             layer: 1-based Transformer layer (fairseq ``output_layer``).
+            spk_emb: for ContentVec's speaker-conditioned layers (``num_layers + 1 ..``): the
+                speaker's (D,) embedding, or its id in the extractor's ``spk2info``.
 
         Returns:
             (T, C) with ``T = num_frames(L)``; inputs longer than ``max_chunk`` samples are
@@ -392,6 +522,8 @@ class HubertFeatureExtractor:
             An input shorter than one frame (400 samples) gives (0, C).
 
         Raises:
-            ConfigError: layer out of range. DataError: unreadable audio file.
+            ConfigError: layer out of range (a speaker-conditioned one without ``spk_emb``).
+            DataError: unreadable audio file, unknown speaker id. ValueError: a speaker
+                embedding that is not a finite (D,) vector.
         """
-        return self.features_batch([wav], layer)[0]
+        return self.features_batch([wav], layer, None if spk_emb is None else [spk_emb])[0]

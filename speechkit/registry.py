@@ -5,6 +5,20 @@ also stores the dataclass in Hydra's ConfigStore under the registry's group, so
 ``python -m speechkit.train model=resnet_se34l`` selects it and ``model.n_mels=64`` is checked
 against its fields. This follows fairseq's ``register_*`` decorators (fairseq/registry.py).
 
+Task-implied defaults: a task may name the model and criterion it is normally trained with
+(``register_task("hubert", ..., default_model="hubert", default_criterion="hubert")``), so
+``python -m speechkit.train task=hubert task.data=...`` needs no ``model=`` / ``criterion=``.
+``configs/train.yaml`` selects them in its defaults list through the OmegaConf resolver
+``speechkit.task_default`` (registered when this module is imported)::
+
+    - model: ${speechkit.task_default:model}
+
+Hydra resolves such an entry only after every other choice is known and only when nothing
+overrides it, so the order of precedence is: ``model=`` on the command line, then an
+``experiment=`` preset's ``override /model``, then the task's default. A task without a default
+leaves the group missing (Hydra's "You must specify 'model'"), as does a command without a task;
+``-m`` sweeps over ``task=`` or ``experiment=`` resolve it per job.
+
 Example (a user's own module, loaded with ``common.user_dir=/path/to/module``)::
 
     from dataclasses import dataclass
@@ -51,9 +65,20 @@ class Registry:
         self.base_class = base_class
         self._classes: dict[str, type] = {}
         self._dataclasses: dict[str, type[SpeechkitDataclass]] = {}
+        self._defaults: dict[str, dict[str, str]] = {}
 
-    def register(self, name: str, dataclass: type[SpeechkitDataclass] | None = None) -> Callable:
-        """Decorator registering ``cls`` under ``name`` with its config ``dataclass``."""
+    def register(
+        self,
+        name: str,
+        dataclass: type[SpeechkitDataclass] | None = None,
+        defaults: dict[str, str | None] | None = None,
+    ) -> Callable:
+        """Decorator registering ``cls`` under ``name`` with its config ``dataclass``.
+
+        Args:
+            defaults: other config groups' choices this entry implies (``{"model": "hubert"}``),
+                read back by :meth:`default_choice`; ``None`` values are left out.
+        """
 
         def wrapper(cls: type) -> type:
             if name in self._classes:
@@ -74,6 +99,7 @@ class Registry:
                 )
             self._classes[name] = cls
             self._dataclasses[name] = dc
+            self._defaults[name] = {g: v for g, v in (defaults or {}).items() if v}
             cls.__speechkit_name__ = name
             node = dc()
             node._name = name
@@ -101,11 +127,34 @@ class Registry:
         self.get(name)
         return self._dataclasses[name]
 
+    def default_choice(self, name: str, group: str) -> str | None:
+        """The ``group`` choice (e.g. the model name) that entry ``name`` implies, or None
+        (also for an unknown ``name``)."""
+        return self._defaults.get(name, {}).get(group)
+
+    def defaults(self, name: str) -> dict[str, str]:
+        """Every group choice that entry ``name`` implies (``{}`` when none)."""
+        self.get(name)
+        return dict(self._defaults[name])
+
+    def _missing_error(self, name: str, missing: list[str]) -> ConfigError:
+        cls = self._classes[name]
+        hook = getattr(cls, "missing_config_error", None)
+        if callable(hook):
+            return hook(missing)
+        keys = ", ".join(f"{self.group}.{k}" for k in missing)
+        return ConfigError(
+            f"{self.group} {name}: required {keys} not set; set it on the command line "
+            f"({self.group}.{missing[0]}=...)"
+        )
+
     def resolve_config(self, cfg: Any) -> tuple[str, SpeechkitDataclass]:
         """Turn a composed config node (or a dataclass instance) into ``(name, dataclass)``.
 
         Missing fields are filled from the registered defaults (fairseq's merge_with_parent);
-        unknown fields raise ``ConfigError``.
+        unknown fields raise ``ConfigError``, and so do required fields left unset (``???``):
+        the class's ``missing_config_error(keys) -> ConfigError`` gives the message when it has
+        one (tasks: what data they need), else a generic one naming the keys.
         """
         if isinstance(cfg, SpeechkitDataclass):
             name = cfg._name
@@ -131,6 +180,12 @@ class Registry:
             merged = OmegaConf.merge(schema, node)
         except Exception as e:  # omegaconf raises several error types
             raise ConfigError(f"invalid {self.group} config for '{name}': {e}") from None
+        rank = {f.name: i for i, f in enumerate(dataclasses.fields(dc))}  # the config's order
+        missing = sorted(
+            OmegaConf.missing_keys(merged), key=lambda k: (rank.get(k.split(".")[0], 0), k)
+        )
+        if missing:
+            raise self._missing_error(name, missing)
         obj = OmegaConf.to_object(merged)
         obj._name = name
         return name, obj
@@ -148,9 +203,21 @@ OPTIMIZER_REGISTRY = Registry("optimizer")
 LR_SCHEDULER_REGISTRY = Registry("lr_scheduler")
 
 
-def register_task(name: str, dataclass: type[SpeechkitDataclass] | None = None) -> Callable:
-    """Register a task class (subclass of ``speechkit.tasks.base.Task``)."""
-    return TASK_REGISTRY.register(name, dataclass)
+def register_task(
+    name: str,
+    dataclass: type[SpeechkitDataclass] | None = None,
+    default_model: str | None = None,
+    default_criterion: str | None = None,
+) -> Callable:
+    """Register a task class (subclass of ``speechkit.tasks.base.Task``).
+
+    Args:
+        default_model, default_criterion: registered names selected when the command line and
+            the ``experiment=`` preset choose none (see the module docstring).
+    """
+    return TASK_REGISTRY.register(
+        name, dataclass, defaults={"model": default_model, "criterion": default_criterion}
+    )
 
 
 def register_model(name: str, dataclass: type[SpeechkitDataclass] | None = None) -> Callable:
@@ -171,3 +238,22 @@ def register_optimizer(name: str, dataclass: type[SpeechkitDataclass] | None = N
 def register_lr_scheduler(name: str, dataclass: type[SpeechkitDataclass] | None = None) -> Callable:
     """Register an LR scheduler (built as ``cls(cfg, optimizer, base_lr, max_update)``)."""
     return LR_SCHEDULER_REGISTRY.register(name, dataclass)
+
+
+TASK_DEFAULT_RESOLVER = "speechkit.task_default"
+"""Name of the OmegaConf resolver ``${speechkit.task_default:GROUP}`` used in train.yaml."""
+
+
+def task_default_choice(group: str, *, _root_: Any = None) -> str:
+    """Resolver body: the chosen task's default for ``group``, or ``???`` (missing).
+
+    ``_root_`` is Hydra's map of the choices made so far (the ``task`` key is the task name, or
+    missing when no task was chosen).
+    """
+    task = OmegaConf.select(_root_, "task", default=None, throw_on_missing=False)
+    choice = TASK_REGISTRY.default_choice(task, group) if isinstance(task, str) else None
+    return choice or "???"
+
+
+if not OmegaConf.has_resolver(TASK_DEFAULT_RESOLVER):
+    OmegaConf.register_new_resolver(TASK_DEFAULT_RESOLVER, task_default_choice)

@@ -12,6 +12,7 @@ reference's negative mean Euclidean distance between all crop pairs (``crop_dist
 from __future__ import annotations
 
 import os
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -23,10 +24,46 @@ from torch import nn
 
 from speechkit.data.audio import read_audio
 from speechkit.data.speaker_dataset import SpeakerEvalDataset
-from speechkit.errors import CheckpointError, ConfigError
-from speechkit.metrics.scoring import cosine_scores, mean_crop_distance_score
+from speechkit.errors import CheckpointError, ConfigError, DataError
+from speechkit.metrics.scoring import (
+    cosine_scores,
+    mean_crop_cosine_score,
+    mean_crop_distance_score,
+)
 
-SCORING = ("cosine", "crop_distance")
+SCORING = ("cosine", "crop_distance", "syncnet_reference")
+SPEAKER_TASKS = ("speaker_verification", "syncnet")
+"""Tasks whose checkpoints hold a speaker model ``(B, L) -> (B, D)``."""
+NOT_SPEAKER_TASKS = ("hubert", "contentvec", "target_speaker_separation", "embedding_enhancement")
+NOT_SPEAKER_MODELS = ("hubert", "hubert_large", "contentvec", "voicevector_ae")
+"""Models (and ``enhancement_*``) that are not speaker embedders: refused by ``from_checkpoint``."""
+
+
+def check_speaker_checkpoint(path: str | os.PathLike, cfg: dict) -> None:
+    """Refuse a checkpoint whose task or model is not a speaker model.
+
+    Args:
+        path: the checkpoint (named in the message).
+        cfg: its ``cfg`` (``task`` and ``model`` dicts with ``_name``; fairseq's task key
+            ``hubert_pretraining`` is recognised too).
+
+    Raises:
+        CheckpointError: ``"<path>: a <task> checkpoint (model <model>); expected a speaker
+            model: a speaker_verification or syncnet checkpoint ..."``.
+    """
+    task = str(((cfg.get("task") or {}).get("_name")) or "")
+    model = str(((cfg.get("model") or {}).get("_name")) or "")
+    if task in SPEAKER_TASKS:
+        return
+    bad_task = task in NOT_SPEAKER_TASKS or task.endswith("_pretraining")
+    bad_model = model in NOT_SPEAKER_MODELS or model.startswith("enhancement_")
+    if bad_task or bad_model:
+        raise CheckpointError(
+            f"{os.fspath(path)}: a {task or 'task-less'} checkpoint (model {model or '?'}); "
+            "expected a speaker model: a speaker_verification or syncnet checkpoint (e.g. "
+            "resnet_se34l, ecapa_tdnn, rawnet3, syncnet_fbank; convert a voxceleb_trainer model "
+            "with scripts/convert_voxceleb_trainer.py)"
+        )
 
 
 @torch.no_grad()
@@ -58,6 +95,7 @@ def extract_embeddings(
     num_workers: int = 0,
     rank: int = 0,
     world_size: int = 1,
+    where: dict[str, str] | None = None,
 ) -> dict[str, torch.Tensor]:
     """Crop embeddings of every file (each file once; batched).
 
@@ -70,11 +108,19 @@ def extract_embeddings(
         batch_files: files per forward pass (fixed-length crops only; whole utterances go one
             file at a time).
         rank, world_size: embed only files ``rank::world_size`` (distributed validation).
+        where: ``{path: "list.txt:LINE"}`` named in read errors.
+
+    Files at another rate than 16 kHz are resampled (soxr) and multi-channel files averaged,
+    each with a WARNING naming the file (``SpeakerEvalDataset``).
 
     Returns:
         ``{path: FloatTensor (num_crops, D)}`` for this rank's files.
+
+    Raises:
+        DataError: an unreadable or empty file or one with NaN/inf samples (list line and file
+            named, also from DataLoader workers).
     """
-    dataset = SpeakerEvalDataset(paths, eval_frames=eval_frames, num_eval=num_eval)
+    dataset = SpeakerEvalDataset(paths, eval_frames=eval_frames, num_eval=num_eval, where=where)
     indices = list(range(rank, len(dataset), world_size))
     bs = batch_files if eval_frames > 0 else 1
     loader = torch.utils.data.DataLoader(
@@ -104,7 +150,8 @@ def score_trials(
     """Scores (T,) of trials ``(paths1[i], paths2[i])`` from crop embeddings (higher = same).
 
     ``cosine``: cosine of the mean crop embeddings. ``crop_distance``: voxceleb_trainer's
-    ``-mean(cdist(crops1, crops2))``.
+    ``-mean(cdist(crops1, crops2))``. ``syncnet_reference``: syncnet_trainer's mean cosine over
+    all crop pairs (``mean_crop_cosine_score``; reproduces its released EER 20.4348).
 
     Raises:
         ConfigError: an unknown scoring name.
@@ -121,6 +168,13 @@ def score_trials(
             ],
             dtype=np.float64,
         )
+    if scoring == "syncnet_reference":
+        out = []
+        for i in range(0, len(paths1), 1024):  # chunks: (1024, K, D) at a time
+            c1 = torch.stack([embeddings[p] for p in paths1[i : i + 1024]])
+            c2 = torch.stack([embeddings[p] for p in paths2[i : i + 1024]])
+            out.append(mean_crop_cosine_score(c1, c2).double().numpy())
+        return np.concatenate(out) if out else np.zeros(0)
     raise ConfigError(f"unknown scoring '{scoring}'; expected one of {', '.join(SCORING)}")
 
 
@@ -148,6 +202,37 @@ class SpeakerEmbedding:
         self.sample_rate = sample_rate
         self.eval_frames = eval_frames
         self.num_eval = num_eval
+        self._min_samples: int | None = None
+
+    @torch.no_grad()
+    def min_samples(self) -> int:
+        """Shortest whole-utterance waveform (samples at ``sample_rate``) the model embeds.
+
+        Found once, by bisection over zero waveforms of 1 .. ``sample_rate`` samples (e.g. 257
+        for the 512-point STFT front-ends, whose reflect padding needs more than 256 samples).
+        """
+        if self._min_samples is None:
+
+            def works(n: int) -> bool:
+                try:
+                    with warnings.catch_warnings():  # e.g. var() of one frame: a probe only
+                        warnings.simplefilter("ignore")
+                        embed_crops(self.model, torch.zeros(1, n), self.device)
+                except (RuntimeError, ValueError, IndexError):
+                    return False
+                return True
+
+            lo, hi = 1, self.sample_rate
+            if works(lo):
+                hi = lo
+            while lo < hi:
+                mid = (lo + hi) // 2
+                if works(mid):
+                    hi = mid
+                else:
+                    lo = mid + 1
+            self._min_samples = hi
+        return self._min_samples
 
     @classmethod
     def from_checkpoint(
@@ -156,7 +241,9 @@ class SpeakerEmbedding:
         """Load a speechkit checkpoint (trained or converted from voxceleb_trainer).
 
         Raises:
-            CheckpointError: unreadable/unsafe file, or no speaker model config inside.
+            CheckpointError: unreadable/unsafe file, no model config inside, or a checkpoint of
+                another kind (HuBERT, ContentVec, separation, enhancement: the message names its
+                task and model and says a speaker_verification / syncnet checkpoint is expected).
         """
         from speechkit import components
         from speechkit.registry import MODEL_REGISTRY
@@ -167,6 +254,7 @@ class SpeakerEmbedding:
         model_cfg = (state.get("cfg") or {}).get("model")
         if not model_cfg or "model" not in state:
             raise CheckpointError(f"{path}: no model config/weights (not a speechkit checkpoint?)")
+        check_speaker_checkpoint(path, state.get("cfg") or {})
         model = MODEL_REGISTRY.build(model_cfg)
         model.load_state_dict(state["model"])
         return cls(model, device=device, **kwargs)
@@ -175,19 +263,40 @@ class SpeakerEmbedding:
     def embed(self, audio: str | os.PathLike | np.ndarray | torch.Tensor) -> torch.Tensor:
         """L2-normalised embedding (D,) of one utterance.
 
+        A file at another rate is resampled (soxr) and a multi-channel file averaged, each with a
+        WARNING naming it. Short input is never padded silently: with ``eval_frames == 0`` (whole
+        utterance) a waveform shorter than ``min_samples()`` is refused; with ``eval_frames > 0``
+        it is wrap-padded to the crop length, as in evaluation.
+
         Args:
             audio: a file path, or a mono waveform (L,) float in [-1, 1] at ``sample_rate``.
 
         Raises:
-            DataError: an unreadable, empty or missing file.
-            ValueError: a waveform that is not 1-D.
+            DataError: a missing, unreadable or empty file, NaN/inf samples in it, or a file
+                shorter than ``min_samples()`` (file, length and minimum named).
+            ValueError: a waveform that is not 1-D, is empty, holds NaN/inf, or is shorter than
+                ``min_samples()`` (length and minimum named).
         """
-        if isinstance(audio, str | os.PathLike | Path):
-            wav = torch.from_numpy(read_audio(audio, self.sample_rate))
+        path = os.fspath(audio) if isinstance(audio, str | os.PathLike | Path) else None
+        if path is not None:
+            wav = torch.from_numpy(read_audio(path, self.sample_rate))
         else:
             wav = torch.as_tensor(audio, dtype=torch.float32)
         if wav.dim() != 1:
             raise ValueError(f"expected a mono waveform (L,), got shape {tuple(wav.shape)}")
+        if path is None and not bool(torch.isfinite(wav).all()):
+            raise ValueError(
+                f"the waveform holds {int((~torch.isfinite(wav)).sum())} non-finite sample(s) "
+                "(NaN/inf); expected finite samples in [-1, 1]"
+            )
+        n = int(wav.shape[0])
+        needed = 1 if self.eval_frames > 0 else (self.min_samples() if n < self.sample_rate else 1)
+        if n < needed:
+            what = f"{n} samples ({1000 * n / self.sample_rate:.1f} ms at {self.sample_rate} Hz)"
+            expected = f"expected at least {needed} samples for this model"
+            if path is not None:
+                raise DataError(f"{path}: {what}; {expected}")
+            raise ValueError(f"the waveform has {what}; {expected}")
         if self.eval_frames > 0:
             from speechkit.data.speaker_dataset import eval_crop_starts, frames_to_samples, wrap_pad
 

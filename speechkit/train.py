@@ -23,6 +23,7 @@ if __name__ == "__main__":
     preemption.install()
     preemption.install_exit_hook()
 
+import dataclasses
 import logging
 import os
 import sys
@@ -38,6 +39,7 @@ from speechkit.distributed import DistributedEnv, destroy_distributed, detect_en
 from speechkit.errors import SpeechkitError
 from speechkit.preemption import EXIT_PREEMPTED, Preempted
 from speechkit.registry import TASK_REGISTRY
+from speechkit.trainer.checkpoint import check_save_dir
 from speechkit.trainer.rng import seed_everything
 from speechkit.trainer.trainer import Trainer
 from speechkit.user_dir import import_user_module, user_dir_from_argv
@@ -79,6 +81,8 @@ def build_components(cfg: DictConfig):
 def main(cfg: DictConfig) -> int:
     """Train with a composed config; returns the process exit status."""
     env = detect_env()
+    if env.is_master:  # before train.log is opened: an unwritable folder is one line
+        check_save_dir(cfg.checkpoint.save_dir)
     setup_logging(env, cfg.checkpoint.save_dir)
     try:
         device = init_distributed(
@@ -159,6 +163,9 @@ def run_guarded(cfg: DictConfig) -> int:
     """``main(cfg)`` with every way out turned into an exit status (traceback logged for bugs)."""
     try:
         return main(cfg)
+    except SpeechkitError as e:  # raised before main's own handler (check_save_dir)
+        print(f"speechkit: error: {e}", file=sys.stderr)
+        return 2
     except Preempted as e:
         logger.warning("pre-empted: %s; exiting with status %d for requeue", e, EXIT_PREEMPTED)
         return EXIT_PREEMPTED
@@ -200,6 +207,86 @@ def prepare(argv: list[str] | None = None) -> None:
         import_user_module(user_dir)
 
 
+HELP_FLAGS = ("--help", "-h")
+
+
+def help_text() -> str:
+    """``--help``: usage, the config groups with their registered names, each task's default
+    model and criterion, and the settings groups; read from the registries, the ConfigStore and
+    ``CONFIG_DIR`` (call :func:`prepare` first), without composing a config."""
+    import textwrap
+
+    from hydra.core.config_store import ConfigStore
+
+    from speechkit import registry
+    from speechkit.config import TrainConfig
+
+    def names_in(group: str) -> list[str]:
+        found = {p.stem for p in Path(CONFIG_DIR, group).glob("*.yaml")}
+        try:
+            found.update(n.removesuffix(".yaml") for n in ConfigStore.instance().list(group))
+        except OSError:  # the group is not in the ConfigStore
+            pass
+        return sorted(found)
+
+    groups = {
+        "task": registry.TASK_REGISTRY.names(),
+        "model": registry.MODEL_REGISTRY.names(),
+        "criterion": registry.CRITERION_REGISTRY.names(),
+        "optimizer": registry.OPTIMIZER_REGISTRY.names(),
+        "lr_scheduler": registry.LR_SCHEDULER_REGISTRY.names(),
+        "experiment": names_in("experiment"),
+        "debug": names_in("debug"),
+    }
+    first = {"optimizer": "adam", "lr_scheduler": "fixed"}  # configs/train.yaml's defaults
+    lines = [
+        "usage: python -m speechkit.train [experiment=NAME] [task=NAME] [model=NAME]",
+        "           [criterion=NAME] [optimizer=NAME] [lr_scheduler=NAME] [GROUP.KEY=VALUE ...]",
+        "       python -m speechkit.train ... --cfg job   print the composed config; no training",
+        "       python -m speechkit.train -m ...          Hydra multirun (sweeps, Slurm launcher)",
+        "       python -m speechkit.train --hydra-help    Hydra's own options",
+        "",
+        "Trains the task's model with its criterion; every argument is a Hydra override of",
+        f"{Path(CONFIG_DIR) / 'train.yaml'}. model and criterion default to the task's (below);",
+        "an experiment preset chooses its own, and model=/criterion= on the command line win over",
+        "both. common.user_dir=PATH imports your own registrations first (listed here as well).",
+        "",
+        "Config groups (GROUP=NAME):",
+    ]
+    for group, names in groups.items():
+        shown = [f"{n} (default)" if first.get(group) == n else n for n in names]
+        text = ", ".join(shown) if shown else "(none)"
+        lines += textwrap.wrap(
+            text, 96, initial_indent=f"  {group:<14}", subsequent_indent=" " * 16
+        )
+    lines += ["", "Task defaults (model, criterion):"]
+    for task in groups["task"]:
+        model = registry.TASK_REGISTRY.default_choice(task, "model") or "-"
+        criterion = registry.TASK_REGISTRY.default_choice(task, "criterion") or "-"
+        lines.append(f"  {task:<28}{model}, {criterion}")
+    settings = [f.name for f in dataclasses.fields(TrainConfig) if f.name not in groups]
+    lines += [""] + textwrap.wrap(
+        f"Settings (GROUP.KEY=VALUE): {', '.join(settings)}, and the fields of the chosen "
+        "task, model, criterion, optimizer and lr_scheduler; all keys with their values:",
+        92,
+    )
+    lines += [
+        "  python -m speechkit.train task=NAME --cfg job",
+        "",
+        "Exit status: 0 done, 2 bad input (one 'speechkit: error:' line), 75 pre-empted",
+        "(requeue to resume), 130 interrupted, 1 other errors.",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def exit_if_help(argv: list[str]) -> None:
+    """Print :func:`help_text` and exit with status 0 when ``argv`` holds ``--help``/``-h``."""
+    if any(a in HELP_FLAGS for a in argv):
+        sys.stdout.write(help_text())
+        sys.stdout.flush()
+        raise SystemExit(0)
+
+
 def cli_main() -> None:
     # again for the console script, which does not run this module as __main__
     preemption.install()
@@ -209,6 +296,7 @@ def cli_main() -> None:
     except SpeechkitError as e:
         print(f"speechkit: error: {e}", file=sys.stderr)
         exit_process(2)
+    exit_if_help(sys.argv[1:])
     hydra_main()
 
 

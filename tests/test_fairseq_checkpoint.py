@@ -450,3 +450,71 @@ def test_full_contentvec_checkpoint_round_trip(tmp_path):
     hpath = save_fairseq_checkpoint(hubert, None, tmp_path / "hubert.pt")
     with pytest.raises(CheckpointError, match="no speaker-conditioned layers"):
         contentvec_from_fairseq_checkpoint(hpath)
+
+
+# ---------------------------------------------------------------------------------------------
+# fairseq's general config groups (what fairseq itself reads from a loaded checkpoint)
+FAIRSEQ_CONFIG_GROUPS = [
+    "common", "common_eval", "distributed_training", "dataset", "optimization", "checkpoint",
+    "bmuf", "generation", "eval_lm", "interactive", "model", "task", "criterion", "optimizer",
+    "lr_scheduler", "scoring", "bpe", "tokenizer", "ema",
+]  # fmt: skip
+"""The fields of fairseq 0.12's ``FairseqConfig``, in order (fairseq/dataclass/configs.py)."""
+
+
+def test_stored_fairseq_defaults_cover_fairseq_config():
+    """The stored defaults (generated from fairseq 0.12 by scripts/make_fairseq_defaults.py)
+    hold every general group with its fields, among them the keys fairseq's loader reads."""
+    from speechkit.checkpoints.fairseq_defaults import FAIRSEQ_DEFAULT_GROUPS, FAIRSEQ_VERSION
+
+    assert FAIRSEQ_VERSION.startswith("0.12")
+    expected = [g for g in FAIRSEQ_CONFIG_GROUPS if g not in ("model", "task", "criterion")]
+    assert list(FAIRSEQ_DEFAULT_GROUPS) == expected
+    for group in ("optimizer", "lr_scheduler", "scoring", "bpe", "tokenizer"):
+        assert FAIRSEQ_DEFAULT_GROUPS[group] is None
+    dict_groups = {g: v for g, v in FAIRSEQ_DEFAULT_GROUPS.items() if v is not None}
+    for group, values in dict_groups.items():
+        assert "_name" in values and len(values) > 1, group
+    # keys fairseq 0.12 reads when it loads or upgrades a checkpoint, and a few known defaults
+    generation, common = dict_groups["generation"], dict_groups["common"]
+    assert generation["print_alignment"] is None and generation["beam"] == 5
+    assert common["user_dir"] is None and common["seed"] == 1 and common["fp16"] is False
+    assert dict_groups["checkpoint"]["save_dir"] == "checkpoints"
+    assert dict_groups["distributed_training"]["distributed_world_size"] >= 1
+    assert dict_groups["ema"]["store_ema"] is False
+    assert sum(len(v) for v in dict_groups.values()) > 200  # every field, not stubs
+
+
+@pytest.mark.parametrize("kind", ["hubert", "contentvec"])
+def test_written_config_has_every_fairseq_group_and_key(tmp_path, kind):
+    """``save_fairseq_checkpoint`` writes every group of FairseqConfig in its order, each general
+    group with every stored key and value (fairseq 0.12 refused the former empty stubs with
+    ``Missing key print_alignment``)."""
+    from speechkit.checkpoints.fairseq_defaults import FAIRSEQ_DEFAULT_GROUPS
+
+    if kind == "hubert":
+        model = HubertModel(HubertConfig(**TINY, num_classes=[9]))
+    else:
+        model = ContentVecModel(ContentVecConfig(**TINY, num_classes=[9], encoder_layers_1=1))
+    path = save_fairseq_checkpoint(model, None, tmp_path / "ckpt.pt")
+    cfg = load_fairseq_checkpoint(path)["cfg"]
+    assert list(cfg) == ["_name", *FAIRSEQ_CONFIG_GROUPS]
+    for group, values in FAIRSEQ_DEFAULT_GROUPS.items():
+        assert cfg[group] == values, group
+    assert cfg["generation"]["print_alignment"] is None
+    assert cfg["model"]["_name"] == kind
+    # fairseq's HuBERT declares label_rate a float, the ContentVec reference an int (its schema
+    # refuses 50.0: "Value '50.0' of type 'float' could not be converted to Integer")
+    rate_type = float if kind == "hubert" else int
+    assert type(cfg["model"]["label_rate"]) is rate_type
+    assert type(cfg["task"]["label_rate"]) is rate_type and cfg["task"]["label_rate"] == 50
+    # fairseq reads the file through OmegaConf: every value must survive it unchanged
+    assert OmegaConf.to_container(OmegaConf.create(cfg)) == cfg
+    # the stored defaults are copied: a caller changing its config leaves them alone
+    from speechkit.checkpoints.fairseq import _fairseq_cfg
+
+    fresh = _fairseq_cfg(model.cfg, None, 1)
+    fresh["generation"]["beam"] = 99
+    fresh["common"]["seed"] = 99
+    assert FAIRSEQ_DEFAULT_GROUPS["generation"]["beam"] == 5
+    assert FAIRSEQ_DEFAULT_GROUPS["common"]["seed"] == 1

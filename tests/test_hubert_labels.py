@@ -350,7 +350,8 @@ def test_fairseq_and_contentvec_checkpoints(shared_data, tmp_path):
     state["task_state"] = None  # keep it loadable with weights_only=True after editing
     layer0 = {k: v for k, v in state["model"].items() if k.startswith("encoder.layers.0.")}
     for k, v in layer0.items():
-        state["model"][k.replace("layers.0.", "layers.3.")] = v.clone()
+        if "layer_norm." not in k:  # a conditional layer's norms hold only weight_ln / bias_ln
+            state["model"][k.replace("layers.0.", "layers.3.")] = v.clone()
     for ln in ("self_attn_layer_norm", "final_layer_norm"):
         for part in ("weight_ln", "bias_ln"):
             state["model"][f"encoder.layers.3.{ln}.{part}.weight"] = torch.zeros(32, 8)

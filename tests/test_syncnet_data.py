@@ -276,7 +276,7 @@ def test_task_batches_and_errors(shared_data: Path, tmp_path: Path):
     assert sum(map(len, SyncNetTask(cfg).batches("train", 1, 5, batch_size=2))) == 4
     with pytest.raises(DataError, match="fewer than one batch"):
         task.batches("train", 1, 5, batch_size=20)
-    with pytest.raises(ConfigError, match="train_list is required"):
+    with pytest.raises(ConfigError, match="not set: task.train_list"):
         SyncNetTask(SyncNetTaskConfig())
     bad = tmp_path / "bad.txt"
     bad.write_text(f"{VOX}/00002.mp4 {VOX}/00002.wav 0 126\nonly-one-field\n")

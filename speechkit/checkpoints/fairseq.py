@@ -19,6 +19,7 @@ from __future__ import annotations
 import _compat_pickle
 import argparse
 import collections
+import copy
 import dataclasses
 import io
 import os
@@ -31,6 +32,7 @@ from typing import Any
 import torch
 
 from speechkit.atomic import atomic_open
+from speechkit.checkpoints.fairseq_defaults import FAIRSEQ_DEFAULT_GROUPS
 from speechkit.errors import CheckpointError
 from speechkit.models.contentvec import ContentVecConfig, ContentVecModel
 from speechkit.models.hubert import HubertConfig, HubertModel
@@ -420,10 +422,18 @@ def hubert_config_from_fairseq(
 CONTENTVEC_FIELDS = ["encoder_layers_1", "ctr_layers", "logit_temp_ctr", "num_negatives"]
 
 
+def _label_rate(cfg: HubertConfig) -> float | int:
+    """fairseq's HuBERT declares ``label_rate: float``; the ContentVec reference ``int`` (its
+    OmegaConf schema refuses ``50.0``), so ContentVec files get an integer when it is one."""
+    rate = float(cfg.label_rate)
+    return int(rate) if hasattr(cfg, "encoder_layers_1") and rate.is_integer() else rate
+
+
 def _model_cfg_dict(cfg: HubertConfig) -> dict:
     is_contentvec = hasattr(cfg, "encoder_layers_1")
     out = {"_name": "contentvec" if is_contentvec else "hubert"}
     out.update({k: getattr(cfg, k) for k in FAIRSEQ_HUBERT_FIELDS})
+    out["label_rate"] = _label_rate(cfg)
     if is_contentvec:
         out.update({k: getattr(cfg, k) for k in CONTENTVEC_FIELDS})
     return out
@@ -437,7 +447,7 @@ def _fairseq_cfg(cfg: HubertConfig, task_cfg: dict | None, n_sets: int) -> dict:
         "data": "",
         "labels": ["km"] * n_sets,
         "label_dir": None,
-        "label_rate": cfg.label_rate,
+        "label_rate": _label_rate(cfg),
         "sample_rate": cfg.sample_rate,
         "normalize": cfg.extractor_mode == "layer_norm",
         "enable_padding": False,
@@ -450,30 +460,21 @@ def _fairseq_cfg(cfg: HubertConfig, task_cfg: dict | None, n_sets: int) -> dict:
         "fine_tuning": False,
     }
     task.update(task_cfg or {})
-    groups = [
-        "common",
-        "common_eval",
-        "distributed_training",
-        "dataset",
-        "optimization",
-        "checkpoint",
-        "bmuf",
-        "generation",
-        "eval_lm",
-        "interactive",
-    ]
+    # fairseq reads fields of its general groups from a loaded checkpoint (e.g.
+    # generation.print_alignment): write them all, at fairseq's defaults, in FairseqConfig's order
     out: dict[str, Any] = {"_name": None}
-    out.update({g: {"_name": None} for g in groups})
-    out["model"] = _model_cfg_dict(cfg)
-    out["task"] = task
-    out["criterion"] = {
-        "_name": "contentvec" if is_contentvec else "hubert",
-        "pred_masked_weight": 1.0,
-        "pred_nomask_weight": 0.0,
-        "loss_weights": [10.0],
-        "log_keys": ["features_pen"],
-    }
-    out.update(optimizer=None, lr_scheduler=None, scoring=None, bpe=None, tokenizer=None, ema=None)
+    for group, values in copy.deepcopy(FAIRSEQ_DEFAULT_GROUPS).items():
+        out[group] = values
+        if group == "interactive":  # FairseqConfig's order: model, task, criterion come next
+            out["model"] = _model_cfg_dict(cfg)
+            out["task"] = task
+            out["criterion"] = {
+                "_name": "contentvec" if is_contentvec else "hubert",
+                "pred_masked_weight": 1.0,
+                "pred_nomask_weight": 0.0,
+                "loss_weights": [10.0],
+                "log_keys": ["features_pen"],
+            }
     return out
 
 
@@ -504,9 +505,12 @@ def save_fairseq_checkpoint(
 ) -> Path:
     """Write ``model`` as a fairseq-layout HuBERT checkpoint, atomically (temp, fsync, rename).
 
-    Top-level keys: ``args`` (None), ``cfg`` (plain dict of fairseq's config groups, ``model``
-    with ``_name: hubert`` and fairseq's field names only), ``model`` (state dict on the CPU),
-    ``criterion`` (None), ``optimizer_history``, ``task_state`` (``{"dictionaries": [...]}``,
+    Top-level keys: ``args`` (None), ``cfg`` (plain dict of fairseq's config groups: every
+    general group of fairseq 0.12's ``FairseqConfig`` with all its fields at their defaults,
+    from :mod:`speechkit.checkpoints.fairseq_defaults`, so that fairseq's
+    ``load_model_ensemble_and_task`` and the fine-tuning ``w2v_path`` route accept the file;
+    ``model`` with ``_name: hubert`` and fairseq's field names only), ``model`` (state dict on
+    the CPU), ``criterion`` (None), ``optimizer_history``, ``task_state`` (``{"dictionaries": [...]}``,
     pickled as ``fairseq.data.dictionary.Dictionary`` so fairseq can load the file) and
     ``extra_state``. No optimizer state (like released files).
 

@@ -30,12 +30,12 @@ from speechkit.criterions.speaker_losses import (
     SpeakerCriterion,
     check_classes,
     classification_output,
-    equal_error_rate,
     require_utterances,
     resolve_size,
 )
 from speechkit.dataclass import SpeechkitDataclass
-from speechkit.errors import ConfigError
+from speechkit.errors import ConfigError, DataError
+from speechkit.metrics.verification import compute_eer
 from speechkit.registry import register_criterion
 
 
@@ -130,6 +130,11 @@ class ProtoHead(nn.Module):
 
     Query and anchor as in :class:`AngleProtoHead`; logits ``-||q_i - a_j||^2`` (Euclidean,
     unnormalised); mean CE with target i. ``test_normalize`` is False.
+
+    The distance matrix is ``torch.cdist`` of the (B, D) queries and anchors: the intended maths.
+    The reference computes it with ``F.pairwise_distance`` on (B, D, 1) and (1, D, B) tensors,
+    which broadcast to the B x B matrix only on torch < 1.10; on torch >= 1.10 that call takes
+    the norm over the last dimension instead and the reference's proto loss is silently wrong.
     ``forward(x (B, M, D), label=None) -> LossOutput``, M >= 2.
 
     Raises:
@@ -156,7 +161,14 @@ class TripletHead(nn.Module):
     Anchor ``a_i`` = utterance 0, positive ``p_i`` = utterance 1, both L2-normalised. The
     negative of anchor i is a positive ``p_j`` (j != i) picked by :meth:`mine_negatives`. Loss
     ``mean relu(||a_i - p_i||^2 - ||a_i - n_i||^2 + margin)``. Also returns the EER (%) of the
-    positive vs negative pair distances (the reference's training metric instead of accuracy).
+    positive vs negative pair distances (the reference's training metric instead of accuracy),
+    computed as the reference does: :func:`batch_eer`, sklearn ``roc_curve`` with its default
+    ``drop_intermediate=True``.
+
+    The similarity matrix for mining is ``torch.cdist`` of anchors and positives: the intended
+    maths. The reference builds it with ``F.pairwise_distance`` on (B, D, 1) and (1, D, B)
+    tensors, which broadcasts to B x B only on torch < 1.10; on torch >= 1.10 the reference's
+    triplet loss fails with an IndexError.
 
     Args:
         margin: m (file default 0). hard_rank: see :meth:`mine_negatives` (file default 0).
@@ -230,7 +242,29 @@ class TripletHead(nn.Module):
         loss = F.relu(d_pos - d_neg + self.margin).mean()
         scores = -torch.cat([d_pos, d_neg]).detach().cpu().double().numpy()
         labels = np.r_[np.ones(len(d_pos)), np.zeros(len(d_neg))]
-        return LossOutput(loss, eer=equal_error_rate(scores, labels))
+        return LossOutput(loss, eer=batch_eer(scores, labels))
+
+
+def batch_eer(scores: np.ndarray, labels: np.ndarray) -> float:
+    """EER (%) of a batch's pair scores, as voxceleb_trainer's triplet loss reports it.
+
+    The reference calls ``tuneThresholdfromScore``, i.e. sklearn ``roc_curve`` with its default
+    ``drop_intermediate=True`` (only the ROC corner points are searched), then takes
+    ``max(FPR, FNR)`` at the point minimising ``|FNR - FPR|``: this is
+    ``speechkit.metrics.verification.compute_eer`` with its defaults.
+
+    Args:
+        scores: (N,) scores, higher = more likely the same speaker.
+        labels: (N,) 1 = positive pair, 0 = negative pair.
+
+    Raises:
+        DataError: no positive or no negative pair.
+    """
+    labels = np.asarray(labels).astype(np.int64)
+    n_pos = int(labels.sum())
+    if n_pos == 0 or n_pos == len(labels):
+        raise DataError(f"EER needs targets and non-targets, got {n_pos} and {len(labels) - n_pos}")
+    return compute_eer(np.asarray(scores, dtype=np.float64), labels)[0]
 
 
 def _uniform_choice(mask: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
@@ -352,8 +386,9 @@ class ProtoCriterion(_MetricCriterion):
 class TripletCriterion(_MetricCriterion):
     """Triplet loss (:class:`TripletHead`); M == 2, B >= 2; negatives drawn from the global RNG.
 
-    Logs ``eer`` (%, positive vs negative pair distances of the batch, as the reference) instead
-    of ``correct``/``total``; reported as the mean over the calls of a log interval.
+    Logs ``eer`` (%, positive vs negative pair distances of the batch, as the reference:
+    :func:`batch_eer`) instead of ``correct``/``total``; reported as the mean over the calls of
+    a log interval.
     """
 
     averaged_keys = ("eer",)

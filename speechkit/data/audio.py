@@ -3,10 +3,17 @@
 Audio inside speechkit is float32 in [-1, 1] at 16 kHz (DESIGN.md). ``read_audio`` returns that
 layout whatever the file holds (int16/int24/float WAV, FLAC, OGG; any channel count; any sample
 rate), and turns every failure into a ``speechkit.errors.DataError`` that names the file.
+
+Every decoded file is checked for NaN / infinite samples (one ``np.isfinite`` pass; such a file
+is refused with ``DataError``, never passed on to a model). Averaging channels to mono and
+resampling are logged as WARNINGs naming the file; whether a command converts or refuses a
+wrong rate is its own policy (README, "Audio input policy"): training datasets refuse a rate
+other than the model's, inference and feature tools resample.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 import uuid
 from typing import NamedTuple
@@ -17,7 +24,16 @@ import soxr
 
 from speechkit.errors import DataError
 
-__all__ = ["AudioInfo", "audio_info", "read_audio", "resample_waveform", "write_audio"]
+logger = logging.getLogger(__name__)
+
+__all__ = [
+    "AudioInfo",
+    "audio_info",
+    "check_finite",
+    "read_audio",
+    "resample_waveform",
+    "write_audio",
+]
 
 # soundfile raises LibsndfileError (a RuntimeError subclass) for unreadable files; older
 # releases raise a plain RuntimeError.
@@ -100,6 +116,54 @@ def resample_waveform(
     return np.ascontiguousarray(out, dtype=np.float32)
 
 
+_MAX_WARNED_FILES = 20
+"""Conversion warnings name at most this many files per kind and process (then one summary)."""
+_warned: dict[str, set[str]] = {"channels": set(), "rate": set()}
+
+
+def _warn_conversion(kind: str, path: str, message: str) -> None:
+    """Log ``message`` once per file and kind in this process, for the first files only."""
+    seen = _warned[kind]
+    if path in seen or len(seen) > _MAX_WARNED_FILES:
+        return
+    seen.add(path)
+    if len(seen) > _MAX_WARNED_FILES:
+        logger.warning(
+            "more files need the same conversion (%s); not listed one by one any more",
+            "downmix to mono" if kind == "channels" else "resampling",
+        )
+        return
+    logger.warning(message)
+
+
+def check_finite(
+    wav: np.ndarray, path: str | os.PathLike, sample_rate: int | None = None, offset: int = 0
+) -> None:
+    """Raise ``DataError`` when ``wav`` holds NaN or +-inf samples.
+
+    Args:
+        wav: (L,) or (L, C) decoded samples.
+        path: the file they came from (named in the message).
+        sample_rate: the samples' rate in Hz, to give the first bad sample's time.
+        offset: file position (samples) of ``wav[0]``, for a partial read.
+
+    Raises:
+        DataError: ``"<path>: N non-finite sample(s) (NaN/inf), the first at sample I (T s);
+            expected finite audio"``.
+    """
+    if np.isfinite(wav).all():  # one vectorised pass; the common case ends here
+        return
+    bad = ~np.isfinite(wav)
+    if bad.ndim > 1:
+        bad = bad.any(axis=tuple(range(1, bad.ndim)))
+    first = int(np.argmax(bad)) + offset
+    at = f" ({first / sample_rate:.3f} s)" if sample_rate else ""
+    raise DataError(
+        f"{os.fspath(path)}: {int(bad.sum())} non-finite sample(s) (NaN/inf), the first at "
+        f"sample {first}{at}; expected finite audio (float samples in [-1, 1])"
+    )
+
+
 def read_audio(
     path: str | os.PathLike,
     sample_rate: int | None = 16000,
@@ -107,8 +171,15 @@ def read_audio(
     resample: bool = True,
     start: int = 0,
     frames: int = -1,
+    *,
+    warn: bool = True,
+    convert_hint: str = "",
 ) -> np.ndarray:
     """Decode an audio file to float32 in [-1, 1] (integer PCM is scaled by 1/32768 etc.).
+
+    Conversions are never silent: averaging several channels to mono and resampling each log a
+    WARNING naming the file (once per file and process, for the first 20 files of each kind;
+    ``warn=False`` for callers that document the conversion themselves).
 
     Args:
         path: audio file.
@@ -118,14 +189,17 @@ def read_audio(
             (quality "HQ"); ``False`` makes a different rate an error instead.
         start, frames: read only ``frames`` samples (``-1``: to the end) from sample ``start``,
             both counted at the FILE's rate (seeking reads only that part of a WAV/FLAC file).
+        warn: log the conversions (channels averaged, rate changed).
+        convert_hint: replaces `` (resampling is disabled)`` at the end of the wrong-rate error
+            of ``resample=False`` (say why and how to convert).
 
     Returns:
         (L,) float32 (or (L, C) when ``mono=False``). Float files are returned unclipped.
 
     Raises:
         DataError: the file is missing, cannot be decoded (corrupt, not audio), holds no samples
-            (in the requested range), or has the wrong rate with ``resample=False``. The
-            message names the file.
+            (in the requested range), holds NaN or infinite samples, or has the wrong rate with
+            ``resample=False``. The message names the file.
     """
     path = check_media_file(path)
     try:
@@ -138,13 +212,29 @@ def read_audio(
     if wav.shape[0] == 0:
         where = "" if start == 0 and frames < 0 else f" from sample {start} (frames={frames})"
         raise DataError(f"{path}: the audio file holds no samples{where}")
-    if mono:
-        wav = wav[:, 0] if wav.shape[1] == 1 else wav.mean(axis=1, dtype=np.float32)
+    check_finite(wav, path, file_rate, offset=start)
+    if sample_rate is not None and file_rate != sample_rate and not resample:
+        raise DataError(
+            f"{path}: sample rate is {file_rate} Hz, expected {sample_rate} Hz"
+            + (convert_hint or " (resampling is disabled)")
+        )
+    if mono and wav.shape[1] > 1:
+        if warn:
+            _warn_conversion(
+                "channels",
+                path,
+                f"{path}: {wav.shape[1]} channels, averaged to mono (expected mono audio)",
+            )
+        wav = wav.mean(axis=1, dtype=np.float32)
+    elif mono:
+        wav = wav[:, 0]
     if sample_rate is not None and file_rate != sample_rate:
-        if not resample:
-            raise DataError(
-                f"{path}: sample rate is {file_rate} Hz, expected {sample_rate} Hz "
-                "(resampling is disabled)"
+        if warn:
+            _warn_conversion(
+                "rate",
+                path,
+                f"{path}: sample rate {file_rate} Hz, resampled to {sample_rate} Hz with soxr "
+                "(convert the data once to avoid this cost on every read)",
             )
         wav = resample_waveform(wav, file_rate, sample_rate)
     return np.ascontiguousarray(wav, dtype=np.float32)

@@ -92,8 +92,8 @@ def read_noise_list(path: str | os.PathLike, root: str | os.PathLike) -> dict[st
     """Read a noise list: ``relative/path.wav`` or ``category relative/path.wav`` per line.
 
     Args:
-        path: the list file; paths are relative to ``root``.
-        root: the data folder.
+        path: the list file (opened as given); the paths on its lines are relative to ``root``.
+        root: the data folder (absolute paths on the lines are kept).
 
     Returns:
         ``{category: [absolute paths]}``, categories among ``NOISE_CATEGORIES``
@@ -222,7 +222,9 @@ class Augmenter:
         if wav is not None:
             self._cache.move_to_end(path)
             return wav
-        wav = read_audio(path, self.sample_rate)
+        # noise / RIR corpora come at many rates and channel counts (binaural BRIRs): resampled
+        # and averaged to mono as documented (class docstring, README), without a warning each
+        wav = read_audio(path, self.sample_rate, warn=False)
         if wav.nbytes <= self.cache_bytes:
             self._cache[path] = wav
             self._cached_bytes += wav.nbytes
@@ -313,7 +315,13 @@ class Augmenter:
 
 @dataclass
 class AugmentConfig(SpeechkitDataclass):
-    """Augmentation settings a task config can embed (paths relative to ``root``)."""
+    """Augmentation settings a task config can embed.
+
+    ``noise_list``, ``rir_list`` and ``babble_list`` are list FILES found like the task's
+    ``train_list``: relative to the working directory (absolute paths as given). The audio paths
+    on their lines are relative to the task's ``root`` (absolute ones as given), like the lines
+    of the train list.
+    """
 
     noise_list: str | None = None
     rir_list: str | None = None
@@ -328,19 +336,53 @@ class AugmentConfig(SpeechkitDataclass):
     cache_mb: float = 256.0
 
 
+def _list_file(value: str, key: str, root: str | os.PathLike) -> str:
+    """The list file ``value`` of ``task.augmentation.<key>`` (working-directory relative).
+
+    Raises:
+        DataError: it does not exist; the message says how it was resolved and, when the same
+            name exists under ``root``, which path to give instead.
+    """
+    if os.path.isfile(value):
+        return value
+    under_root = _join(root, value)
+    hint = (
+        f"; {under_root} exists: give task.augmentation.{key}={under_root}"
+        if not os.path.isabs(value) and os.path.isfile(under_root)
+        else ""
+    )
+    raise DataError(
+        f"{value}: task.augmentation.{key} list file not found (looked in the working directory "
+        f"{os.getcwd()}, as for task.train_list; the paths on its lines are relative to "
+        f"task.root){hint}"
+    )
+
+
 def build_augmenter(
     cfg: AugmentConfig, root: str | os.PathLike, sample_rate: int = 16000
 ) -> Augmenter:
-    """Read the lists named by ``cfg`` (relative to ``root``) and build an ``Augmenter``.
+    """Read the lists named by ``cfg`` and build an ``Augmenter``.
+
+    The list files are found as given (relative to the working directory, like the task's
+    ``train_list``); the audio paths on their lines are relative to ``root``.
 
     Raises:
-        DataError: a list is missing or malformed.
+        DataError: a list is missing (the message names the path under ``root`` when that one
+            exists) or malformed.
         ConfigError: a bad range or speed.
     """
+    noise, rir, babble = (
+        _list_file(value, key, root) if value else None
+        for key, value in (
+            ("noise_list", cfg.noise_list),
+            ("rir_list", cfg.rir_list),
+            ("babble_list", cfg.babble_list),
+        )
+    )
     return Augmenter(
-        noise_files=read_noise_list(cfg.noise_list, root) if cfg.noise_list else None,
-        rir_files=read_rir_list(cfg.rir_list, root) if cfg.rir_list else (),
-        babble_files=read_babble_list(cfg.babble_list, root) if cfg.babble_list else (),
+        noise_files=read_noise_list(noise, root) if noise else None,
+        rir_files=read_rir_list(rir, root) if rir else (),
+        babble_files=read_babble_list(babble, root) if babble else (),
         noise_snr=tuple(cfg.noise_snr),
         speech_snr=tuple(cfg.speech_snr),
         music_snr=tuple(cfg.music_snr),

@@ -42,6 +42,11 @@ __all__ = ["HubertDataset", "fairseq_batch_by_size"]
 
 logger = logging.getLogger(__name__)
 
+RATE_HINT = (
+    " (task.sample_rate; resampling is off): convert the corpus once (e.g. sox IN.flac -r "
+    "16000 -c 1 OUT.wav) and regenerate the manifest, or set task.resample=true"
+)
+
 _ITEM_STREAM, _COLLATE_STREAM, _BATCH_STREAM, _WINDOW_STREAM = (
     0,
     1,
@@ -283,8 +288,12 @@ class HubertDataset(Dataset):
     def load_audio(self, index: int) -> np.ndarray:
         """Waveform (L,) float32 of key ``index`` at ``sample_rate`` (mono; not normalised).
 
+        A multi-channel file is averaged to mono with a WARNING naming it (once per file and
+        process); with ``resample`` a file at another rate is resampled, also with a WARNING.
+
         Raises:
-            DataError: unreadable file, wrong sample rate without ``resample``, or a decoded
+            DataError: unreadable file, NaN/inf samples, wrong sample rate without ``resample``
+                (both rates and how to convert in the message), or a decoded
                 length that differs from the manifest's by more than ``length_tol`` seconds
                 (unless ``length_check="ignore"``; ``crop`` only checks files that are
                 shorter). The message names the manifest line and the file.
@@ -297,6 +306,7 @@ class HubertDataset(Dataset):
                 sample_rate=self.sample_rate,
                 resample=self.resample,
                 frames=expected if self.crop and not self.resample else -1,
+                convert_hint=RATE_HINT,
             )
         except DataError as e:
             raise DataError(f"{self.describe(index)}: {e}") from e
@@ -321,13 +331,18 @@ class HubertDataset(Dataset):
         return source
 
     def get_labels(self, index: int) -> list[torch.Tensor]:
-        """Labels of key ``index``: one (T_i,) int64 tensor per stream (dictionary indices)."""
+        """Labels of key ``index``: one (T_i,) int64 tensor per stream (dictionary indices).
+
+        Raises:
+            DataError: a unit that is not in the stream's dictionary (label file, line and unit
+                named), or a non-integer label without a dictionary.
+        """
         entry = int(self.indices[index])
         out = []
         for lf, dictionary in zip(self.label_files, self.dictionaries):
             tokens = lf.read_tokens(entry)
             if dictionary is not None:
-                ids = dictionary.encode(tokens)
+                ids = dictionary.encode_strict(tokens, f"{lf.path}:{entry + 1}")
             else:
                 try:
                     ids = np.array(tokens, dtype=np.int64)

@@ -57,6 +57,7 @@ class LabelDictionary:
         self._index = {s: NUM_SPECIALS + i for i, s in enumerate(self.symbols)}
         # fast path for the usual "dummy" dictionary 0..K-1: index = int(symbol) + 4
         self._identity = self.symbols == [str(i) for i in range(len(self.symbols))]
+        self.source: Path | None = None  # the dict.*.txt it was loaded from (for messages)
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> LabelDictionary:
@@ -98,7 +99,9 @@ class LabelDictionary:
             symbols.append(symbol)
         if not symbols:
             raise DataError(f"{path}: the label dictionary is empty; expected '<symbol> <count>'")
-        return cls(symbols)
+        dictionary = cls(symbols)
+        dictionary.source = path
+        return dictionary
 
     @classmethod
     def dummy(cls, num_units: int) -> LabelDictionary:
@@ -132,6 +135,37 @@ class LabelDictionary:
                 known = (ids >= 0) & (ids < len(self.symbols))
                 return np.where(known, ids + NUM_SPECIALS, UNK)
         return np.fromiter((self._index.get(t, UNK) for t in tokens), np.int64, len(tokens))
+
+    def encode_strict(self, tokens: Sequence[str], where: str) -> np.ndarray:
+        """``encode``, but a symbol outside the dictionary is an error instead of ``<unk>``.
+
+        A HuBERT target that is not a dictionary unit (labels from another k-means, a
+        ``dict.km.txt`` of fewer clusters) would otherwise train silently on class 3.
+
+        Args:
+            tokens: (T,) symbols of one label line.
+            where: ``"labels.km:LINE"`` for the message.
+
+        Returns:
+            (T,) int64 indices (never ``UNK``).
+
+        Raises:
+            DataError: ``"<where>: unit '<symbol>' (label N of the line) is not in the
+                dictionary; expected one of its K units ..."``.
+        """
+        ids = self.encode(tokens)
+        unknown = np.flatnonzero(ids == UNK)
+        if len(unknown):
+            i = int(unknown[0])
+            shown = f"'{self.symbols[0]}'..'{self.symbols[-1]}'" if self.symbols else "none"
+            name = f" {self.source}" if self.source is not None else ""
+            raise DataError(
+                f"{where}: unit {tokens[i]!r} (label {i + 1} of the line; {len(unknown)} unknown "
+                f"on the line) is not in the dictionary{name}; expected one of its "
+                f"{len(self.symbols)} units ({shown}): were the labels made with another k-means "
+                "or dict.km.txt?"
+            )
+        return ids
 
 
 def _scan(path: Path) -> tuple[np.ndarray, np.ndarray]:

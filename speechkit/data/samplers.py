@@ -8,13 +8,102 @@ already consumed when it resumes mid-epoch.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import numpy as np
 import torch
 
 from speechkit.errors import ConfigError
 
-__all__ = ["batch_by_size", "speaker_balanced_batches"]
+__all__ = ["SpeakerCoverage", "batch_by_size", "speaker_balanced_batches", "speaker_coverage"]
+
+
+@dataclass(frozen=True)
+class SpeakerCoverage:
+    """What ``speaker_balanced_batches`` can draw from in one epoch (see ``speaker_coverage``).
+
+    Attributes:
+        speakers: distinct speakers in the list.
+        utterances: utterances in the list.
+        usable_speakers: speakers with at least ``n_per_speaker`` utterances (the others are
+            never sampled).
+        usable_utterances: utterances the sampler can put in groups per epoch (per speaker
+            ``min(count, max_seg_per_spk)`` rounded down to a multiple of ``n_per_speaker``).
+        n_per_speaker: the group size these counts are for.
+        repeat_short: whether short speakers' utterances are repeated to fill a group.
+    """
+
+    speakers: int
+    utterances: int
+    usable_speakers: int
+    usable_utterances: int
+    n_per_speaker: int
+    repeat_short: bool = False
+
+    @property
+    def unusable_speakers(self) -> int:
+        return self.speakers - self.usable_speakers
+
+    @property
+    def unusable_fraction(self) -> float:
+        """Share of the speakers that are never sampled (0 for an empty list)."""
+        return self.unusable_speakers / self.speakers if self.speakers else 0.0
+
+    def describe(self) -> str:
+        """One line: ``"the sampler uses S of T speakers and U of V utterances per epoch ..."``."""
+        why = (
+            "speakers with fewer utterances fill their group with repeated crops"
+            if self.repeat_short
+            else "speakers with fewer utterances are never sampled"
+        )
+        return (
+            f"the sampler uses {self.usable_speakers} of {self.speakers} speakers and "
+            f"{self.usable_utterances} of {self.utterances} utterances per epoch "
+            f"(n_per_speaker={self.n_per_speaker}: {why})"
+        )
+
+
+def speaker_coverage(
+    labels: Sequence[int], n_per_speaker: int, max_seg_per_spk: int, repeat_short: bool = False
+) -> SpeakerCoverage:
+    """Count the speakers and utterances ``speaker_balanced_batches`` can use per epoch.
+
+    The counts do not depend on the seed or epoch: a speaker with ``count`` utterances gives
+    ``min(count, max_seg_per_spk) // n_per_speaker`` groups every epoch (some may still be
+    dropped when they meet their speaker in the batch being filled).
+
+    Args:
+        labels: (N,) speaker label of each utterance.
+        n_per_speaker: utterances per group (>= 1).
+        max_seg_per_spk: at most this many utterances per speaker per epoch (>= 1).
+        repeat_short: as in ``speaker_balanced_batches``: a speaker with fewer than
+            ``n_per_speaker`` utterances is usable with all of them.
+
+    Raises:
+        ConfigError: a size < 1.
+    """
+    if n_per_speaker < 1 or max_seg_per_spk < 1:
+        raise ConfigError(
+            f"speaker_coverage: n_per_speaker ({n_per_speaker}) and max_seg_per_spk "
+            f"({max_seg_per_spk}) must be >= 1"
+        )
+    counts: dict[int, int] = {}
+    for label in labels:
+        counts[int(label)] = counts.get(int(label), 0) + 1
+    usable = [
+        min(c, max_seg_per_spk)
+        if repeat_short and min(c, max_seg_per_spk) < n_per_speaker
+        else min(c, max_seg_per_spk) // n_per_speaker * n_per_speaker
+        for c in counts.values()
+    ]
+    return SpeakerCoverage(
+        speakers=len(counts),
+        utterances=len(labels),
+        usable_speakers=sum(1 for u in usable if u > 0),
+        usable_utterances=sum(usable),
+        n_per_speaker=n_per_speaker,
+        repeat_short=repeat_short,
+    )
 
 
 def speaker_balanced_batches(
@@ -25,6 +114,7 @@ def speaker_balanced_batches(
     seed: int,
     epoch: int,
     world_size: int = 1,
+    repeat_short: bool = False,
 ) -> list[list[list[int]]]:
     """voxceleb_trainer's ``train_dataset_sampler`` (research/sv_syncnet_enh.md section 1.7).
 
@@ -43,6 +133,13 @@ def speaker_balanced_batches(
     The generator calls are the reference's, so the batches match voxceleb_trainer's for the
     same labels, seed and epoch (its per-rank slicing aside).
 
+    ``repeat_short=True`` (not in the reference) also gives every speaker with fewer than
+    ``n_per_speaker`` utterances one group per epoch, its utterances repeated in turn (a
+    one-utterance speaker gives ``[i, i]`` for M = 2). ``SpeakerTrainDataset`` draws an
+    independent random crop (and augmentation) for each entry of a group, so the group holds
+    different crops of the same recording: metric losses can then use one-utterance speakers,
+    at the price of same-recording positives (no session variability).
+
     Args:
         labels: (N,) speaker label of each utterance.
         n_per_speaker: utterances per group (``nPerSpeaker``, M).
@@ -50,6 +147,8 @@ def speaker_balanced_batches(
         batch_size: groups (= distinct speakers) per batch, per rank.
         seed, epoch: the epoch's generator is seeded with ``seed + epoch`` (non-negative).
         world_size: number of ranks; the batch count is a multiple of it.
+        repeat_short: fill the groups of speakers with fewer than ``n_per_speaker`` utterances
+            by repeating them (see above) instead of never sampling those speakers.
 
     Returns:
         ``batches[b][g]`` = list of ``n_per_speaker`` utterance indices of one speaker; a speaker
@@ -78,6 +177,10 @@ def speaker_balanced_batches(
     for speaker in sorted(by_speaker):
         utterances = by_speaker[speaker]
         count = min(len(utterances), max_seg_per_spk)
+        if repeat_short and count < n_per_speaker:
+            groups.append([utterances[k % count] for k in range(n_per_speaker)])
+            group_speaker.append(speaker)
+            continue
         count -= count % n_per_speaker
         for first in range(0, count, n_per_speaker):
             groups.append(utterances[first : first + n_per_speaker])

@@ -10,6 +10,14 @@ Follows voxceleb_trainer's ``loadWAV`` (research/sv_syncnet_enh.md section 1.7):
 * evaluation: ``num_eval`` starts ``np.linspace(0, length - crop, num_eval)`` truncated to
   integers, or the whole file when ``eval_frames == 0``.
 
+Input policy (README, "Audio input policy"): training refuses a file whose sample rate is not
+``sample_rate`` (``DataError`` naming the list line, the file and both rates; convert the data
+once with ``scripts/prepare_voxceleb.py`` or ``sox IN.wav -r 16000 OUT.wav``: resampling every
+crop on every epoch would be slow and silent), averages a multi-channel file to mono with a
+WARNING naming it, and refuses NaN/inf samples. Evaluation (``SpeakerEvalDataset``: validation,
+``eval_eer.py``, ``dump_embeddings.py``) resamples with soxr and downmixes, each with a WARNING
+naming the file.
+
 Unlike the reference, training randomness (crop start, augmentation) is a pure function of
 ``(seed, epoch, utterance indices)``: resuming in the middle of an epoch, or any number of
 DataLoader workers, gives the same batches.
@@ -26,7 +34,8 @@ import torch
 from torch.utils.data import Dataset
 
 from speechkit.data.audio import audio_info, read_audio
-from speechkit.data.lists import speaker_to_label
+from speechkit.data.lists import read_list_fields, speaker_to_label
+from speechkit.errors import DataError
 
 if TYPE_CHECKING:
     from speechkit.data.augment import Augmenter
@@ -44,6 +53,10 @@ __all__ = [
 
 HOP_SAMPLES = 160
 EXTRA_SAMPLES = 240
+CONVERT_HINT = (
+    " (the model's rate; training does not resample): convert the data to 16 kHz mono WAV "
+    "once (scripts/prepare_voxceleb.py, or sox IN.wav -r 16000 -c 1 OUT.wav)"
+)
 
 
 def frames_to_samples(num_frames: int) -> int:
@@ -142,13 +155,17 @@ class SpeakerTrainDataset(Dataset):
             any length.
         augment: an ``Augmenter`` applied to every crop, or ``None``.
         seed: base seed of the per-item generators.
-        sample_rate: audio rate in Hz (files at other rates are resampled).
+        sample_rate: the model's audio rate in Hz; a file at another rate is refused.
         partial_read: read only the crop from the file (header read + seek) instead of decoding
-            the whole file; same samples, less I/O for long files. Files at another rate are
-            always decoded whole.
+            the whole file; same samples, less I/O for long files (only the crop is checked
+            for NaN/inf samples).
+        list_path: the train list ``items`` came from, one item per non-blank line in order;
+            errors then name ``list:LINE`` (found by re-reading the list only on an error).
 
     Raises:
-        DataError (from ``read_audio``): an unreadable or empty audio file.
+        DataError (from ``__getitem__``): an unreadable or empty audio file, NaN/inf samples, or
+            a sample rate other than ``sample_rate``; the message names the list line (with
+            ``list_path``), the file, what was found and what was expected.
         KeyError: a speaker of ``items`` is missing from ``labels``.
     """
 
@@ -162,6 +179,7 @@ class SpeakerTrainDataset(Dataset):
         seed: int = 10,
         sample_rate: int = 16000,
         partial_read: bool = True,
+        list_path: str | os.PathLike | None = None,
     ):
         if labels is None:
             labels = speaker_to_label(s for s, _ in items)
@@ -176,6 +194,7 @@ class SpeakerTrainDataset(Dataset):
         self.seed = seed
         self.sample_rate = sample_rate
         self.partial_read = partial_read
+        self.list_path = os.fspath(list_path) if list_path is not None else None
         self.epoch = 0
 
     @property
@@ -196,19 +215,35 @@ class SpeakerTrainDataset(Dataset):
         """Select the epoch whose crops and augmentations ``__getitem__`` produces."""
         self.epoch = int(epoch)
 
+    def describe(self, index: int) -> str:
+        """``"list.txt:LINE"`` of utterance ``index`` (with ``list_path``), else its path."""
+        if self.list_path is not None:
+            try:
+                rows = read_list_fields(self.list_path, (2,), "speaker_id relative/path.wav")
+            except DataError:
+                rows = []
+            if len(rows) == len(self.paths):
+                return f"{self.list_path}:{rows[index][0]}"
+        return self.paths[index]
+
+    def _read(self, path: str, **kwargs: Any) -> np.ndarray:
+        return read_audio(
+            path, self.sample_rate, resample=False, convert_hint=CONVERT_HINT, **kwargs
+        )
+
     def _load_crop(self, index: int, rng: np.random.Generator) -> np.ndarray:
         path, n = self.paths[index], self.num_samples
         if self.partial_read:
             info = audio_info(path)
             if info.sample_rate == self.sample_rate and info.frames > n:
                 start = random_crop_start(info.frames, n, rng)
-                wav = read_audio(path, self.sample_rate, start=start, frames=n)
+                wav = self._read(path, start=start, frames=n)
                 if len(wav) == n:
                     return wav
                 # the header over-stated the length: fall back to decoding the whole file
                 # (the start was already drawn, so reuse it for reproducibility)
-                return crop_waveform(read_audio(path, self.sample_rate), n, start)
-        return random_crop(read_audio(path, self.sample_rate), n, rng)
+                return crop_waveform(self._read(path), n, start)
+        return random_crop(self._read(path), n, rng)
 
     def __getitem__(self, group: int | Sequence[int]) -> dict[str, Any]:
         """Load one group.
@@ -230,7 +265,13 @@ class SpeakerTrainDataset(Dataset):
         rng = np.random.default_rng([self.seed, self.epoch, *indices])
         crops = []
         for index in indices:
-            wav = self._load_crop(index, rng)
+            try:
+                wav = self._load_crop(index, rng)
+            except DataError as e:
+                where = self.describe(index)
+                if where == self.paths[index]:
+                    raise
+                raise DataError(f"{where}: {e}") from e
             if self.augment is not None:
                 wav = self.augment(wav, rng)
             crops.append(wav)
@@ -264,10 +305,13 @@ class SpeakerEvalDataset(Dataset):
         eval_frames: crop length in 10 ms frames (reference default 300, the README uses 400);
             0 means the whole utterance as one crop.
         num_eval: number of evenly spaced crops per file (reference: 10).
-        sample_rate: audio rate in Hz.
+        sample_rate: the model's audio rate in Hz; files at other rates are resampled with soxr
+            and multi-channel files averaged, each with a WARNING naming the file.
+        where: ``{path: "list.txt:LINE"}`` for error messages (paths as given in ``paths``).
 
     Raises:
-        DataError (from ``read_audio``): an unreadable or empty audio file.
+        DataError (from ``__getitem__``): an unreadable or empty audio file or NaN/inf samples;
+            the message names the list line (from ``where``) and the file.
     """
 
     def __init__(
@@ -276,8 +320,10 @@ class SpeakerEvalDataset(Dataset):
         eval_frames: int = 300,
         num_eval: int = 10,
         sample_rate: int = 16000,
+        where: dict[str, str] | None = None,
     ):
         self.paths = list(dict.fromkeys(os.fspath(p) for p in paths))
+        self.where = dict(where or {})
         self.index_of_path = {p: i for i, p in enumerate(self.paths)}
         self.eval_frames = eval_frames
         self.num_eval = num_eval if eval_frames > 0 else 1
@@ -293,7 +339,13 @@ class SpeakerEvalDataset(Dataset):
             ``{"id": int, "path": str, "audio": FloatTensor (num_eval, L)}``, with
             ``L = eval_frames * 160 + 240``, or (1, L_file) when ``eval_frames == 0``.
         """
-        wav = read_audio(self.paths[index], self.sample_rate)
+        path = self.paths[index]
+        try:
+            wav = read_audio(path, self.sample_rate)
+        except DataError as e:
+            if path not in self.where:
+                raise
+            raise DataError(f"{self.where[path]}: {e}") from e
         if self.eval_frames == 0:
             crops = wav[None]
         else:

@@ -15,6 +15,11 @@ checkpoint layout, so speechkit and reference state dicts share their names:
   (the reference creates it and never uses it for Base);
 * ``layer_proj``: Linear(C, final_dim) projecting the contrastive layer.
 
+Code layout: ``ContentVecModel`` runs ``HubertModel.forward``'s steps and overrides two of them,
+``stack_views`` (two views, speaker embedding) and ``predict`` (adds the contrastive logits); all
+encoder layers belong to a ``ConditionalTransformerEncoder`` (``model.encoder``), whose
+``forward`` runs the ordinary and the conditional layers given the speaker embedding.
+
 Training forward (``source`` and ``source_2``, two perturbed views of the same crops): the views
 are stacked into 2B rows, ``spk_emb`` and the labels are repeated, ONE span mask is drawn for B
 rows and tiled so both views hide the same frames. The masked-prediction logits are HuBERT's over
@@ -46,16 +51,20 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.utils.checkpoint import checkpoint
 
 from speechkit.errors import ConfigError
-from speechkit.models.hubert import HubertConfig, HubertModel, compute_mask_indices
-from speechkit.modules.transformer_encoder import TransformerEncoderLayer, init_bert_params
+from speechkit.models.hubert import EncoderOutput, HubertConfig, HubertModel
+from speechkit.modules.transformer_encoder import (
+    TransformerEncoder,
+    TransformerEncoderLayer,
+    init_bert_params,
+)
 from speechkit.registry import register_model
 
 __all__ = [
     "ConditionalEncoderLayer",
     "ConditionalLayerNorm",
+    "ConditionalTransformerEncoder",
     "ContentVecConfig",
     "ContentVecModel",
     "contrastive_logits",
@@ -134,49 +143,85 @@ class ConditionalLayerNorm(nn.Module):
 class ConditionalEncoderLayer(TransformerEncoderLayer):
     """A HuBERT Transformer layer whose two LayerNorms are ``ConditionalLayerNorm``.
 
-    Same names and order as ``TransformerEncoderLayer`` (post-LN or pre-LN); ``forward`` takes
-    the speaker embedding. Args: as ``TransformerEncoderLayer`` plus ``spk_dim`` and ``joint``.
+    Same names and order as ``TransformerEncoderLayer`` (post-LN or pre-LN), whose ``forward``
+    it runs: the norms get the layer's ``cond`` input, the speaker embedding (B, spk_dim).
+
+    Args:
+        args, kwargs: as ``TransformerEncoderLayer``. spk_dim: D. joint: see
+            ``ConditionalLayerNorm``.
     """
 
-    def __init__(
-        self,
-        embed_dim: int,
-        ffn_dim: int,
-        num_heads: int,
-        dropout: float = 0.1,
-        attention_dropout: float = 0.1,
-        activation_dropout: float = 0.0,
-        layer_norm_first: bool = False,
-        activation_fn: str = "gelu",
-        spk_dim: int = 256,
-        joint: bool = False,
-    ):
-        super().__init__(
-            embed_dim,
-            ffn_dim,
-            num_heads,
-            dropout,
-            attention_dropout,
-            activation_dropout,
-            layer_norm_first,
-            activation_fn,
-        )
-        self.self_attn_layer_norm = ConditionalLayerNorm(embed_dim, spk_dim, joint=joint)
-        self.final_layer_norm = ConditionalLayerNorm(embed_dim, spk_dim, joint=joint)
+    def __init__(self, *args, spk_dim: int = 256, joint: bool = False, **kwargs):
+        super().__init__(*args, **kwargs)
+        dim = self.fc1.in_features
+        self.self_attn_layer_norm = ConditionalLayerNorm(dim, spk_dim, joint=joint)
+        self.final_layer_norm = ConditionalLayerNorm(dim, spk_dim, joint=joint)
 
-    def forward(
-        self,
-        x: torch.Tensor,
-        spk_emb: torch.Tensor,
-        padding_mask: torch.Tensor | None = None,
+    def apply_norm(
+        self, norm: nn.Module, x: torch.Tensor, cond: torch.Tensor | None
     ) -> torch.Tensor:
-        """x: (B, T, C); spk_emb: (B, D); padding_mask: (B, T) bool, True = padding."""
-        ln1, ln2 = self.self_attn_layer_norm, self.final_layer_norm
-        if self.layer_norm_first:
-            x = x + self.dropout1(self.self_attn(ln1(x, spk_emb), padding_mask))
-            return x + self._ffn(ln2(x, spk_emb))
-        x = ln1(x + self.dropout1(self.self_attn(x, padding_mask)), spk_emb)
-        return ln2(x + self._ffn(x), spk_emb)
+        """``norm(x, cond)``: x (B, T, C), cond the speaker embedding (B, D)."""
+        return norm(x, cond)
+
+
+class ConditionalTransformerEncoder(TransformerEncoder):
+    """``TransformerEncoder`` followed by ContentVec's speaker-conditioned layers, all in one
+    ``layers`` list under the reference's state-dict names.
+
+    * ``layers.0 .. num_layers - 1``: the ordinary layers (LayerDrop applies);
+    * ``layers.num_layers ..``: ``ConditionalEncoderLayer`` s (always run), added by
+      ``append_conditional_layers``;
+    * ``cond_layer_norm``: a ``ConditionalLayerNorm``, the final norm of pre-LN stacks with
+      conditional layers (the reference creates it for post-LN stacks too and never uses it).
+
+    ``forward`` / ``forward_layers`` take the speaker embedding as ``cond`` (B, spk_dim); it may
+    be None when no conditional layer runs. Args: as ``TransformerEncoder``.
+    """
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.cond_layer_norm: ConditionalLayerNorm | None = None
+
+    @property
+    def num_conditional_layers(self) -> int:
+        return len(self.layers) - self.num_layers
+
+    def append_conditional_layers(self, count: int, spk_dim: int, joint: bool = False) -> None:
+        """Add ``count`` conditional layers of this stack's shape and, if ``count > 0``,
+        ``cond_layer_norm``; every Linear of theirs drawn from N(0, 0.02) (fairseq
+        ``init_bert_params``, as the reference).
+
+        They are appended after construction so that a seeded ContentVec model draws the
+        weights it shares with HuBERT exactly as a HuBERT model of the same seed does.
+        """
+        for _ in range(count):
+            layer = ConditionalEncoderLayer(*self.layer_args, spk_dim=spk_dim, joint=joint)
+            self.layers.append(layer.apply(init_bert_params))
+        if count > 0:
+            cond = ConditionalLayerNorm(self.embed_dim, spk_dim, joint=joint)
+            self.cond_layer_norm = cond.apply(init_bert_params)
+
+    def final_norm(self, x: torch.Tensor, cond: torch.Tensor | None = None) -> torch.Tensor:
+        """``cond_layer_norm(x, cond)`` after conditional layers, else ``layer_norm(x)``."""
+        if self.cond_layer_norm is None:
+            return super().final_norm(x, cond)
+        return self.cond_layer_norm(x, cond)
+
+    def check_inputs(self, tgt_layer: int | None, cond: torch.Tensor | None) -> None:
+        """``TransformerEncoder.check_inputs``, and a conditional layer needs ``cond``.
+
+        Raises:
+            ConfigError: ``tgt_layer`` outside the stack. ValueError: a conditional layer
+                would run without ``cond`` (the speaker embedding).
+        """
+        super().check_inputs(tgt_layer, cond)
+        n_all = len(self.layers)
+        last = n_all - 1 if tgt_layer is None else tgt_layer
+        if cond is None and last >= self.num_layers:
+            raise ValueError(
+                f"layers {self.num_layers + 1}..{n_all} are speaker-conditioned: pass spk_emb "
+                f"(B, {self.cond_layer_norm.spk_dim}) or ask for a layer <= {self.num_layers}"
+            )
 
 
 # ----------------------------------------------------------------------------------------------
@@ -271,6 +316,13 @@ class ContentVecModel(HubertModel):
     ``init_bert_params``), so the conditional gains start small; ``layer_proj`` keeps PyTorch's
     default init.
 
+    ``HubertModel.forward``'s template with three steps overridden: ``stack_views`` (inputs
+    ``source_2`` (B, S), the second view, and ``spk_emb`` (B, D), the speaker embeddings; the
+    views come as keywords: ``model(**sample["net_input"], target_list=...)``), the encoder
+    (``encoder_class``: a ``ConditionalTransformerEncoder``) and ``predict`` (adds
+    ``logit_ctr_list``). The
+    output covers R = B (one view) or 2B rows; ``num_views`` says which.
+
     Args:
         cfg: ``ContentVecConfig``.
 
@@ -278,6 +330,8 @@ class ContentVecModel(HubertModel):
         ConfigError: HuBERT's config errors, ``encoder_layers_1 < 0``, ``spk_dim < 1``, or
             ``num_negatives < 1`` with contrastive layers.
     """
+
+    encoder_class = ConditionalTransformerEncoder
 
     def __init__(self, cfg: ContentVecConfig):
         super().__init__(cfg)
@@ -293,26 +347,10 @@ class ContentVecModel(HubertModel):
             )
         if cfg.ctr_layers and cfg.num_negatives < 1:
             raise ConfigError("model.num_negatives must be >= 1 when model.ctr_layers is set")
+        self.encoder.append_conditional_layers(
+            cfg.encoder_layers_1, cfg.spk_dim, cfg.cond_layer_norm_joint
+        )
         dim = cfg.encoder_embed_dim
-        self.num_plain_layers = cfg.encoder_layers
-        for _ in range(cfg.encoder_layers_1):
-            layer = ConditionalEncoderLayer(
-                dim,
-                cfg.encoder_ffn_embed_dim,
-                cfg.encoder_attention_heads,
-                cfg.dropout,
-                cfg.attention_dropout,
-                cfg.activation_dropout,
-                cfg.layer_norm_first,
-                cfg.activation_fn,
-                cfg.spk_dim,
-                cfg.cond_layer_norm_joint,
-            )
-            layer.apply(init_bert_params)
-            self.encoder.layers.append(layer)
-        if cfg.encoder_layers_1 > 0:
-            cond = ConditionalLayerNorm(dim, cfg.spk_dim, joint=cfg.cond_layer_norm_joint)
-            self.encoder.cond_layer_norm = cond.apply(init_bert_params)
         final_dim = cfg.final_dim if cfg.final_dim > 0 else dim
         self.layer_proj = nn.Linear(dim, final_dim)
         self.num_updates = 0
@@ -348,56 +386,46 @@ class ContentVecModel(HubertModel):
             norm.bias_ln.weight.zero_()
 
     # ------------------------------------------------------------------------------------------
-    def forward_layers(
+    # the steps of HubertModel.forward that differ
+    def stack_views(
         self,
-        x: torch.Tensor,
-        spk_emb: torch.Tensor | None,
+        source: torch.Tensor,
+        source_2: torch.Tensor | None = None,
         padding_mask: torch.Tensor | None = None,
-        tgt_layer: int | None = None,
-    ) -> tuple[torch.Tensor, list[torch.Tensor], list[torch.Tensor]]:
-        """Run the ordinary then the conditional layers on ``encoder.embed_positions``' output.
-
-        Args:
-            x: (B, T, C). spk_emb: (B, D) or None (only ordinary layers may then run).
-            padding_mask: (B, T) bool, True = padding.
-            tgt_layer: 0-based index of the last layer to run (None: all).
-
-        Returns:
-            ``(x, layer_results, hidden)``: x (B, T, C); ``layer_results`` the outputs of the
-            ordinary layers that ran (LayerDrop skips add none; the reference's list);
-            ``hidden`` the outputs of every layer that ran.
+        spk_emb: torch.Tensor | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor | None, int, torch.Tensor | None]:
+        """Stack view 1 ``source`` (B, S) and view 2 ``source_2`` (B, S, same crops) into 2B
+        rows, repeating ``padding_mask`` (B, S) and the speaker embeddings ``spk_emb``
+        (B, D), which become the encoder's ``cond``. With one view: (source, padding_mask,
+        1, spk_emb).
 
         Raises:
-            ValueError: a conditional layer would run without ``spk_emb``, or ``tgt_layer`` is
-                out of range.
+            ValueError: ``source_2`` of another shape than ``source``.
         """
-        enc = self.encoder
-        n_plain, n_all = self.num_plain_layers, len(enc.layers)
-        if tgt_layer is not None and not 0 <= tgt_layer < n_all:
-            raise ValueError(f"output layer {tgt_layer + 1} is outside 1..{n_all} (1-based)")
-        last = n_all - 1 if tgt_layer is None else tgt_layer
-        if last >= n_plain and spk_emb is None:
-            raise ValueError(
-                f"layers {n_plain + 1}..{n_all} are speaker-conditioned: pass spk_emb (B, "
-                f"{self.cfg.spk_dim}) or ask for a layer <= {n_plain}"
+        if source_2 is None:
+            return source, padding_mask, 1, spk_emb
+        if source_2.shape != source.shape:
+            raise ValueError(f"source_2 {tuple(source_2.shape)} != source {source.shape}")
+        return (
+            torch.cat([source, source_2]),
+            None if padding_mask is None else padding_mask.repeat(2, 1),
+            2,
+            None if spk_emb is None else spk_emb.repeat(2, 1),
+        )
+
+    def predict(self, enc: EncoderOutput) -> dict:
+        """HuBERT's logits over the R rows plus ``logit_ctr_list``: with two views and
+        ``ctr_layers``, one (A, 1 + num_negatives) float32 tensor per contrastive layer
+        (``contrastive_logits_for`` on the unmasked frames), else empty."""
+        out = super().predict(enc)
+        out["logit_ctr_list"] = []
+        if enc.views == 2 and self.cfg.ctr_layers:
+            unmasked = self.frame_sets(enc.x, enc.padding_mask, enc.mask_indices)[1]
+            keep = unmasked[: enc.x.size(0) // 2]
+            out["logit_ctr_list"] = self.contrastive_logits_for(
+                enc.layer_results, keep, enc.generator
             )
-        keep = None
-        if self.training and enc.layerdrop > 0:
-            keep = (torch.rand(n_plain) >= enc.layerdrop).tolist()
-        recompute = enc.checkpoint_activations and self.training and torch.is_grad_enabled()
-        layer_results, hidden = [], []
-        for i in range(last + 1):
-            layer = enc.layers[i]
-            args = (x, padding_mask) if i < n_plain else (x, spk_emb, padding_mask)
-            if i < n_plain and keep is not None and not keep[i]:
-                continue
-            x = checkpoint(layer, *args, use_reentrant=False) if recompute else layer(*args)
-            hidden.append(x)
-            if i < n_plain:
-                layer_results.append(x)
-        if enc.layer_norm_first and tgt_layer is None:
-            x = enc.cond_layer_norm(x, spk_emb) if n_all > n_plain else enc.layer_norm(x)
-        return x, layer_results, hidden
+        return out
 
     def contrastive_logits_for(
         self,
@@ -433,158 +461,6 @@ class ContentVecModel(HubertModel):
             neg_idx = sample_negative_indices(counts2, U, self.cfg.num_negatives, generator)
             out.append(contrastive_logits(z, positive, counts2, neg_idx, self.cfg.logit_temp_ctr))
         return out
-
-    # ------------------------------------------------------------------------------------------
-    def forward(
-        self,
-        source: torch.Tensor,
-        padding_mask: torch.Tensor | None = None,
-        mask: bool = True,
-        features_only: bool = False,
-        output_layer: int | None = None,
-        target_list: list[torch.Tensor] | None = None,
-        generator: torch.Generator | None = None,
-        mask_indices: torch.Tensor | None = None,
-        source_2: torch.Tensor | None = None,
-        spk_emb: torch.Tensor | None = None,
-    ) -> dict:
-        """Run ContentVec on one view, or on two views stacked as 2B rows (training).
-
-        The positional order is ``HubertModel.forward``'s; the views come as keywords
-        (``model(**sample["net_input"], target_list=...)``).
-
-        Args:
-            source: (B, S) view 1 waveform.
-            padding_mask: (B, S) bool, True at padded samples (shared by both views).
-            mask: apply span masking; one mask for B rows, tiled over the views.
-            features_only, output_layer, generator: as ``HubertModel.forward``.
-            target_list: one (B, T_label) tensor of dictionary indices per label set.
-            mask_indices: (B, T) bool time mask to use instead of a random one.
-            source_2: (B, S) view 2 (same crops as ``source``), or None.
-            spk_emb: (B, D) speaker embeddings (repeated for view 2); needed by the
-                conditional layers.
-
-        Returns:
-            ``HubertModel.forward``'s dict over the R = B (one view) or 2B rows (two views),
-            plus ``logit_ctr_list``: one (A, 1 + num_negatives) float32 tensor per
-            contrastive layer (empty with one view, without ``ctr_layers`` or features_only)
-            and ``num_views``.
-
-        Raises:
-            ValueError: shapes that do not match, a conditional layer without ``spk_emb``,
-                logits without targets.
-        """
-        B = source.size(0)
-        views = 1 if source_2 is None else 2
-        if source_2 is not None:
-            if source_2.shape != source.shape:
-                raise ValueError(f"source_2 {tuple(source_2.shape)} != source {source.shape}")
-            source = torch.cat([source, source_2])
-            padding_mask = None if padding_mask is None else padding_mask.repeat(2, 1)
-            spk_emb = None if spk_emb is None else spk_emb.repeat(2, 1)
-        had_mask = padding_mask is not None
-        if had_mask and not padding_mask.any():
-            padding_mask = None
-        features = self.forward_features(source)
-        if target_list is not None:
-            features, target_list = self.forward_targets(features, target_list)
-            target_list = [t.repeat(views, 1) for t in target_list]
-        features_pen = features.float().pow(2).mean()
-        features = self.layer_norm(features.transpose(1, 2))
-        if padding_mask is not None:
-            padding_mask = self.forward_padding_mask(features, padding_mask)
-        if self.post_extract_proj is not None:
-            features = self.post_extract_proj(features)
-        features = self.dropout_input(features)
-        x = features
-        T = features.size(1)
-        if mask:
-            if mask_indices is None and self.cfg.mask_prob > 0:
-                mask_indices = compute_mask_indices(
-                    (B, T),
-                    None if padding_mask is None else padding_mask[:B],
-                    self.cfg.mask_prob,
-                    self.cfg.mask_length,
-                    self.cfg.mask_min_masks,
-                    self.cfg.require_same_masks,
-                    generator=generator,
-                    device=features.device,
-                )
-            if mask_indices is not None:
-                mask_indices = mask_indices.repeat(views, 1)
-            x, mask_indices = self.apply_mask(features, padding_mask, generator, mask_indices)
-        else:
-            mask_indices = None
-        h0 = self.encoder.embed_positions(x, padding_mask)
-        tgt_layer = None if output_layer is None else output_layer - 1
-        x, layer_results, hidden = self.forward_layers(h0, spk_emb, padding_mask, tgt_layer)
-        if had_mask and padding_mask is None:
-            padding_mask = torch.zeros(x.shape[:2], dtype=torch.bool, device=x.device)
-        out = {
-            "padding_mask": padding_mask,
-            "features_pen": features_pen,
-            "mask_indices": mask_indices,
-            "num_views": views,
-            "logit_ctr_list": [],
-        }
-        if features_only:
-            out.update(
-                x=x, features=features, hidden_states=[h0, *hidden], layer_results=layer_results
-            )
-            return out
-        if target_list is None or self.label_embs_concat is None:
-            raise ValueError("ContentVec logits need target_list and label embeddings")
-        valid = (
-            torch.ones(x.shape[:2], dtype=torch.bool, device=x.device)
-            if padding_mask is None
-            else ~padding_mask
-        )
-        masked = valid if mask_indices is None else valid & mask_indices
-        unmasked = valid if mask_indices is None else valid & ~mask_indices
-        none = [None] * len(target_list)
-        logit_m, target_m = (
-            (none, none) if self.cfg.skip_masked else self._logits_for(x, masked, target_list)
-        )
-        logit_u, target_u = (
-            (none, none) if self.cfg.skip_nomask else self._logits_for(x, unmasked, target_list)
-        )
-        if views == 2 and self.cfg.ctr_layers:
-            out["logit_ctr_list"] = self.contrastive_logits_for(
-                layer_results, unmasked[:B], generator
-            )
-        out.update(
-            logit_m_list=logit_m,
-            logit_u_list=logit_u,
-            target_m_list=target_m,
-            target_u_list=target_u,
-        )
-        return out
-
-    def extract_features(
-        self,
-        source: torch.Tensor,
-        padding_mask: torch.Tensor | None = None,
-        mask: bool = False,
-        output_layer: int | None = None,
-        spk_emb: torch.Tensor | None = None,
-    ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """Hidden states of layer ``output_layer`` (1-based; None: the last, conditional one).
-
-        source: (B, S); padding_mask: (B, S) bool; spk_emb: (B, D), required for layers above
-        ``encoder_layers``. Returns (x (B, T, C), padding_mask (B, T) or None).
-
-        Raises:
-            ValueError: a conditional layer without ``spk_emb``.
-        """
-        res = self.forward(
-            source,
-            spk_emb=spk_emb,
-            padding_mask=padding_mask,
-            mask=mask,
-            features_only=True,
-            output_layer=output_layer,
-        )
-        return res["x"], res["padding_mask"]
 
     @staticmethod
     def get_logits_ctr(net_output: dict) -> torch.Tensor | None:

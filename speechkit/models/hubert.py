@@ -214,8 +214,38 @@ def compute_mask_indices(
     return mask
 
 
+@dataclass
+class EncoderOutput:
+    """What ``HubertModel.predict`` (the last step of ``forward``) works on: the encoder output
+    and the facts of the batch, over R = ``views`` x B rows of T frames."""
+
+    x: torch.Tensor
+    """(R, T, C) output of the encoder."""
+    padding_mask: torch.Tensor | None
+    """(R, T) bool, True at padded frames, or None."""
+    mask_indices: torch.Tensor | None
+    """(R, T) bool, True at masked frames, or None (no masking)."""
+    layer_results: list[torch.Tensor]
+    """(R, T, C) outputs of the encoder's layers that ran (fairseq's list)."""
+    target_list: list[torch.Tensor] | None
+    """One (R, T) tensor of label indices per label set, frame-aligned, or None."""
+    views: int = 1
+    """Views of each utterance stacked in the rows (``stack_views``)."""
+    generator: torch.Generator | None = None
+    """For any random draw of a prediction head (ContentVec's negatives)."""
+
+
 class HubertModel(nn.Module):
     """HuBERT encoder and masked-prediction head (fairseq layout and names).
+
+    ``forward`` is a template of overridable steps, each a method (ContentVec, for one, overrides
+    ``stack_views``, ``encode`` and ``predict``)::
+
+        stack_views -> embed_frames -> apply_mask -> encode -> predict
+
+    The steps work on R = ``views`` x B rows: ``stack_views`` may stack several views of a batch
+    of B utterances (HuBERT: one), ``apply_mask`` then draws one mask for the B utterances and
+    tiles it over the views.
 
     Args:
         cfg: ``HubertConfig`` (Base defaults; see ``hubert_large_config``).
@@ -223,6 +253,10 @@ class HubertModel(nn.Module):
     Raises:
         ConfigError: unsupported option values (see ``HubertConfig``).
     """
+
+    encoder_class: type[TransformerEncoder] = TransformerEncoder
+    """The Transformer stack ``__init__`` builds (a subclass may name a ``TransformerEncoder``
+    subclass taking the same arguments)."""
 
     def __init__(self, cfg: HubertConfig):
         super().__init__()
@@ -252,7 +286,7 @@ class HubertModel(nn.Module):
         self.post_extract_proj = nn.Linear(self.embed, dim) if self.embed != dim else None
         self.dropout_input = nn.Dropout(cfg.dropout_input)
         self.mask_emb = nn.Parameter(torch.empty(dim).uniform_())
-        self.encoder = TransformerEncoder(
+        self.encoder = self.encoder_class(
             embed_dim=dim,
             ffn_dim=cfg.encoder_ffn_embed_dim,
             num_layers=cfg.encoder_layers,
@@ -324,17 +358,22 @@ class HubertModel(nn.Module):
         padding_mask: torch.Tensor | None,
         generator: torch.Generator | None = None,
         mask_indices: torch.Tensor | None = None,
+        views: int = 1,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """Replace masked frames of x (B, T, C) by ``mask_emb`` and zero masked channel spans.
+        """Replace masked frames of x (R, T, C) by ``mask_emb`` and zero masked channel spans.
 
-        ``mask_indices`` (B, T) bool overrides the random time mask. Returns (x, mask (B, T)).
+        The R = ``views`` x B rows are views of B utterances: the time mask is drawn for the
+        first B rows (their ``padding_mask``) and tiled, so every view hides the same frames;
+        the channel mask is drawn per row. ``mask_indices`` (B, T) bool overrides the random
+        time mask. Returns (x, mask (R, T) bool or None).
         """
-        B, T, C = x.shape
+        R, T, C = x.shape
+        B = R // views
         cfg = self.cfg
         if mask_indices is None and cfg.mask_prob > 0:
             mask_indices = compute_mask_indices(
                 (B, T),
-                padding_mask,
+                None if padding_mask is None else padding_mask[:B],
                 cfg.mask_prob,
                 cfg.mask_length,
                 cfg.mask_min_masks,
@@ -343,10 +382,12 @@ class HubertModel(nn.Module):
                 device=x.device,
             )
         if mask_indices is not None:
+            if views > 1:
+                mask_indices = mask_indices.repeat(views, 1)
             x = torch.where(mask_indices.unsqueeze(-1), self.mask_emb.to(x.dtype), x)
         if cfg.mask_channel_prob > 0:
             channels = compute_mask_indices(
-                (B, C),
+                (R, C),
                 None,
                 cfg.mask_channel_prob,
                 cfg.mask_channel_length,
@@ -391,6 +432,117 @@ class HubertModel(nn.Module):
         return logits, targets
 
     # ------------------------------------------------------------------------------------------
+    # the steps of the forward pass
+    def stack_views(
+        self, source: torch.Tensor, padding_mask: torch.Tensor | None
+    ) -> tuple[torch.Tensor, torch.Tensor | None, int, torch.Tensor | None]:
+        """Step 1: the model inputs as R stacked rows. HuBERT has one view and no conditioning
+        input: returns ``(source (B, S), padding_mask, views=1, cond=None)``. Subclasses take
+        their extra ``forward`` keywords here (ContentVec: ``source_2``, ``spk_emb``)."""
+        return source, padding_mask, 1, None
+
+    def embed_frames(
+        self,
+        source: torch.Tensor,
+        padding_mask: torch.Tensor | None,
+        target_list: list[torch.Tensor] | None,
+        views: int = 1,
+    ) -> tuple[torch.Tensor, torch.Tensor | None, list[torch.Tensor] | None, torch.Tensor]:
+        """Step 2: waveforms (R, S) -> projected frame features (R, T, C) before masking.
+
+        Conv features (gradient scaled), labels aligned (and repeated over the views), the
+        squared-feature penalty, LayerNorm, frame padding mask, ``post_extract_proj``,
+        ``dropout_input``. Returns ``(features, padding_mask (R, T) or None, target_list,
+        features_pen)``.
+        """
+        features = self.forward_features(source)
+        if target_list is not None:
+            features, target_list = self.forward_targets(features, target_list)
+            if views > 1:
+                target_list = [t.repeat(views, 1) for t in target_list]
+        features_pen = features.float().pow(2).mean()
+        features = self.layer_norm(features.transpose(1, 2))
+        if padding_mask is not None:
+            padding_mask = self.forward_padding_mask(features, padding_mask)
+        if self.post_extract_proj is not None:
+            features = self.post_extract_proj(features)
+        return self.dropout_input(features), padding_mask, target_list, features_pen
+
+    def encode(
+        self,
+        x: torch.Tensor,
+        padding_mask: torch.Tensor | None,
+        output_layer: int | None = None,
+        cond: torch.Tensor | None = None,
+    ) -> tuple[torch.Tensor, list[torch.Tensor], list[torch.Tensor]]:
+        """Step 4: the Transformer on the (masked) frames x (R, T, C).
+
+        Args:
+            padding_mask: (R, T) bool. output_layer: 1-based last layer (None: all).
+            cond: (R, D) conditioning input of the encoder's layers (ContentVec's speaker
+                embedding; None for HuBERT).
+
+        Returns:
+            ``(x, hidden_states, layer_results)``: the output (R, T, C), the input of layer 1
+            followed by the output of every layer that ran, and the outputs of the encoder's
+            own ``num_layers`` layers among them (fairseq's list; layers a subclass appends to
+            the stack, ContentVec's conditional ones, are in ``hidden_states`` only).
+        """
+        enc = self.encoder
+        tgt_layer = None if output_layer is None else output_layer - 1
+        h0 = enc.embed_positions(x, padding_mask)
+        x, results = enc.forward_layers(h0, padding_mask, tgt_layer, cond)
+        last = len(enc.layers) - 1 if tgt_layer is None else tgt_layer
+        appended = max(0, last + 1 - enc.num_layers)  # always run, so the last entries
+        return x, [h0, *results], results[: len(results) - appended]
+
+    @staticmethod
+    def frame_sets(
+        x: torch.Tensor, padding_mask: torch.Tensor | None, mask_indices: torch.Tensor | None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(masked, unmasked) non-padded frames of x (R, T, C), each (R, T) bool (both are all
+        valid frames when nothing is masked)."""
+        valid = (
+            torch.ones(x.shape[:2], dtype=torch.bool, device=x.device)
+            if padding_mask is None
+            else ~padding_mask
+        )
+        if mask_indices is None:
+            return valid, valid
+        return valid & mask_indices, valid & ~mask_indices
+
+    def predict(self, enc: EncoderOutput) -> dict:
+        """Step 5: masked-prediction logits of the encoder output ``enc.x`` (R, T, C).
+
+        Returns:
+            ``logit_m_list`` / ``logit_u_list`` (one (N, 1 + K_i) float32 tensor per label set,
+            masked / unmasked non-padded frames, target 0; None entries when skipped) and
+            ``target_m_list`` / ``target_u_list`` (the labels of those frames).
+
+        Raises:
+            ValueError: no ``target_list`` or no label embeddings.
+        """
+        x, target_list = enc.x, enc.target_list
+        if target_list is None or self.label_embs_concat is None:
+            raise ValueError(
+                f"{type(self).__name__} logits need target_list and label embeddings (num_classes)"
+            )
+        masked, unmasked = self.frame_sets(x, enc.padding_mask, enc.mask_indices)
+        none = [None] * len(target_list)
+        logit_m, target_m = (
+            (none, none) if self.cfg.skip_masked else self._logits_for(x, masked, target_list)
+        )
+        logit_u, target_u = (
+            (none, none) if self.cfg.skip_nomask else self._logits_for(x, unmasked, target_list)
+        )
+        return {
+            "logit_m_list": logit_m,
+            "logit_u_list": logit_u,
+            "target_m_list": target_m,
+            "target_u_list": target_u,
+        }
+
+    # ------------------------------------------------------------------------------------------
     def forward(
         self,
         source: torch.Tensor,
@@ -401,8 +553,9 @@ class HubertModel(nn.Module):
         target_list: list[torch.Tensor] | None = None,
         generator: torch.Generator | None = None,
         mask_indices: torch.Tensor | None = None,
+        **inputs: torch.Tensor | None,
     ) -> dict:
-        """Run HuBERT.
+        """Run the model: ``stack_views -> embed_frames -> apply_mask -> encode -> predict``.
 
         Args:
             source: (B, S) float waveform at ``sample_rate`` Hz.
@@ -413,80 +566,56 @@ class HubertModel(nn.Module):
             target_list: one (B, T_label) long tensor of dictionary indices per label set.
             generator: ``torch.Generator`` on the model's device for the masks.
             mask_indices: (B, T) bool time mask to use instead of a random one.
+            inputs: a subclass's extra inputs, read by its ``stack_views`` (HuBERT: none;
+                ContentVec: ``source_2``, ``spk_emb``).
 
         Returns:
-            dict with ``padding_mask`` (B, T) bool or None, ``features_pen`` (mean squared conv
-            feature), ``mask_indices`` (B, T) bool or None and
+            dict over the R rows of ``stack_views`` (R = B for HuBERT) with ``padding_mask``
+            (R, T) bool or None, ``features_pen`` (mean squared conv feature), ``mask_indices``
+            (R, T) bool or None, ``num_views`` (R / B; 1 for HuBERT) and
 
-            * ``features_only``: ``x`` (B, T, C), ``features`` (B, T, C) projected features
+            * ``features_only``: ``x`` (R, T, C), ``features`` (R, T, C) projected features
               before masking, ``hidden_states`` (input of layer 1, then the output of every
               layer that ran) and ``layer_results`` (outputs only, fairseq's list);
-            * otherwise: ``logit_m_list`` / ``logit_u_list`` (one (N, 1 + K_i) float32 tensor
-              per label set, masked / unmasked non-padded frames, target 0; None when skipped)
-              and ``target_m_list`` / ``target_u_list`` (the labels of those frames).
+            * otherwise: what ``predict`` returns (HuBERT: ``logit_m_list`` /
+              ``logit_u_list`` / ``target_m_list`` / ``target_u_list``).
 
         Raises:
             ValueError: logits requested without ``target_list`` or label embeddings.
         """
+        source, padding_mask, views, cond = self.stack_views(
+            source=source, padding_mask=padding_mask, **inputs
+        )
         # a mask without padding is dropped so attention can take its unmasked (flash) path
         had_mask = padding_mask is not None
         if had_mask and not padding_mask.any():
             padding_mask = None
-        features = self.forward_features(source)
-        if target_list is not None:
-            features, target_list = self.forward_targets(features, target_list)
-        features_pen = features.float().pow(2).mean()
-        features = self.layer_norm(features.transpose(1, 2))
-        if padding_mask is not None:
-            padding_mask = self.forward_padding_mask(features, padding_mask)
-        if self.post_extract_proj is not None:
-            features = self.post_extract_proj(features)
-        features = self.dropout_input(features)
-        x = features
-        if mask:
-            x, mask_indices = self.apply_mask(features, padding_mask, generator, mask_indices)
-        else:
-            mask_indices = None
-        tgt_layer = None if output_layer is None else output_layer - 1
-        h0 = self.encoder.embed_positions(x, padding_mask)
-        x, layer_results = self.encoder.forward_layers(h0, padding_mask, tgt_layer)
+        features, padding_mask, target_list, features_pen = self.embed_frames(
+            source, padding_mask, target_list, views
+        )
+        x, mask_indices = (
+            self.apply_mask(features, padding_mask, generator, mask_indices, views)
+            if mask
+            else (features, None)
+        )
+        x, hidden_states, layer_results = self.encode(x, padding_mask, output_layer, cond)
         if had_mask and padding_mask is None:
             padding_mask = torch.zeros(x.shape[:2], dtype=torch.bool, device=x.device)
         out = {
             "padding_mask": padding_mask,
             "features_pen": features_pen,
             "mask_indices": mask_indices,
+            "num_views": views,
         }
         if features_only:
             out.update(
-                x=x,
-                features=features,
-                hidden_states=[h0, *layer_results],
-                layer_results=layer_results,
+                x=x, features=features, hidden_states=hidden_states, layer_results=layer_results
             )
-            return out
-        if target_list is None or self.label_embs_concat is None:
-            raise ValueError("HuBERT logits need target_list and label embeddings (num_classes)")
-        valid = (
-            torch.ones(x.shape[:2], dtype=torch.bool, device=x.device)
-            if padding_mask is None
-            else ~padding_mask
-        )
-        masked = valid if mask_indices is None else valid & mask_indices
-        unmasked = valid if mask_indices is None else valid & ~mask_indices
-        none = [None] * len(target_list)
-        logit_m, target_m = (
-            (none, none) if self.cfg.skip_masked else self._logits_for(x, masked, target_list)
-        )
-        logit_u, target_u = (
-            (none, none) if self.cfg.skip_nomask else self._logits_for(x, unmasked, target_list)
-        )
-        out.update(
-            logit_m_list=logit_m,
-            logit_u_list=logit_u,
-            target_m_list=target_m,
-            target_u_list=target_u,
-        )
+        else:
+            enc = EncoderOutput(
+                x, padding_mask, mask_indices, layer_results, target_list, views, generator
+            )
+            out.update(self.predict(enc))
         return out
 
     def extract_features(
@@ -495,16 +624,23 @@ class HubertModel(nn.Module):
         padding_mask: torch.Tensor | None = None,
         mask: bool = False,
         output_layer: int | None = None,
+        **inputs: torch.Tensor | None,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Hidden states of layer ``output_layer`` (1-based; None: final output), as fairseq's
         ``extract_features`` used by ``dump_hubert_feature.py``.
 
-        source: (B, S) samples; padding_mask: (B, S) bool. Returns (x (B, T, C), padding_mask
-        (B, T) or None). For pre-LN models the final LayerNorm is applied only when
-        ``output_layer`` is None (fairseq).
+        source: (B, S) samples; padding_mask: (B, S) bool; ``inputs``: a subclass's extra
+        ``forward`` inputs (ContentVec: ``spk_emb`` (B, D), needed by its conditional layers).
+        Returns (x (B, T, C), padding_mask (B, T) or None). For pre-LN models the final norm is
+        applied only when ``output_layer`` is None (fairseq).
         """
         res = self.forward(
-            source, padding_mask, mask=mask, features_only=True, output_layer=output_layer
+            source,
+            padding_mask,
+            mask=mask,
+            features_only=True,
+            output_layer=output_layer,
+            **inputs,
         )
         return res["x"], res["padding_mask"]
 

@@ -173,13 +173,27 @@ class TransformerEncoderLayer(nn.Module):
     def _ffn(self, x: torch.Tensor) -> torch.Tensor:
         return self.dropout3(self.fc2(self.dropout2(self.activation(self.fc1(x)))))
 
-    def forward(self, x: torch.Tensor, padding_mask: torch.Tensor | None = None) -> torch.Tensor:
-        """x: (B, T, C); padding_mask: (B, T) bool, True = padding -> (B, T, C)."""
+    def apply_norm(
+        self, norm: nn.Module, x: torch.Tensor, cond: torch.Tensor | None
+    ) -> torch.Tensor:
+        """Apply one of the layer's two norms to x (B, T, C). Plain LayerNorms ignore ``cond``;
+        a subclass with conditional norms (ContentVec) passes it on."""
+        return norm(x)
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        padding_mask: torch.Tensor | None = None,
+        cond: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """x: (B, T, C); padding_mask: (B, T) bool, True = padding; cond: (B, D) conditioning
+        input of the norms (unused here) -> (B, T, C)."""
+        ln1, ln2 = self.self_attn_layer_norm, self.final_layer_norm
         if self.layer_norm_first:
-            x = x + self.dropout1(self.self_attn(self.self_attn_layer_norm(x), padding_mask))
-            return x + self._ffn(self.final_layer_norm(x))
-        x = self.self_attn_layer_norm(x + self.dropout1(self.self_attn(x, padding_mask)))
-        return self.final_layer_norm(x + self._ffn(x))
+            x = x + self.dropout1(self.self_attn(self.apply_norm(ln1, x, cond), padding_mask))
+            return x + self._ffn(self.apply_norm(ln2, x, cond))
+        x = self.apply_norm(ln1, x + self.dropout1(self.self_attn(x, padding_mask)), cond)
+        return self.apply_norm(ln2, x + self._ffn(x), cond)
 
 
 def init_bert_params(module: nn.Module) -> None:
@@ -202,6 +216,10 @@ class TransformerEncoder(nn.Module):
         conv_pos, conv_pos_groups: kernel (128) and groups (16) of the positional convolution.
         activation_fn: FFN activation (``gelu``).
         checkpoint_activations: recompute each layer in backward (saves memory in training).
+
+    ``num_layers`` is the count of layers built here; LayerDrop applies to them. A subclass may
+    append further layers of the same shape (``layer_args``) that always run (ContentVec's
+    speaker-conditioned layers, ``speechkit.models.contentvec.ConditionalTransformerEncoder``).
     """
 
     def __init__(
@@ -222,6 +240,7 @@ class TransformerEncoder(nn.Module):
     ):
         super().__init__()
         self.embed_dim = embed_dim
+        self.num_layers = num_layers
         self.layerdrop = layerdrop
         self.layer_norm_first = layer_norm_first
         self.checkpoint_activations = checkpoint_activations
@@ -230,11 +249,20 @@ class TransformerEncoder(nn.Module):
         std = math.sqrt(4.0 / (conv_pos * embed_dim))
         conv.reset_from_weight(torch.randn_like(conv.weight_v) * std)
         self.pos_conv = nn.Sequential(conv, SamePad(conv_pos), nn.GELU())
-        args = (embed_dim, ffn_dim, num_heads, dropout, attention_dropout, activation_dropout)
+        self.layer_args = (
+            embed_dim,
+            ffn_dim,
+            num_heads,
+            dropout,
+            attention_dropout,
+            activation_dropout,
+            layer_norm_first,
+            activation_fn,
+        )
+        """Positional arguments of ``TransformerEncoderLayer`` for one layer of this stack."""
         with torch.device("meta"):  # skip PyTorch's default init; every weight is set below
             layers = nn.ModuleList(
-                TransformerEncoderLayer(*args, layer_norm_first, activation_fn)
-                for _ in range(num_layers)
+                TransformerEncoderLayer(*self.layer_args) for _ in range(num_layers)
             )
         self.layers = layers.to_empty(device=self.pos_conv[0].bias.device)
         for module in self.layers.modules():
@@ -257,43 +285,60 @@ class TransformerEncoder(nn.Module):
             x = self.layer_norm(x)
         return self.dropout(x)
 
+    def final_norm(self, x: torch.Tensor, cond: torch.Tensor | None = None) -> torch.Tensor:
+        """The pre-LN stack's last norm, ``layer_norm`` (x: (B, T, C); ``cond`` unused here)."""
+        return self.layer_norm(x)
+
+    def check_inputs(self, tgt_layer: int | None, cond: torch.Tensor | None) -> None:
+        """Raise ``ConfigError`` unless ``tgt_layer`` is None or a layer index (0-based);
+        ``cond`` is not needed here (a conditional subclass checks it)."""
+        if tgt_layer is not None and not 0 <= tgt_layer < len(self.layers):
+            raise ConfigError(
+                f"output layer {tgt_layer + 1} is outside 1..{len(self.layers)} (1-based)"
+            )
+
     def forward_layers(
         self,
         x: torch.Tensor,
         padding_mask: torch.Tensor | None = None,
         tgt_layer: int | None = None,
+        cond: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, list[torch.Tensor]]:
         """Run the layers on the output of ``embed_positions``.
 
         Args:
             x: (B, T, C). padding_mask: (B, T) bool, True = padding.
             tgt_layer: 0-based index of the last layer to run (fairseq ``output_layer - 1``);
-                None runs all layers and, for pre-LN, applies the final ``layer_norm``
+                None runs all layers and, for pre-LN, applies ``final_norm``
                 (as fairseq, the final norm is *not* applied when ``tgt_layer`` is given).
+            cond: (B, D) conditioning input handed to every layer and to ``final_norm``
+                (ContentVec's speaker embedding; plain layers ignore it).
 
         Returns:
             ``(x, layer_results)``: x (B, T, C) and the output (B, T, C) of every layer that
             ran; in training, layers skipped by LayerDrop add no entry (fairseq semantics).
+
+        Raises:
+            ConfigError: ``tgt_layer`` outside the stack (and what ``check_inputs`` of a
+                subclass raises).
         """
-        if tgt_layer is not None and not 0 <= tgt_layer < len(self.layers):
-            raise ConfigError(
-                f"output layer {tgt_layer + 1} is outside 1..{len(self.layers)} (1-based)"
-            )
-        keep = None
+        self.check_inputs(tgt_layer, cond)
+        keep = None  # LayerDrop over the first num_layers layers; appended ones always run
         if self.training and self.layerdrop > 0:
-            keep = (torch.rand(len(self.layers)) >= self.layerdrop).tolist()
+            keep = (torch.rand(self.num_layers) >= self.layerdrop).tolist()
+        recompute = self.checkpoint_activations and self.training and torch.is_grad_enabled()
         layer_results = []
         for i, layer in enumerate(self.layers):
-            if keep is None or keep[i]:
-                if self.checkpoint_activations and self.training and torch.is_grad_enabled():
-                    x = checkpoint(layer, x, padding_mask, use_reentrant=False)
+            if keep is None or i >= len(keep) or keep[i]:
+                if recompute:
+                    x = checkpoint(layer, x, padding_mask, cond, use_reentrant=False)
                 else:
-                    x = layer(x, padding_mask)
+                    x = layer(x, padding_mask, cond)
                 layer_results.append(x)
             if i == tgt_layer:
                 break
         if self.layer_norm_first and tgt_layer is None:
-            x = self.layer_norm(x)
+            x = self.final_norm(x, cond)
         return x, layer_results
 
     def forward(
@@ -301,6 +346,9 @@ class TransformerEncoder(nn.Module):
         x: torch.Tensor,
         padding_mask: torch.Tensor | None = None,
         tgt_layer: int | None = None,
+        cond: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, list[torch.Tensor]]:
-        """x: (B, T, C) -> ``(x, layer_results)``; see ``forward_layers`` for ``tgt_layer``."""
-        return self.forward_layers(self.embed_positions(x, padding_mask), padding_mask, tgt_layer)
+        """x: (B, T, C) -> ``(x, layer_results)``; see ``forward_layers``."""
+        return self.forward_layers(
+            self.embed_positions(x, padding_mask), padding_mask, tgt_layer, cond
+        )

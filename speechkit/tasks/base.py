@@ -21,6 +21,7 @@ import torch
 from torch import nn
 
 from speechkit.dataclass import SpeechkitDataclass
+from speechkit.errors import ConfigError
 from speechkit.registry import CRITERION_REGISTRY, MODEL_REGISTRY
 
 
@@ -33,9 +34,29 @@ class Task:
             a bad path fails before any model is built.
     """
 
+    required: tuple[str, ...] = ()
+    """Config fields that must be set (not ``???``, empty or null); checked first."""
+    needs: str = ""
+    """One line naming the paths the task reads (``task.data=DIR with train.tsv ...``), quoted
+    by :meth:`missing_config_error` when a required field is not set."""
+
     def __init__(self, cfg: SpeechkitDataclass):
         self.cfg = cfg
         self._datasets: dict[str, Any] = {}
+        missing = [k for k in self.required if getattr(cfg, k, None) in ("???", "", None)]
+        if missing:
+            raise self.missing_config_error(missing)
+
+    @classmethod
+    def missing_config_error(cls, missing: list[str]) -> ConfigError:
+        """The one-line error for required ``task.<key>`` fields that are not set: what the
+        task needs (:attr:`needs`), then the keys. The registry raises it too, when a composed
+        config leaves a field at ``???``."""
+        name = getattr(cls, "__speechkit_name__", cls.__name__)
+        keys = ", ".join(f"task.{k}" for k in missing)
+        if cls.needs:
+            return ConfigError(f"task {name} needs {cls.needs}; not set: {keys}")
+        return ConfigError(f"task {name}: {keys} not set (e.g. task.{missing[0]}=...)")
 
     # -- building -----------------------------------------------------------------------------
     def build_model(self, cfg: Any) -> nn.Module:

@@ -11,7 +11,7 @@ and a random 10-band EQ, ``task.perturb``), cropped at the same start, with the 
 embedding (``ContentVecDataset``); validation uses the original and a fixed "Change gender"
 view. ``build_model`` also sets the model's ``spk_dim`` from the table.
 
-    python -m speechkit.train task=contentvec model=contentvec criterion=contentvec \\
+    python -m speechkit.train task=contentvec \\
         task.data=DIR task.label_dir=DIR task.spk2info=spk2info.dict ...
 """
 
@@ -27,7 +27,7 @@ from torch import nn
 from speechkit.data.contentvec_dataset import ContentVecDataset
 from speechkit.data.contentvec_transforms import ContentVecPerturbConfig
 from speechkit.data.spk2info import load_spk2info
-from speechkit.errors import ConfigError, DataError
+from speechkit.errors import DataError
 from speechkit.registry import register_task
 from speechkit.tasks.hubert_pretraining import HubertPretrainingConfig, HubertPretrainingTask
 
@@ -47,7 +47,12 @@ class ContentVecPretrainingConfig(HubertPretrainingConfig):
     """Perturbation switches and ranges (defaults: the reference's)."""
 
 
-@register_task("contentvec", dataclass=ContentVecPretrainingConfig)
+@register_task(
+    "contentvec",
+    dataclass=ContentVecPretrainingConfig,
+    default_model="contentvec",
+    default_criterion="contentvec",
+)
 class ContentVecPretrainingTask(HubertPretrainingTask):
     """ContentVec pretraining: HuBERT's data + two perturbed views + speaker embeddings.
 
@@ -56,12 +61,14 @@ class ContentVecPretrainingTask(HubertPretrainingTask):
         DataError: unreadable ``spk2info`` or one without a ``train`` split.
     """
 
+    required = ("data", "spk2info")
+    needs = (
+        HubertPretrainingTask.needs + ", and task.spk2info=FILE with train/valid speaker "
+        "embeddings (scripts/make_spk2info.py)"
+    )
+
     def __init__(self, cfg: ContentVecPretrainingConfig):
         super().__init__(cfg)
-        if cfg.spk2info in ("???", "", None):
-            raise ConfigError(
-                "task.spk2info is required (scripts/make_spk2info.py builds it from a manifest)"
-            )
         self.spk2info = load_spk2info(cfg.spk2info)
         if "train" not in self.spk2info or not self.spk2info["train"]:
             raise DataError(

@@ -102,7 +102,12 @@ class TrialScores:
     enhanced: np.ndarray
 
 
-@register_task("embedding_enhancement", dataclass=EmbeddingEnhancementConfig)
+@register_task(
+    "embedding_enhancement",
+    dataclass=EmbeddingEnhancementConfig,
+    default_model="enhancement_residual",
+    default_criterion="enh_cosine",
+)
 class EmbeddingEnhancementTask(Task):
     """Speaker-embedding enhancement training with raw-vs-enhanced EER validation.
 
@@ -112,11 +117,15 @@ class EmbeddingEnhancementTask(Task):
         DataError: see ``speechkit.data.embedding_dataset`` (every file is checked).
     """
 
+    required = ("embedding_dir", "target_dir", "train_list")
+    needs = (
+        "task.embedding_dir=DIR with per-utterance .npy files (scripts/dump_embeddings.py), "
+        "task.target_dir=DIR with speaker targets (scripts/combine_embeddings.py) and "
+        "task.train_list=FILE (scripts/make_enhancement_lists.py)"
+    )
+
     def __init__(self, cfg: EmbeddingEnhancementConfig):
         super().__init__(cfg)
-        for key in ("embedding_dir", "target_dir", "train_list"):
-            if getattr(cfg, key) in ("???", "", None):
-                raise ConfigError(f"task.{key} is required")
         if cfg.list_format not in LIST_FORMATS or cfg.list_format == "test":
             raise ConfigError(
                 f"task.list_format={cfg.list_format!r}; expected normal, triplet or distribution"

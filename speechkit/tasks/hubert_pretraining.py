@@ -95,7 +95,9 @@ class HubertPretrainingConfig(SpeechkitDataclass):
     (fairseq Base: 1,400,000 = 87.5 s)."""
 
 
-@register_task("hubert", dataclass=HubertPretrainingConfig)
+@register_task(
+    "hubert", dataclass=HubertPretrainingConfig, default_model="hubert", default_criterion="hubert"
+)
 class HubertPretrainingTask(Task):
     """HuBERT pretraining: manifests + frame labels -> masked prediction.
 
@@ -104,10 +106,14 @@ class HubertPretrainingTask(Task):
         DataError: missing ``train.tsv``, label file or dictionary (the path is named).
     """
 
+    required = ("data",)
+    needs = (
+        "task.data=DIR with train.tsv/valid.tsv manifests and task.label_dir=DIR (default: "
+        "task.data) with train.km/valid.km and dict.km.txt (one set per task.labels entry)"
+    )
+
     def __init__(self, cfg: HubertPretrainingConfig):
         super().__init__(cfg)
-        if cfg.data in ("???", "", None):
-            raise ConfigError("task.data is required: the folder with train.tsv (and valid.tsv)")
         if not cfg.labels:
             raise ConfigError("task.labels is empty; expected e.g. [km]")
         if cfg.label_rate == 0:

@@ -4,12 +4,16 @@ learning for speaker recognition", Interspeech 2020) on speechkit's trainer.
 Training items are groups of ``n_per_speaker`` random crops of one speaker (the reference's
 sampler: at most ``max_seg_per_spk`` utterances per speaker and epoch, one speaker at most once
 per batch); ``dataset.batch_size`` counts speakers per batch and rank, as the reference's
-``--batch_size``. Validation embeds every file of ``test_list`` once (sharded over ranks) and
-reports EER (%) and minDCF at p_target 0.05 and 0.01.
+``--batch_size``. The task logs how many speakers and utterances the sampler can use and warns
+when most speakers have fewer than ``n_per_speaker`` utterances (never sampled, as in the
+reference; ``repeat_short_speakers`` fills their groups with crops of what they have).
+Validation embeds every file of ``test_list`` once (sharded over ranks) and reports EER (%) and
+minDCF at p_target 0.05 and 0.01.
 """
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -20,7 +24,7 @@ from torch import nn
 from speechkit import distributed as dist_utils
 from speechkit.data.augment import AugmentConfig, build_augmenter
 from speechkit.data.lists import read_train_list, speaker_to_label
-from speechkit.data.samplers import speaker_balanced_batches
+from speechkit.data.samplers import speaker_balanced_batches, speaker_coverage
 from speechkit.data.speaker_dataset import SpeakerTrainDataset
 from speechkit.dataclass import SpeechkitDataclass
 from speechkit.errors import ConfigError, DataError
@@ -29,6 +33,8 @@ from speechkit.metrics.verification import evaluate_scores
 from speechkit.registry import register_task
 from speechkit.speaker_embedding import SCORING, extract_embeddings, score_trials
 from speechkit.tasks.base import Task
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -50,19 +56,35 @@ class SpeakerVerificationConfig(SpeechkitDataclass):
     n_per_speaker: int = 1
     """Utterances per speaker in a batch (``nPerSpeaker``); metric losses need >= 2."""
     max_seg_per_spk: int = 500
+    repeat_short_speakers: bool = False
+    """Speakers with fewer than ``n_per_speaker`` utterances fill their group with independent
+    random crops (and augmentations) of the utterances they have, e.g. two crops of one
+    utterance, instead of never being sampled (the reference's behaviour). Not in the
+    reference; positives then come from one recording."""
     default_batch_size: int = 200
     """Speakers per batch and rank when ``dataset.batch_size`` is null (the reference's 200)."""
     augment: bool = False
     augmentation: AugmentConfig = field(default_factory=AugmentConfig)
-    """Noise / babble / reverb lists (relative to ``root``) and SNR ranges."""
+    """Noise / babble / reverb list files (each found like ``train_list``: relative to the
+    working directory, absolute paths as given) whose lines name audio files relative to
+    ``root``, and the SNR ranges."""
     scoring: str = "cosine"
-    """``cosine`` (of mean crop embeddings) or ``crop_distance`` (the reference's)."""
+    """``cosine`` (of mean crop embeddings, default), ``crop_distance`` (voxceleb_trainer's
+    -mean crop distance) or ``syncnet_reference`` (syncnet_trainer's mean cosine over all crop
+    pairs: the rule that reproduces its released EER 20.4348)."""
     eval_batch_files: int = 8
     check_files: bool = True
     """Check that every listed audio file exists before training starts."""
 
 
-@register_task("speaker_verification", dataclass=SpeakerVerificationConfig)
+# defaults: voxceleb_trainer names none; Fast ResNet-34 with AAM-softmax trains with the task's
+# own n_per_speaker=1 (the metric losses such as angleproto need n_per_speaker >= 2)
+@register_task(
+    "speaker_verification",
+    dataclass=SpeakerVerificationConfig,
+    default_model="resnet_se34l",
+    default_criterion="aamsoftmax",
+)
 class SpeakerVerificationTask(Task):
     """Speaker-verification training and EER validation.
 
@@ -71,6 +93,12 @@ class SpeakerVerificationTask(Task):
             are checked; the count and the first paths are reported).
         ConfigError: an unknown scoring, or ``n_per_speaker < 1``.
     """
+
+    required = ("train_list",)
+    needs = (
+        "task.train_list=FILE with 'speaker_id relative/path.wav' lines (paths relative to "
+        "task.root) and optionally task.test_list=FILE with 'label path1 path2' trials"
+    )
 
     def __init__(self, cfg: SpeakerVerificationConfig):
         super().__init__(cfg)
@@ -82,6 +110,13 @@ class SpeakerVerificationTask(Task):
             raise ConfigError("task.train_list is required (a 'speaker_id path' list)")
         self.train_items = read_train_list(cfg.train_list, cfg.root, check_exists=cfg.check_files)
         self.label_of_speaker = speaker_to_label(s for s, _ in self.train_items)
+        self.coverage = speaker_coverage(
+            [self.label_of_speaker[s] for s, _ in self.train_items],
+            cfg.n_per_speaker,
+            cfg.max_seg_per_spk,
+            repeat_short=cfg.repeat_short_speakers,
+        )
+        self._log_coverage()
         self.trials: TrialList | None = None
         if cfg.test_list:
             test_root = cfg.test_root if cfg.test_root is not None else cfg.root
@@ -97,6 +132,25 @@ class SpeakerVerificationTask(Task):
                         f"under {test_root} (first: {', '.join(missing[:3])})"
                     )
         self.embed_dim: int | None = None
+
+    def _log_coverage(self) -> None:
+        """Log how much of the train list the sampler uses; WARN when most speakers are unused."""
+        cov, cfg = self.coverage, self.cfg
+        logger.info("%s: %s", cfg.train_list, cov.describe())
+        if cov.unusable_fraction > 0.5:
+            logger.warning(
+                "%s: %d of %d speakers (%.0f%%) have fewer than task.n_per_speaker=%d "
+                "utterances and will NEVER be sampled; %s. To train on them: "
+                "task.n_per_speaker=1 with a classification loss (criterion=aamsoftmax or "
+                "softmax), or task.repeat_short_speakers=true (different crops of the same "
+                "utterance as a speaker's group)",
+                cfg.train_list,
+                cov.unusable_speakers,
+                cov.speakers,
+                100 * cov.unusable_fraction,
+                cfg.n_per_speaker,
+                cov.describe(),
+            )
 
     @property
     def num_classes(self) -> int:
@@ -124,6 +178,7 @@ class SpeakerVerificationTask(Task):
             max_frames=cfg.max_frames,
             n_per_speaker=cfg.n_per_speaker,
             augment=augment,
+            list_path=cfg.train_list,
         )
 
     def batches(
@@ -143,6 +198,7 @@ class SpeakerVerificationTask(Task):
             batch_size=batch_size or self.cfg.default_batch_size,
             seed=seed,
             epoch=epoch,
+            repeat_short=self.cfg.repeat_short_speakers,
         )
         if not batches:
             raise DataError(

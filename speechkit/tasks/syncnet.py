@@ -66,7 +66,12 @@ class SyncNetTaskConfig(SpeechkitDataclass):
     """Check that every listed file exists before training starts."""
 
 
-@register_task("syncnet", dataclass=SyncNetTaskConfig)
+@register_task(
+    "syncnet",
+    dataclass=SyncNetTaskConfig,
+    default_model="syncnet_fbank",
+    default_criterion="syncnet",
+)
 class SyncNetTask(Task):
     """SyncNet (identity + content) training on talking-face clips.
 
@@ -77,10 +82,15 @@ class SyncNetTask(Task):
             no clip long enough for ``max_frames``, or a first WAV not at 16 kHz.
     """
 
+    required = ("train_list",)
+    needs = (
+        "task.train_list=FILE with 'video.mp4 audio.wav offset num_frames' lines "
+        "(scripts/make_syncnet_list.py; paths relative to task.root) and optionally "
+        "task.valid_list=FILE"
+    )
+
     def __init__(self, cfg: SyncNetTaskConfig):
         super().__init__(cfg)
-        if cfg.train_list in ("???", "", None):
-            raise ConfigError("task.train_list is required (a make_syncnet_list.py list)")
         if cfg.max_frames < 1:
             raise ConfigError(f"task.max_frames must be >= 1, got {cfg.max_frames}")
         for key in ("image_size", "num_train_per_epoch", "num_valid"):

@@ -74,7 +74,12 @@ class TargetSpeakerSeparationConfig(SpeechkitDataclass):
     """Mixtures per validation batch; 0: the training batch size."""
 
 
-@register_task("target_speaker_separation", dataclass=TargetSpeakerSeparationConfig)
+@register_task(
+    "target_speaker_separation",
+    dataclass=TargetSpeakerSeparationConfig,
+    default_model="voicevector_ae",
+    default_criterion="waveform_l1",
+)
 class TargetSpeakerSeparationTask(Task):
     """Target-speaker separation with positive/negative enrolment vectors (VoiceVector AE).
 
@@ -85,11 +90,15 @@ class TargetSpeakerSeparationTask(Task):
         DataError: see :mod:`speechkit.data.separation_dataset`.
     """
 
+    required = ("root", "train_list", "embedding_dir")
+    needs = (
+        "task.root=DIR, task.train_list=FILE (and optionally task.valid_list=FILE) with "
+        "'speaker_id relative/path.wav' lines and task.embedding_dir=DIR with one .npy per "
+        "utterance (scripts/dump_embeddings.py)"
+    )
+
     def __init__(self, cfg: TargetSpeakerSeparationConfig):
         super().__init__(cfg)
-        for key in ("root", "train_list", "embedding_dir"):
-            if getattr(cfg, key) in ("???", "", None):
-                raise ConfigError(f"task.{key} is required")
         if cfg.segment <= 0:
             raise ConfigError(f"task.segment must be positive seconds, got {cfg.segment}")
         if cfg.num_enrol < 1 or not 1 <= cfg.num_positive <= cfg.num_enrol:

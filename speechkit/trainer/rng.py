@@ -6,6 +6,7 @@ States are converted to tensors and plain containers so that checkpoints load wi
 
 from __future__ import annotations
 
+import os
 import random
 
 import numpy as np
@@ -54,3 +55,31 @@ def set_rng_state(state: dict) -> None:
         cuda_states = state["cuda"]
         if len(cuda_states) == torch.cuda.device_count():
             torch.cuda.set_rng_state_all(cuda_states)
+
+
+def configure_determinism(deterministic: bool, num_threads: int | None = None) -> None:
+    """Apply ``common.deterministic`` and ``common.num_threads`` to this process.
+
+    Args:
+        deterministic: ``torch.use_deterministic_algorithms(True)`` (with
+            ``warn_only=False``: an op without a deterministic kernel raises). ``False`` leaves
+            torch's current setting alone, so a caller that enabled it keeps it.
+        num_threads: intra-op CPU threads (``torch.set_num_threads``); ``None`` leaves torch's
+            setting (``OMP_NUM_THREADS`` or the core count). CPU results depend on the thread
+            count (reductions are split differently), so a fixed value makes runs repeatable
+            across machines with different core counts.
+
+    Raises:
+        ConfigError: ``num_threads < 1``.
+    """
+    if num_threads is not None:
+        if num_threads < 1:
+            from speechkit.errors import ConfigError
+
+            raise ConfigError(f"common.num_threads must be >= 1 or null, got {num_threads}")
+        if torch.get_num_threads() != num_threads:
+            torch.set_num_threads(num_threads)
+    if deterministic:
+        # cuBLAS needs a fixed workspace for deterministic matmuls (read when its handle is made)
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+        torch.use_deterministic_algorithms(True)

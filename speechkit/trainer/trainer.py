@@ -300,8 +300,18 @@ class Trainer:
             # numbered checkpoint when checkpoint_last is damaged; an explicit file does not
             auto = restore == self.save_dir / LAST
             state, restore = load_resume_checkpoint(restore, fallback=auto)
-            saved_model = ((state.get("cfg") or {}).get("model") or {}).get("_name")
+            saved_cfg = state.get("cfg") or {}
+            saved_model = (saved_cfg.get("model") or {}).get("_name")
             check_weights_match(self.model, state.get("model", {}), restore, saved_model, run_model)
+            if state.get("criterion"):
+                check_weights_match(
+                    self.criterion,
+                    state["criterion"],
+                    restore,
+                    (saved_cfg.get("criterion") or {}).get("_name"),
+                    getattr(getattr(self.full_cfg, "criterion", None), "_name", None),
+                    what="criterion",
+                )
             self.load_state_dict(
                 state,
                 ccfg.reset_optimizer,
