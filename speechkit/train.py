@@ -79,7 +79,12 @@ def build_components(cfg: DictConfig):
 
 
 def main(cfg: DictConfig) -> int:
-    """Train with a composed config; returns the process exit status."""
+    """Train with a composed config; returns 0 when done.
+
+    Raises:
+        SpeechkitError: bad input (config, data, checkpoint); ``run_guarded`` prints one line.
+        Preempted: SIGUSR1/SIGTERM (after saving ``checkpoint_last.pt`` once training began).
+    """
     env = detect_env()
     if env.is_master:  # before train.log is opened: an unwritable folder is one line
         check_save_dir(cfg.checkpoint.save_dir)
@@ -92,10 +97,6 @@ def main(cfg: DictConfig) -> int:
             use_cuda=not cfg.common.cpu,
             timeout_minutes=cfg.distributed.timeout_minutes,
         )
-        if cfg.common.deterministic:
-            import torch
-
-            torch.use_deterministic_algorithms(True)
         seed_everything(cfg.common.seed)  # identical initial weights on every rank
         task, model, criterion = build_components(cfg)
         if env.is_master:
@@ -122,12 +123,6 @@ def main(cfg: DictConfig) -> int:
             trainer.best_metric,
         )
         return 0
-    except SpeechkitError as e:
-        print(f"speechkit: error: {e}", file=sys.stderr)
-        return 2
-    except Preempted as e:
-        logger.warning("pre-empted: %s; exiting with status %d for requeue", e, EXIT_PREEMPTED)
-        return EXIT_PREEMPTED
     finally:
         destroy_distributed()
 
@@ -163,7 +158,7 @@ def run_guarded(cfg: DictConfig) -> int:
     """``main(cfg)`` with every way out turned into an exit status (traceback logged for bugs)."""
     try:
         return main(cfg)
-    except SpeechkitError as e:  # raised before main's own handler (check_save_dir)
+    except SpeechkitError as e:
         print(f"speechkit: error: {e}", file=sys.stderr)
         return 2
     except Preempted as e:
