@@ -39,7 +39,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from speechkit.atomic import atomic_save_npy, fsync_dir, temporary_name
+from speechkit.atomic import atomic_save_npy, fsync_dir, output_errors, temporary_name
 from speechkit.data.audio import audio_info, read_audio
 from speechkit.data.manifest import Manifest, read_manifest
 from speechkit.errors import ConfigError, DataError, SpeechkitError
@@ -113,18 +113,24 @@ class ConcatFeatureWriter:
                 f"{self.npy_path}: utterance {len(self.lengths)} has {x.shape[1]} feature "
                 f"dimensions, the first one had {self.dim}"
             )
-        self._f.write(np.ascontiguousarray(x, dtype="<f4").tobytes())
+        with output_errors(self.npy_path):
+            self._f.write(np.ascontiguousarray(x, dtype="<f4").tobytes())
         self.rows += int(x.shape[0])
         self.lengths.append(int(x.shape[0]))
 
     def close(self) -> None:
-        """Write the header and the ``.len`` file, fsync, and rename both into place."""
-        self._f.seek(0)
-        self._f.write(self._header())
-        self._f.flush()
-        os.fsync(self._f.fileno())
-        self._f.close()
-        with open(self._tmp_len, "w", encoding="utf-8") as f:
+        """Write the header and the ``.len`` file, fsync, and rename both into place.
+
+        Raises:
+            OutputError: a write failed (disk full, ...); the caller's ``abort`` cleans up.
+        """
+        with output_errors(self.npy_path):
+            self._f.seek(0)
+            self._f.write(self._header())
+            self._f.flush()
+            os.fsync(self._f.fileno())
+            self._f.close()
+        with output_errors(self.len_path), open(self._tmp_len, "w", encoding="utf-8") as f:
             f.write("".join(f"{n}\n" for n in self.lengths))
             f.flush()
             os.fsync(f.fileno())

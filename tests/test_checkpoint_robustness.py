@@ -483,3 +483,42 @@ def test_stale_sweep_keeps_new_and_foreign_files(tmp_path, monkeypatch):
     writer = CheckpointWriter(tmp_path)
     assert writer.remove_stale_temporaries() == (1, 10)
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(list(names)[1:])
+
+
+def test_score_file_and_streamed_features_report_a_full_disk_in_one_line(tmp_path):
+    """``eval_eer.py --scores`` and ``speechkit.extract``'s streamed ``.npy`` write through
+    their own code paths: a real EFBIG (``ulimit -f``) gives OutputError and leaves nothing."""
+    snippet = textwrap.dedent(
+        """
+        import sys
+        import numpy as np
+        from speechkit.errors import OutputError
+        from speechkit.extract import ConcatFeatureWriter
+        from speechkit.metrics.scoring import write_score_file
+        out = sys.argv[1]
+        n = 20_000  # ~1 MB of score lines, over the 200 kB limit
+        try:
+            write_score_file(out + "/scores.txt", np.zeros(n), None, ["a" * 20] * n, ["b" * 20] * n)
+        except OutputError as e:
+            print("SCORES", e)
+        try:
+            with ConcatFeatureWriter(out + "/f.npy", out + "/f.len") as w:
+                w.add(np.zeros((100_000, 4), np.float32))  # 1.6 MB
+        except OutputError as e:
+            print("FEATS", e)
+        """
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", snippet, str(tmp_path)],
+        cwd=REPO_ROOT,
+        env=clean_env(),
+        capture_output=True,
+        text=True,
+        timeout=120,
+        preexec_fn=_limit_file_size,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    lines = proc.stdout.splitlines()
+    assert lines[0].startswith(f"SCORES {tmp_path / 'scores.txt'}: cannot write: file too large")
+    assert lines[1].startswith(f"FEATS {tmp_path / 'f.npy'}: cannot write: file too large")
+    assert sorted(p.name for p in tmp_path.iterdir()) == []  # no output, no temporary

@@ -19,7 +19,6 @@
 from __future__ import annotations
 
 import os
-import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,6 +28,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from speechkit.atomic import atomic_write_text
 from speechkit.errors import DataError
 
 __all__ = [
@@ -65,19 +65,10 @@ def cosine_scores(emb1: torch.Tensor, emb2: torch.Tensor, eps: float = 1e-12) ->
     return (F.normalize(emb1, dim=1, eps=eps) * F.normalize(emb2, dim=1, eps=eps)).sum(dim=1)
 
 
-def mean_crop_distance_score(
-    crops1: torch.Tensor, crops2: torch.Tensor, normalize: bool = True
-) -> torch.Tensor:
-    """voxceleb_trainer's trial score: minus the mean Euclidean distance over all crop pairs.
-
-    Args:
-        crops1: (N, K1, D) crop embeddings of the first file of N trials, or (K1, D) for one trial.
-        crops2: (N, K2, D) (or (K2, D)) crop embeddings of the second file.
-        normalize: L2-normalise every crop embedding first (the reference does this when its
-            loss has ``test_normalize``, i.e. every loss but ``proto``).
-
-    Returns:
-        (N,) scores (a 0-d tensor for one trial), <= 0; higher = more likely the same speaker.
+def _batched_crops(
+    crops1: torch.Tensor, crops2: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor, bool]:
+    """Check two crop-embedding sets; returns them as (N, K, D) and whether one trial was given.
 
     Raises:
         ValueError: ranks differ or are not 2/3, N or D differ.
@@ -95,6 +86,27 @@ def mean_crop_distance_score(
         raise ValueError(
             f"crops1 {tuple(crops1.shape)} and crops2 {tuple(crops2.shape)} must agree in N and D"
         )
+    return crops1, crops2, single
+
+
+def mean_crop_distance_score(
+    crops1: torch.Tensor, crops2: torch.Tensor, normalize: bool = True
+) -> torch.Tensor:
+    """voxceleb_trainer's trial score: minus the mean Euclidean distance over all crop pairs.
+
+    Args:
+        crops1: (N, K1, D) crop embeddings of the first file of N trials, or (K1, D) for one trial.
+        crops2: (N, K2, D) (or (K2, D)) crop embeddings of the second file.
+        normalize: L2-normalise every crop embedding first (the reference does this when its
+            loss has ``test_normalize``, i.e. every loss but ``proto``).
+
+    Returns:
+        (N,) scores (a 0-d tensor for one trial), <= 0; higher = more likely the same speaker.
+
+    Raises:
+        ValueError: ranks differ or are not 2/3, N or D differ.
+    """
+    crops1, crops2, single = _batched_crops(crops1, crops2)
     if normalize:
         crops1, crops2 = F.normalize(crops1, dim=-1), F.normalize(crops2, dim=-1)
     # The direct kernel is exact for unit vectors, where |a|^2 + |b|^2 - 2ab cancels badly.
@@ -129,19 +141,7 @@ def mean_crop_cosine_score(
     Raises:
         ValueError: ranks differ or are not 2/3, N or D differ.
     """
-    crops1, crops2 = torch.as_tensor(crops1), torch.as_tensor(crops2)
-    if crops1.ndim != crops2.ndim or crops1.ndim not in (2, 3):
-        raise ValueError(
-            f"crops must both be (K, D) or (N, K, D), got {tuple(crops1.shape)} and "
-            f"{tuple(crops2.shape)}"
-        )
-    single = crops1.ndim == 2
-    if single:
-        crops1, crops2 = crops1.unsqueeze(0), crops2.unsqueeze(0)
-    if crops1.shape[0] != crops2.shape[0] or crops1.shape[2] != crops2.shape[2]:
-        raise ValueError(
-            f"crops1 {tuple(crops1.shape)} and crops2 {tuple(crops2.shape)} must agree in N and D"
-        )
+    crops1, crops2, single = _batched_crops(crops1, crops2)
     unit1 = crops1 / crops1.norm(dim=-1, keepdim=True).clamp(min=eps)
     unit2 = crops2 / crops2.norm(dim=-1, keepdim=True).clamp(min=eps)
     scores = (unit1 @ unit2.transpose(1, 2)).mean(dim=(1, 2))
@@ -276,6 +276,8 @@ def write_score_file(
     Raises:
         ValueError: lengths differ, a label is not 0/1, or a path is empty or contains
             whitespace (it could not be read back).
+        OutputError: the file cannot be written (disk full, read-only folder); ``path`` is
+            then untouched.
     """
     scores = np.asarray(
         scores.detach().cpu() if hasattr(scores, "detach") else scores, dtype=np.float64
@@ -299,17 +301,7 @@ def write_score_file(
         lines.append(f"{float(scores[i])!r}{label} {p1} {p2}\n")
 
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.writelines(lines)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    atomic_write_text(path, "".join(lines))
     return path
 
 
