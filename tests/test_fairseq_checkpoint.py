@@ -463,7 +463,7 @@ FAIRSEQ_CONFIG_GROUPS = [
 
 
 def test_stored_fairseq_defaults_cover_fairseq_config():
-    """The stored defaults (generated from fairseq 0.12 by scripts/make_fairseq_defaults.py)
+    """The stored defaults (generated from fairseq 0.12 by tests/make_fairseq_defaults.py)
     hold every general group with its fields, among them the keys fairseq's loader reads."""
     from speechkit.checkpoints.fairseq_defaults import FAIRSEQ_DEFAULT_GROUPS, FAIRSEQ_VERSION
 

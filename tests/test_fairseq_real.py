@@ -168,11 +168,11 @@ def test_fairseq_reads_written_contentvec_checkpoint(tmp_path):
 
 
 def test_stored_defaults_equal_the_installed_fairseq():
-    """``speechkit/checkpoints/fairseq_defaults.py`` is what scripts/make_fairseq_defaults.py
+    """``speechkit/checkpoints/fairseq_defaults.py`` is what tests/make_fairseq_defaults.py
     reads from the fairseq installed in the side interpreter (rerun it if this fails)."""
     from speechkit.checkpoints.fairseq_defaults import FAIRSEQ_DEFAULT_GROUPS
 
-    script = Path(__file__).resolve().parents[1] / "scripts" / "make_fairseq_defaults.py"
+    script = Path(__file__).resolve().with_name("make_fairseq_defaults.py")
     code = (
         "import json, runpy, sys; "
         f"ns = runpy.run_path({str(script)!r}); "
