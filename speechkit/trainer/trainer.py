@@ -126,7 +126,7 @@ class Trainer:
         # plain dataclass sections: attribute access on a DictConfig costs ~10us, too much for
         # the per-update path
         self.cfg = cfg = _plain_sections(cfg)
-        configure_determinism(cfg.common.deterministic, getattr(cfg.common, "num_threads", None))
+        configure_determinism(cfg.common.deterministic, cfg.common.num_threads)
         self.task = task
         self.env = env or DistributedEnv()
         self.device = device or torch.device("cpu")
@@ -172,6 +172,8 @@ class Trainer:
         self.nonfinite_streak = 0
         self._stop_signal: int | None = None  # a signal seen by this rank or, via the flag, another
         self._stop_agreed = False  # set by _train_update from the all-reduced flag
+        # (buffers, copies) for restoring buffers after a skipped update, made at the first one
+        self._buffer_backup: tuple[list[torch.Tensor], list[torch.Tensor]] | None = None
         self.save_dir = Path(cfg.checkpoint.save_dir)
         self.writer = CheckpointWriter(self.save_dir, cfg.checkpoint.keep_last_checkpoints)
         self.meter = IntervalMeter()
@@ -433,7 +435,7 @@ class Trainer:
         # input) before the update can be judged: keep a copy to restore if it is skipped.
         # The list is made once (buffers are updated in place, load_state_dict copies into
         # them); a model without buffers pays nothing.
-        backup = self.__dict__.get("_buffer_backup")
+        backup = self._buffer_backup
         if backup is None:
             buffers = list(self.module.buffers())
             backup = self._buffer_backup = (buffers, [torch.empty_like(b) for b in buffers])
