@@ -17,6 +17,13 @@ When ``SPEECHKIT_STATUS_FILE`` is set, a process leaving with status 75 first wr
 that file (rank 0 after ``checkpoint_last.pt`` is on disk), and the sbatch templates requeue on
 the file rather than on ``srun``'s status.
 
+Under the Hydra submitit launcher (``SUBMITIT_EXECUTOR=slurm``) the job process is submitit's,
+which binds its own handlers before speechkit runs: its rank-0 handler requeues the job at once,
+without a save, and the other ranks then die in their next collective. :func:`take_over_from_submitit`
+puts speechkit's handler on submitit's pre-emption signal (``$SUBMITIT_PREEMPT_SIGNAL``, USR2 by
+default) as well, so the job saves like any other, and :func:`requeue_slurm_job` lets rank 0
+requeue it afterwards (``scontrol requeue``, at most ``$MAX_REQUEUES`` times, as the templates).
+
 This module imports only the standard library so it can be installed before anything else.
 """
 
@@ -37,6 +44,11 @@ STATUS_FILE_ENV = "SPEECHKIT_STATUS_FILE"
 
 SIGNALS = tuple(getattr(signal, name) for name in ("SIGUSR1", "SIGTERM") if hasattr(signal, name))
 
+MAX_REQUEUES_ENV = "MAX_REQUEUES"
+"""Environment variable bounding the requeues of one job (as in ``slurm/launch.sh``)."""
+
+DEFAULT_MAX_REQUEUES = 20
+
 logger = logging.getLogger("speechkit.preemption")
 
 
@@ -51,6 +63,7 @@ class Preempted(BaseException):
 class _State:
     signum: int | None = None
     deferred: bool = False
+    leaving: bool = False  # requeued: slurm is ending this process, say nothing more
     installed: bool = False
     previous: dict = {}
 
@@ -60,17 +73,92 @@ _state = _State()
 
 def _handle(signum: int, _frame: object) -> None:
     _state.signum = signum
+    if _state.leaving:
+        return
     if not _state.deferred:
         raise Preempted(f"signal {signum} before training started; nothing new to save")
     logger.warning("received signal %d: saving checkpoint_last after this update", signum)
 
 
-def install() -> None:
-    """Install the SIGUSR1/SIGTERM handlers (idempotent; main thread only; no-op on Windows)."""
-    if _state.installed or not SIGNALS:
+def install(extra: tuple[signal.Signals, ...] = ()) -> None:
+    """Install the handler for SIGUSR1/SIGTERM and ``extra`` (idempotent; main thread only;
+    no-op on Windows). A signal whose handler someone else replaced is taken back."""
+    if not SIGNALS:
         return
-    _state.previous = {sig: signal.signal(sig, _handle) for sig in SIGNALS}
+    for sig in (*SIGNALS, *extra):
+        if signal.getsignal(sig) is not _handle:
+            _state.previous.setdefault(sig, signal.getsignal(sig))
+            signal.signal(sig, _handle)
     _state.installed = True
+
+
+def under_submitit() -> bool:
+    """True inside a job of the submitit slurm executor (the Hydra submitit launcher's)."""
+    return os.environ.get("SUBMITIT_EXECUTOR") == "slurm"
+
+
+def take_over_from_submitit() -> None:
+    """Inside a submitit slurm job: handle submitit's pre-emption signal and SIGTERM/SIGUSR1
+    with speechkit's handler instead of submitit's (no-op elsewhere).
+
+    Raises:
+        ValueError: ``$SUBMITIT_PREEMPT_SIGNAL`` names no signal.
+    """
+    if not under_submitit():
+        return
+    name = os.environ.get("SUBMITIT_PREEMPT_SIGNAL", "USR2")
+    sig = getattr(signal, f"SIG{name}", None)
+    if sig is None:
+        raise ValueError(f"SUBMITIT_PREEMPT_SIGNAL={name!r} is not a signal name (e.g. USR2)")
+    install((sig,))
+
+
+def requeue_slurm_job() -> bool:
+    """Rank 0 of a slurm job requeues it (``scontrol requeue``); True when requeued.
+
+    Only global rank 0 (``$SLURM_PROCID``) acts, and only while ``$SLURM_RESTART_COUNT`` is
+    below ``$MAX_REQUEUES`` (default 20). slurm then ends every task of the job and starts it
+    again, which resumes from ``checkpoint_last.pt``. Failures are logged, never raised.
+    """
+    if os.environ.get("SLURM_PROCID", "0") != "0":
+        return False
+    array_job, array_task = (
+        os.environ.get("SLURM_ARRAY_JOB_ID"),
+        os.environ.get("SLURM_ARRAY_TASK_ID"),
+    )
+    job = (
+        f"{array_job}_{array_task}" if array_job and array_task else os.environ.get("SLURM_JOB_ID")
+    )
+    if not job:
+        logger.error("pre-empted, but SLURM_JOB_ID is not set: cannot requeue")
+        return False
+    restarts = int(os.environ.get("SLURM_RESTART_COUNT") or 0)
+    limit = int(os.environ.get(MAX_REQUEUES_ENV) or DEFAULT_MAX_REQUEUES)
+    if restarts >= limit:
+        logger.error(
+            "job %s already requeued %d times (%s=%d): not requeued again",
+            job,
+            restarts,
+            MAX_REQUEUES_ENV,
+            limit,
+        )
+        return False
+    import subprocess
+
+    # from here on slurm's SIGTERM to the requeued job's steps is expected: only record it
+    _state.deferred = _state.leaving = True
+    try:
+        done = subprocess.run(
+            ["scontrol", "requeue", job], capture_output=True, text=True, timeout=60
+        )
+    except (OSError, subprocess.TimeoutExpired) as e:
+        logger.error("scontrol requeue %s failed: %s", job, e)
+        return False
+    if done.returncode != 0:
+        logger.error("scontrol requeue %s failed: %s", job, done.stderr.strip())
+        return False
+    logger.warning("requeued job %s (restart %d of at most %d)", job, restarts + 1, limit)
+    return True
 
 
 def install_exit_hook() -> None:
@@ -102,7 +190,9 @@ def uninstall() -> None:
     if _state.installed:
         for sig, handler in _state.previous.items():
             signal.signal(sig, handler if handler is not None else signal.SIG_DFL)
+    _state.previous = {}
     _state.installed = False
+    _state.leaving = False
     _state.deferred = False
     _state.signum = None
 

@@ -147,11 +147,15 @@ def exit_process(status: int) -> NoReturn:
             stream.flush()
         except (OSError, ValueError):
             pass
+    _kill_children()
+    os._exit(status)
+
+
+def _kill_children() -> None:
     import multiprocessing
 
     for child in multiprocessing.active_children():
         child.kill()
-    os._exit(status)
 
 
 def run_guarded(cfg: DictConfig) -> int:
@@ -185,11 +189,15 @@ def _is_multirun() -> bool:
 
 @hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="train")
 def hydra_main(cfg: DictConfig) -> None:
+    preemption.take_over_from_submitit()  # a submitit job: save on its signal, don't drop it
     status = run_guarded(cfg)
     if not _is_multirun():
         exit_process(status)
     # a Hydra sweep (``-m``, e.g. the submitit launcher) runs several jobs: report, don't exit
+    if status == EXIT_PREEMPTED and preemption.under_submitit():
+        preemption.requeue_slurm_job()  # after the save: rank 0 passed the barrier behind it
     if status:
+        _kill_children()  # its data-loader workers must not keep the job alive
         raise SystemExit(status)
 
 

@@ -25,6 +25,7 @@ import os
 import re
 import shutil
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -308,3 +309,85 @@ def test_time_limit_signal_requeues(reference, tmp_path, round_):
     assert "speechkit-slurm: pre-empted" in log
     _assert_same_weights(job.run_dir, reference)
     print("slurm pre-emptions requeued+resumed bit-identically: 1 (timelimit)")
+
+
+class SubmititJob(Job):
+    """One run through the Hydra submitit launcher (``-m hydra/launcher=...``) on 2 tasks.
+
+    The launcher process waits for the job's result; the job's rank-0 log is submitit's
+    ``<job>_0_log.err`` (appended across requeues, ``open-mode=append`` in the preset).
+    """
+
+    def __init__(self, root: Path, step_delay: float = 0.15):
+        self.root = root
+        self.run_dir = root / "run"
+        root.mkdir(parents=True, exist_ok=True)
+        name = f"sk-{root.parent.name}"[:60]
+        env = dict(os.environ)
+        # the job unpickles the task function and the user module (common.user_dir)
+        env["PYTHONPATH"] = os.pathsep.join([str(REPO_ROOT), str(REPO_ROOT / "tests")])
+        self.launcher = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "speechkit.train",
+                *TOY,
+                f"optimization.max_update={MAX_UPDATE}",
+                f"task.step_delay={step_delay}",
+                "dataset.num_workers=1",
+                f"checkpoint.save_dir={self.run_dir}",
+                "hydra/launcher=submitit_slurm_speechkit",
+                "hydra.launcher.partition=debug",
+                "hydra.launcher.gpus_per_node=null",
+                "hydra.launcher.tasks_per_node=2",
+                "hydra.launcher.cpus_per_task=1",
+                "hydra.launcher.timeout_min=30",
+                f"hydra.launcher.name={name}",
+                f"hydra.sweep.dir={root / 'sweep'}",
+                "-m",
+            ],
+            cwd=root,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        end = time.monotonic() + 60
+        self.id = ""
+        while not self.id and time.monotonic() < end:
+            self.id = _sh("squeue", "-h", "-n", name, "-o", "%i", check=False).strip()
+            if self.launcher.poll() is not None:
+                pytest.fail(
+                    f"the launcher ended before its job was seen:\n{self.launcher.stdout.read()}"
+                )
+            time.sleep(0.2)
+        if not self.id:
+            pytest.fail("no submitit job appeared in squeue within 60 s")
+        self.out = root / "sweep" / ".submitit" / self.id / f"{self.id}_0_log.err"
+        self.restarts_seen = 0
+        self.release_holds = True
+
+    def current_log(self) -> str:
+        tries = self.log().split("speechkit.train | task ")  # rank 0's first line of each try
+        return tries[self.restarts_seen + 1] if len(tries) > self.restarts_seen + 1 else ""
+
+    def launcher_output(self) -> str:
+        out, _ = self.launcher.communicate(timeout=120)
+        return out
+
+
+def test_submitit_launcher_preempted_and_requeued_resumes_bit_identical(reference, tmp_path):
+    """submitit's own signal (USR2, by hand here) and a partition pre-emption (SIGTERM): each
+    time speechkit saves, rank 0 requeues, and the final weights equal the template's run."""
+    job = SubmititJob(tmp_path / "job")
+    job.wait_training()
+    _sh("scancel", "-s", "USR2", job.id)
+    job.wait_requeued()
+    _preempt(job, "partition", tmp_path)
+    job.wait_completed()
+    assert job.launcher_output() is not None and job.launcher.returncode == 0
+    log = job.log()
+    assert log.count("exiting with status 75 for requeue") == 2, log[-4000:]
+    assert f"done: {MAX_UPDATE} updates" in log
+    _assert_same_weights(job.run_dir, reference)
+    print("submitit pre-emptions requeued+resumed bit-identically: 2 (usr2,partition)")
