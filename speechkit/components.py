@@ -23,6 +23,7 @@ BUILTIN_MODULES = [
     "speechkit.models.vggvox",
     "speechkit.models.rawnet3",
     "speechkit.models.ecapa_tdnn",
+    "speechkit.models.ecapa_tdnn_speechbrain",
     "speechkit.models.embedding_enhancement",
     "speechkit.models.hubert",
     "speechkit.models.contentvec",
@@ -30,7 +31,7 @@ BUILTIN_MODULES = [
     "speechkit.models.voicevector",
     # criterions
     "speechkit.criterions.speaker_classification",
-    "speechkit.criterions.speaker_metric",
+    "speechkit.criterions.speaker_metric_learning",
     "speechkit.criterions.embedding_enhancement",
     "speechkit.criterions.hubert_criterion",
     "speechkit.criterions.contentvec_criterion",

@@ -123,6 +123,9 @@ class TrainConfig:
     criterion: Any = MISSING
     optimizer: Any = MISSING
     lr_scheduler: Any = MISSING
+    paths: dict[str, Any] = field(default_factory=dict)
+    """Data and output roots (``configs/paths/default.yaml``), read by presets as
+    ``${paths.data_root}``; resolved before a task, model or criterion config is built."""
 
 
 def register_train_schema() -> None:

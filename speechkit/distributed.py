@@ -21,6 +21,7 @@ import re
 import subprocess
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.distributed as dist
@@ -173,6 +174,13 @@ def all_reduce_sums(values: Sequence[float], device: torch.device) -> list[float
     return t.tolist()
 
 
+def all_reduce_dict(values: dict[str, float], device: torch.device) -> dict[str, float]:
+    """Sum a dict of numbers over all ranks in one all-reduce (float64); every rank must pass
+    the same keys. A copy of ``values`` without a process group."""
+    keys = sorted(values)
+    return dict(zip(keys, all_reduce_sums([values[k] for k in keys], device)))
+
+
 def all_gather_object(obj: object) -> list[object]:
     """Gather a picklable object from every rank (used for small checkpoint state only)."""
     if not is_initialized() or dist.get_world_size() == 1:
@@ -180,6 +188,15 @@ def all_gather_object(obj: object) -> list[object]:
     out: list[object] = [None] * dist.get_world_size()
     dist.all_gather_object(out, obj)
     return out
+
+
+def gather_shards(items: list[object]) -> list[object]:
+    """Undo ``speechkit.data.epoch_iterator.shard(..., drop_uneven=False)``: every rank passes
+    its items (rank r: global items r, r + W, ...) and every rank gets all of them back in
+    global order. Identity without a process group."""
+    parts = all_gather_object(items)
+    longest = max(len(p) for p in parts)
+    return [p[j] for j in range(longest) for p in parts if j < len(p)]
 
 
 def broadcast_object(obj: object, src: int = 0) -> object:
@@ -190,22 +207,24 @@ def broadcast_object(obj: object, src: int = 0) -> object:
     return box[0]
 
 
-def wrap_ddp(
-    module: torch.nn.Module,
-    device: torch.device,
-    find_unused_parameters: bool = False,
-    gradient_as_bucket_view: bool = True,
-    bucket_cap_mb: int = 25,
-) -> torch.nn.Module:
-    """Wrap ``module`` in DistributedDataParallel when a process group with >1 rank exists."""
+def wrap_ddp(module: torch.nn.Module, device: torch.device, cfg: Any = None) -> torch.nn.Module:
+    """Wrap ``module`` in DistributedDataParallel when a process group with >1 rank exists.
+
+    Args:
+        cfg: the ``distributed`` config section (``find_unused_parameters``,
+            ``gradient_as_bucket_view``, ``bucket_cap_mb``); None: torch's defaults.
+    """
     if not is_initialized() or dist.get_world_size() == 1:
         return module
     if not any(p.requires_grad for p in module.parameters()):
         return module
+    options = {}
+    if cfg is not None:
+        options = {
+            "find_unused_parameters": cfg.find_unused_parameters,
+            "gradient_as_bucket_view": cfg.gradient_as_bucket_view,
+            "bucket_cap_mb": cfg.bucket_cap_mb,
+        }
     return torch.nn.parallel.DistributedDataParallel(
-        module,
-        device_ids=[device.index] if device.type == "cuda" else None,
-        find_unused_parameters=find_unused_parameters,
-        gradient_as_bucket_view=gradient_as_bucket_view,
-        bucket_cap_mb=bucket_cap_mb,
+        module, device_ids=[device.index] if device.type == "cuda" else None, **options
     )

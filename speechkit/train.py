@@ -71,8 +71,9 @@ def setup_logging(env: DistributedEnv, save_dir: str | None) -> None:
 
 
 def build_components(cfg: DictConfig):
-    """Build ``(task, model, criterion)`` from a composed config."""
-    task = TASK_REGISTRY.build(cfg.task)
+    """Build ``(task, model, criterion)`` from a composed config; the task gets
+    ``common.seed``."""
+    task = TASK_REGISTRY.build(cfg.task, seed=cfg.common.seed)
     model = task.build_model(cfg.model)
     criterion = task.build_criterion(cfg.criterion)
     return task, model, criterion

@@ -573,7 +573,7 @@ def test_make_spk2info_refuses_nan_audio_naming_the_manifest_line(tmp_path, sv_d
 
 # -- SpeakerEmbedding.embed on short input ----------------------------------------------------
 def test_embed_refuses_waveforms_shorter_than_the_model_minimum(tmp_path):
-    from speechkit.speaker_embedding import SpeakerEmbedding
+    from speechkit.inference.speaker_embedding import SpeakerEmbedding
 
     spk = SpeakerEmbedding.from_checkpoint(_speaker_checkpoint(tmp_path / "spk.pt"))
     assert spk.min_samples() == 257  # 512-point STFT with reflect padding: more than 256
@@ -604,7 +604,7 @@ def test_embed_refuses_waveforms_shorter_than_the_model_minimum(tmp_path):
 
 
 def test_from_checkpoint_names_the_kind_it_got(tmp_path):
-    from speechkit.speaker_embedding import SpeakerEmbedding
+    from speechkit.inference.speaker_embedding import SpeakerEmbedding
 
     for kind in ("hubert", "contentvec"):
         ckpt = _hubert_checkpoint(tmp_path / f"{kind}.pt", model_name=kind)

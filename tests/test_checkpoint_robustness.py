@@ -493,7 +493,7 @@ def test_score_file_and_streamed_features_report_a_full_disk_in_one_line(tmp_pat
         import sys
         import numpy as np
         from speechkit.errors import OutputError
-        from speechkit.extract import ConcatFeatureWriter
+        from speechkit.inference.feature_dump import ConcatFeatureWriter
         from speechkit.metrics.scoring import write_score_file
         out = sys.argv[1]
         n = 20_000  # ~1 MB of score lines, over the 200 kB limit

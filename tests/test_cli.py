@@ -159,17 +159,17 @@ def test_task_defaults_compose_and_are_overridable():
     cfg = compose_cfg(["task=contentvec"])
     assert (cfg.model._name, cfg.criterion._name) == ("contentvec", "contentvec")
     cfg = compose_cfg(["task=speaker_verification"])
-    assert (cfg.model._name, cfg.criterion._name) == ("resnet_se34l", "aamsoftmax")
+    assert (cfg.model._name, cfg.criterion._name) == ("resnet_se34l", "aam_softmax")
     # explicit choices win, each on its own
     cfg = compose_cfg(["task=speaker_verification", "model=ecapa_tdnn"])
-    assert (cfg.model._name, cfg.criterion._name) == ("ecapa_tdnn", "aamsoftmax")
+    assert (cfg.model._name, cfg.criterion._name) == ("ecapa_tdnn", "aam_softmax")
     cfg = compose_cfg(["task=hubert", "criterion=contentvec", "model=hubert_large"])
     assert (cfg.model._name, cfg.criterion._name) == ("hubert_large", "contentvec")
     # an experiment preset keeps its own model and criterion (not the task's defaults) ...
     cfg = compose_cfg(["experiment=sv_ecapa_aam_vox2"])
     assert (cfg.task._name, cfg.model._name) == ("speaker_verification", "ecapa_tdnn")
     cfg = compose_cfg(["experiment=sv_demo"])
-    assert (cfg.model._name, cfg.criterion._name) == ("resnet_se34l", "angleproto")
+    assert (cfg.model._name, cfg.criterion._name) == ("resnet_se34l", "angle_proto")
     # ... also through a preset that extends another, and the command line still wins over it
     cfg = compose_cfg(["experiment=hubert_base_iter2", "model=hubert_large"])
     assert (cfg.task._name, cfg.model._name, cfg.criterion._name) == (
@@ -279,12 +279,12 @@ def test_help_lists_groups_and_names_without_composing(capsys):
     assert out.startswith("usage: python -m speechkit.train")
     groups = {ln.split()[0] for ln in out.splitlines() if ln.startswith("  ") and ln[2] != " "}
     assert {"task", "model", "criterion", "optimizer", "lr_scheduler", "experiment"} <= groups
-    for name in ("contentvec", "resnet_se34l", "aamsoftmax", "polynomial_decay", "hubert_demo"):
+    for name in ("contentvec", "resnet_se34l", "aam_softmax", "polynomial_decay", "hubert_demo"):
         assert name in out
     assert "toy_regression" in out and "toy_mlp" in out
     assert "adam (default)" in out
     assert re.search(r"^  contentvec +contentvec, contentvec$", out, re.M)
-    assert re.search(r"^  speaker_verification +resnet_se34l, aamsoftmax$", out, re.M)
+    assert re.search(r"^  speaker_verification +resnet_se34l, aam_softmax$", out, re.M)
     assert re.search(r"^  toy_regression +-, -$", out, re.M)
     assert "--hydra-help" in out
 

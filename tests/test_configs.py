@@ -1,4 +1,6 @@
-"""Every configs/experiment/*.yaml composes and builds its task, model and criterion.
+"""Every configs/experiment/*.yaml composes and builds its task, model and criterion; the data
+roots come from the ``paths`` group, demos inherit from full presets, choice fields fail at
+composition, old registry names still compose, and ``debug=overfit`` composes.
 
 Data paths of the presets point at full datasets; here they are redirected to the real test data
 in ../shared/data (same formats), and multi-GPU presets are composed with world_size unset.
@@ -11,9 +13,14 @@ tests/test_separation_real_data.py); here their configs are resolved against the
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pytest
 import torch
+import yaml
+from hydra.errors import ConfigCompositionException
+from omegaconf import OmegaConf
 
 from speechkit.data.manifest import write_manifest
 from speechkit.data.spk2info import SpeakerInfo, save_spk2info
@@ -94,3 +101,131 @@ def test_experiment_composes_and_builds(name, shared_data, pretraining_dir, tmp_
 def test_debug_preset_composes():
     cfg = compose_cfg(["experiment=sv_demo", "debug=cpu"])
     assert cfg.common.cpu and cfg.optimization.max_update == 5
+
+
+def test_debug_overfit_preset_composes():
+    cfg = compose_cfg(["experiment=sv_demo", "debug=overfit"])
+    # the task-specific part (configs/debug_task/overfit_speaker_verification.yaml)
+    assert cfg.task.augment is False and cfg.task.max_seg_per_spk == 4
+    assert cfg.optimization.max_epoch == 200 and cfg.optimization.max_update == 0
+    assert cfg.dataset.disable_validation and cfg.checkpoint.no_save
+    assert cfg.dataset.batch_size == 2 and cfg.distributed.world_size == 1
+    # a task without a task-specific part overfits its whole list
+    cfg = compose_cfg(["experiment=hubert_demo", "debug=overfit"])
+    assert cfg.optimization.max_epoch == 200 and cfg.dataset.max_tokens is None
+    # debug=cpu has no task-specific part either
+    assert compose_cfg(["experiment=sv_demo", "debug=cpu"]).task.max_seg_per_spk == 500
+
+
+# a value that starts like a data root written out instead of ${paths.*}
+HARD_CODED_ROOT = re.compile(r"^(data|demo_data|\.\./shared/data)(/|$)")
+
+
+def _values(node, key=""):
+    if isinstance(node, dict):
+        for k, v in node.items():
+            yield from _values(v, f"{key}.{k}" if key else str(k))
+    elif isinstance(node, list):
+        for i, v in enumerate(node):
+            yield from _values(v, f"{key}[{i}]")
+    else:
+        yield key, node
+
+
+@pytest.mark.parametrize("name", EXPERIMENTS)
+def test_presets_take_data_roots_from_paths(name, monkeypatch):
+    raw = dict(_values(yaml.safe_load((CONFIG_DIR / "experiment" / f"{name}.yaml").read_text())))
+    hard = [f"{k}: {v}" for k, v in raw.items() if isinstance(v, str) and HARD_CODED_ROOT.match(v)]
+    assert not hard, hard
+    monkeypatch.delenv("SPEECHKIT_DATA", raising=False)
+    default = compose_cfg([f"experiment={name}"])
+    moved = compose_cfg(
+        [f"experiment={name}", "paths.data_root=/A", "paths.demo_root=/B", "paths.shared_data=/C"]
+    )
+    for key, value in raw.items():
+        if isinstance(value, str) and "${paths." in value:
+            old, new = OmegaConf.select(default, key), OmegaConf.select(moved, key)
+            assert new != old and new.startswith(("/A/", "/B/", "/C")), (key, old, new)
+
+
+def test_paths_default_reads_the_environment(monkeypatch):
+    monkeypatch.setenv("SPEECHKIT_DATA", "/mnt/corpora")
+    cfg = compose_cfg(["experiment=sv_ecapa_aam_vox2"])
+    assert cfg.task.root == "/mnt/corpora/voxceleb2/dev/wav"
+    assert cfg.task.augmentation.rir_list == "/mnt/corpora/rir_list.txt"
+    monkeypatch.delenv("SPEECHKIT_DATA")
+    cfg = compose_cfg(["experiment=sv_ecapa_aam_vox2"])
+    assert cfg.task.root == "data/voxceleb2/dev/wav" and cfg.paths.shared_data == "../shared/data"
+    # the registry resolves ${paths.*} before building (the node gets a new root there)
+    _, task_cfg = TASK_REGISTRY.resolve_config(cfg.task)
+    assert task_cfg.root == "data/voxceleb2/dev/wav"
+
+
+# demo -> the full preset it inherits from (enhancement_demo has no full preset)
+DEMO_PARENTS = {
+    "contentvec_demo": "contentvec_base",
+    "hubert_demo": "hubert_base_iter1",
+    "sv_demo": "sv_resnet_se34l_angleproto_vox2",
+    "syncnet_demo": "syncnet_vox2",
+    "tss_demo": "tss_voicevector_ae",
+}
+
+
+@pytest.mark.parametrize("demo, parent", sorted(DEMO_PARENTS.items()))
+def test_demos_inherit_from_full_presets(demo, parent):
+    text = yaml.safe_load((CONFIG_DIR / "experiment" / f"{demo}.yaml").read_text())
+    assert text["defaults"][0] == parent and text["defaults"][-1] == "_self_"
+    a, b = compose_cfg([f"experiment={demo}"]), compose_cfg([f"experiment={parent}"])
+    for group in ("task", "model", "criterion", "optimizer"):
+        assert a[group]._name == b[group]._name, group
+    # the demo overrides what differs, e.g. the run directory, and keeps the rest
+    assert a.checkpoint.save_dir != b.checkpoint.save_dir
+    assert a.optimizer == b.optimizer
+    # full presets keep their schedule's settings in an lr_scheduler option
+    # (configs/lr_scheduler/*.yaml), so a demo or the command line can swap the schedule
+    assert compose_cfg([f"experiment={demo}", "lr_scheduler=cosine"]).lr_scheduler._name == "cosine"
+
+
+def test_every_demo_has_a_parent_or_is_listed():
+    demos = {n for n in EXPERIMENTS if n.endswith("_demo")}
+    assert demos - set(DEMO_PARENTS) == {"enhancement_demo"}
+
+
+def test_choice_fields_fail_at_composition_naming_field_and_values():
+    with pytest.raises(ConfigCompositionException) as e:
+        compose_cfg(["experiment=sv_demo", "model.encoder_type=TAP"])
+    msg = str(e.value) + str(e.value.__cause__)
+    assert "Invalid value 'TAP', expected one of [SAP, ASP]" in msg
+    assert "full_key: model.encoder_type" in msg
+    with pytest.raises(ConfigCompositionException) as e:
+        compose_cfg(["task=speaker_verification", "criterion.margin_warmup_type=cosine"])
+    msg = str(e.value) + str(e.value.__cause__)
+    assert "expected one of [exp, linear]" in msg and "criterion.margin_warmup_type" in msg
+    # the plain string is accepted on the command line and in YAML (sv_resnet_se34v2 preset:
+    # encoder_type: ASP), and the built config holds a plain string
+    cfg = compose_cfg(["experiment=sv_demo", "model.encoder_type=ASP"])
+    _, model_cfg = MODEL_REGISTRY.resolve_config(cfg.model)
+    assert model_cfg.encoder_type == "ASP" and type(model_cfg.encoder_type) is str
+    cfg = compose_cfg(["experiment=sv_resnet_se34v2_softmaxproto_vox2"])
+    assert cfg.model.encoder_type == "ASP"
+    cfg = compose_cfg(["experiment=contentvec_demo"])
+    assert cfg.model.cond_layer_norm_init == "mean_speaker"
+
+
+def test_old_registry_names_compose_to_canonical_ones():
+    cfg = compose_cfg(["experiment=sv_demo", "criterion=aamsoftmax"])
+    assert cfg.criterion._name == "aam_softmax"
+    cfg = compose_cfg(["task=embedding_enhancement", "criterion=enh_mse"])
+    assert cfg.criterion._name == "embedding_mse"
+    # the task's default criterion, whatever name the task registered it under
+    assert compose_cfg(["task=speaker_verification"]).criterion._name == "aam_softmax"
+    assert compose_cfg(["task=embedding_enhancement"]).criterion._name == "embedding_cosine"
+
+
+def test_batch_size_lives_in_dataset_only():
+    """Presets set the batch size once, in ``dataset`` (the tasks' ``default_batch_size`` is
+    the fallback for a null ``dataset.batch_size``)."""
+    for name in EXPERIMENTS:
+        text = yaml.safe_load((CONFIG_DIR / "experiment" / f"{name}.yaml").read_text())
+        task_keys = set(text.get("task") or {})
+        assert not task_keys & {"batch_size", "default_batch_size", "max_tokens"}, name

@@ -3,7 +3,6 @@ restricted unpickler), scripts/make_spk2info.py, and the two-view dataset."""
 
 from __future__ import annotations
 
-import importlib.util
 import logging
 import math
 import os
@@ -17,6 +16,7 @@ from scipy import signal
 from torch.utils.data import DataLoader
 
 import speechkit.data.contentvec_transforms as cvt
+from speechkit.cli import make_spk2info
 from speechkit.data.audio import read_audio
 from speechkit.data.contentvec_dataset import ContentVecDataset
 from speechkit.data.contentvec_transforms import (
@@ -38,7 +38,6 @@ from speechkit.data.spk2info import SpeakerInfo, load_spk2info, save_spk2info, s
 from speechkit.errors import DataError
 
 SR = 16000
-REPO = Path(__file__).resolve().parents[1]
 MALE, FEMALE = ("2414", "2609"), ("367", "533")  # LibriSpeech test-other (speakers.tsv)
 
 
@@ -229,15 +228,6 @@ def test_speaker_from_path():
 
 
 # -- make_spk2info -----------------------------------------------------------------------------
-def _load_script():
-    spec = importlib.util.spec_from_file_location(
-        "make_spk2info", REPO / "scripts/make_spk2info.py"
-    )
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 @pytest.fixture(scope="module")
 def speaker_checkpoint(tmp_path_factory):
     from speechkit import components
@@ -273,9 +263,9 @@ def four_speaker_manifest(tmp_path_factory, shared_data):
 def test_make_spk2info_on_four_real_speakers(
     tmp_path, shared_data, speaker_checkpoint, four_speaker_manifest
 ):
-    from speechkit.speaker_embedding import SpeakerEmbedding
+    from speechkit.inference.speaker_embedding import SpeakerEmbedding
 
-    script = _load_script()
+    script = make_spk2info
     out = tmp_path / "spk2info.dict"
     argv = [
         "--manifest",

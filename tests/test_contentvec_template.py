@@ -14,7 +14,7 @@ import torch
 from speechkit.checkpoints.fairseq import save_fairseq_checkpoint
 from speechkit.data.spk2info import SpeakerInfo, save_spk2info
 from speechkit.errors import ConfigError, DataError
-from speechkit.hubert_features import HubertFeatureExtractor
+from speechkit.inference.hubert_features import HubertFeatureExtractor
 from speechkit.models.contentvec import (
     ConditionalTransformerEncoder,
     ContentVecConfig,

@@ -7,7 +7,6 @@ research/sv_syncnet_enh.md section 3.3).
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -18,6 +17,7 @@ from torch import nn
 import speechkit.criterions.embedding_enhancement  # noqa: F401  (registers the criterions)
 import speechkit.models.embedding_enhancement  # noqa: F401  (registers the models)
 import speechkit.tasks.embedding_enhancement  # noqa: F401  (registers the task)
+from speechkit.cli import combine_embeddings, dump_embeddings, make_enhancement_lists
 from speechkit.data.embedding_dataset import (
     EmbeddingTable,
     ListEntry,
@@ -30,11 +30,6 @@ from speechkit.data.embedding_dataset import (
 )
 from speechkit.errors import DataError
 from speechkit.registry import CRITERION_REGISTRY, MODEL_REGISTRY, TASK_REGISTRY
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
-import combine_embeddings  # noqa: E402
-import dump_embeddings  # noqa: E402
-import make_enhancement_lists  # noqa: E402
 
 RNG = np.random.default_rng(0)
 
@@ -166,14 +161,14 @@ def test_pointwise_losses_match_numpy(batch):
     cos = _cos_rows(x, t)
     mse = np.mean((x - t) ** 2)
     cases = {
-        "enh_mse": ({}, mse),
-        "enh_mae": ({}, np.mean(np.abs(x - t))),
-        "enh_cosine": ({}, 1 - cos.mean()),
-        "enh_mse_cosine": (
+        "embedding_mse": ({}, mse),
+        "embedding_mae": ({}, np.mean(np.abs(x - t))),
+        "embedding_cosine": ({}, 1 - cos.mean()),
+        "embedding_mse_cosine": (
             {"mse_weight": 0.3, "cosine_weight": 2.0},
             2.0 * (1 - cos.mean()) + 0.3 * mse,
         ),
-        "enh_triplet_cosine": (
+        "embedding_triplet_cosine": (
             {"positive_weight": 1.5, "negative_weight": 0.5},
             1.5 * (1 - cos.mean()) + 0.5 * _cos_rows(x, tn).mean(),
         ),
@@ -189,18 +184,18 @@ def test_reference_test_normalize_flags():
     flags = {
         n: CRITERION_REGISTRY.get(n).test_normalize
         for n in CRITERION_REGISTRY.names()
-        if n.startswith("enh_")
+        if n.startswith("embedding_")
     }
     assert flags == {
-        "enh_mse": False,
-        "enh_mae": False,
-        "enh_cosine": True,
-        "enh_mse_cosine": True,
-        "enh_softmax": False,
-        "enh_mse_softmax": False,
-        "enh_triplet_cosine": True,
-        "enh_mmd_cosine": True,
-        "enh_mmd_mse": True,
+        "embedding_mse": False,
+        "embedding_mae": False,
+        "embedding_cosine": True,
+        "embedding_mse_cosine": True,
+        "embedding_softmax": False,
+        "embedding_mse_softmax": False,
+        "embedding_triplet_cosine": True,
+        "embedding_mmd_cosine": True,
+        "embedding_mmd_mse": True,
     }
 
 
@@ -208,7 +203,7 @@ def test_softmax_losses_match_numpy(batch):
     lin, sample, x = batch
     labels = sample["label"].numpy()
     t = sample["target"].numpy()
-    crit, got, _, log = _run("enh_softmax", {}, lin, sample)
+    crit, got, _, log = _run("embedding_softmax", {}, lin, sample)
     w = crit.fc.weight.detach().numpy()
     b = crit.fc.bias.detach().numpy()
     logits = x @ w.T + b
@@ -218,7 +213,7 @@ def test_softmax_losses_match_numpy(batch):
 
     torch.manual_seed(5)
     crit, got, _, _ = _run(
-        "enh_mse_softmax", {"softmax_weight": 0.7, "mse_weight": 3.0}, lin, sample
+        "embedding_mse_softmax", {"softmax_weight": 0.7, "mse_weight": 3.0}, lin, sample
     )
     logits = x @ crit.fc.weight.detach().numpy().T + crit.fc.bias.detach().numpy()
     expected = 0.7 * _cross_entropy(logits, labels) + 3.0 * np.mean((x - t) ** 2)
@@ -235,7 +230,7 @@ def _mmd_loops(a, b, sigma):
     return kaa + kbb - 2 * kab
 
 
-@pytest.mark.parametrize("name", ["enh_mmd_cosine", "enh_mmd_mse"])
+@pytest.mark.parametrize("name", ["embedding_mmd_cosine", "embedding_mmd_mse"])
 def test_mmd_losses_match_numpy(batch, name):
     lin, _, _ = batch
     p = 6
@@ -252,7 +247,7 @@ def test_mmd_losses_match_numpy(batch, name):
     w, b = lin.weight.detach().numpy(), lin.bias.detach().numpy()
     x1, x2 = in1 @ w.T + b, in2 @ w.T + b
     sigma = 0.5
-    if name == "enh_mmd_cosine":
+    if name == "embedding_mmd_cosine":
         d = 1 - _cos_rows(x1, x2)
         second = 1 - _cos_rows(np.vstack([x1, x2]), np.vstack([target, target])).mean()
     else:
@@ -554,17 +549,17 @@ def test_task_checks_model_dim_and_criterion_format(tmp_path):
     with pytest.raises(ConfigError, match="model.embed_dim=512 but the embeddings .* are 8-d"):
         task.build_model({"_name": "enhancement_residual"})
     with pytest.raises(ConfigError, match="trains on triplet lists"):
-        task.build_criterion({"_name": "enh_triplet_cosine"})
+        task.build_criterion({"_name": "embedding_triplet_cosine"})
     model = task.build_model({"_name": "enhancement_residual", "embed_dim": 8}).eval()
     scores = task.trial_scores(model, torch.device("cpu"))
     np.testing.assert_array_equal(scores.raw, scores.enhanced)  # identity at the start
     test = read_enhancement_list(lists["test"], "test").entries
     assert scores.labels.tolist() == [e.flag for e in test]
     assert scores.paths1 == [e.files[0] for e in test]
-    batches = task.batches("train", epoch=1, seed=1, batch_size=4)
+    batches = task.batches("train", epoch=1, batch_size=4)
     assert sorted(i for b in batches for i in b) == list(range(6))
-    assert batches == task.batches("train", epoch=1, seed=1, batch_size=4)
-    assert batches != task.batches("train", epoch=2, seed=1, batch_size=4)
+    assert batches == task.batches("train", epoch=1, batch_size=4)
+    assert batches != task.batches("train", epoch=2, batch_size=4)
 
 
 # --------------------------------------------------------------------------------------------
@@ -665,11 +660,11 @@ def test_softmax_classifier_from_a_speaker_checkpoint(tmp_path):
     w, b = torch.randn(C, D), torch.randn(C)
     torch.save({"criterion": {"softmax.fc.weight": w, "softmax.fc.bias": b}}, tmp_path / "a.pt")
     crit = CRITERION_REGISTRY.build(
-        {"_name": "enh_softmax", "classifier_init": str(tmp_path / "a.pt")}, _Task()
+        {"_name": "embedding_softmax", "classifier_init": str(tmp_path / "a.pt")}, _Task()
     )
     assert torch.equal(crit.fc.weight.detach(), w) and torch.equal(crit.fc.bias.detach(), b)
     torch.save({"criterion": {"fc.weight": torch.randn(C + 1, D), "fc.bias": b}}, tmp_path / "b.pt")
     with pytest.raises(CheckpointError, match=r"shape \(5, 5\), expected \(4, 5\)"):
         CRITERION_REGISTRY.build(
-            {"_name": "enh_mse_softmax", "classifier_init": str(tmp_path / "b.pt")}, _Task()
+            {"_name": "embedding_mse_softmax", "classifier_init": str(tmp_path / "b.pt")}, _Task()
         )

@@ -11,7 +11,6 @@ here a representative subset trains for a few epochs and the whole grid for one 
 from __future__ import annotations
 
 import math
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -23,17 +22,13 @@ import speechkit.criterions.embedding_enhancement  # noqa: F401  (registrations)
 import speechkit.models.ecapa_tdnn  # noqa: F401
 import speechkit.models.embedding_enhancement  # noqa: F401
 import speechkit.tasks.embedding_enhancement  # noqa: F401
+from speechkit.cli import combine_embeddings, dump_embeddings, make_enhancement_lists
 from speechkit.data.embedding_dataset import embedding_path
 from speechkit.metrics.scoring import read_trial_list
 from speechkit.train import build_components
 from speechkit.trainer.rng import seed_everything
 from speechkit.trainer.trainer import Trainer
 from tests.helpers import compose_cfg
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
-import combine_embeddings  # noqa: E402
-import dump_embeddings  # noqa: E402
-import make_enhancement_lists  # noqa: E402
 
 MODELS = [
     "enhancement_mlp5_dropout",

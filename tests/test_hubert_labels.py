@@ -9,7 +9,6 @@ LibriSpeech utterances of the shared manifest.
 from __future__ import annotations
 
 import dataclasses
-import importlib.util
 import json
 
 import numpy as np
@@ -20,31 +19,19 @@ import torch
 import torch.nn.functional as F
 
 from speechkit.checkpoints.fairseq import load_fairseq_checkpoint, save_fairseq_checkpoint
+from speechkit.cli import hubert_labels as hl
+from speechkit.cli.extract import build_parser, legacy_key_values
+from speechkit.cli.extract import main as extract_main
 from speechkit.data.audio import read_audio
 from speechkit.data.manifest import read_manifest, write_manifest
 from speechkit.errors import CheckpointError, ConfigError
-from speechkit.extract import ConcatFeatureWriter, parse_key_values, shard_range
-from speechkit.extract import main as extract_main
-from speechkit.hubert_features import HubertFeatureExtractor, chunk_bounds
+from speechkit.inference.feature_dump import ConcatFeatureWriter, shard_range
+from speechkit.inference.hubert_features import HubertFeatureExtractor, chunk_bounds
 from speechkit.models.hubert import HubertConfig, HubertModel
 from speechkit.modules.mfcc import KaldiMFCC, compute_deltas, mfcc_delta_features
 
-from .conftest import REPO_ROOT
-
 WAV = "speech/librispeech_test_other/1688/1688-142285-0002.wav"
 SMALL_CONV = "[(32,10,5)] + [(32,3,2)]*4 + [(32,2,2)]*2"
-
-
-def _load_script():
-    spec = importlib.util.spec_from_file_location(
-        "hubert_labels", REPO_ROOT / "scripts" / "hubert_labels.py"
-    )
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-hl = _load_script()
 
 
 # ----------------------------------------------------------------------------------------------
@@ -385,9 +372,14 @@ def test_extract_cli(shared_data, tmp_path, capsys):
     model = _tiny_model()
     ckpt = _speechkit_ckpt(model, tmp_path / "c.pt")
     manifest = _subset_manifest(shared_data, tmp_path / "dev.tsv", 10, 3)
+    parser = build_parser()
     with pytest.raises(ConfigError, match="did you mean 'layer'"):
-        parse_key_values(["layers=3"])
-    assert parse_key_values(["layer=3", "per_utterance=true"])["per_utterance"] is True
+        legacy_key_values(["layers=3"], parser)
+    legacy = ["checkpoint=c", "layer=3", "manifest=m", "out=o", "per_utterance=true"]
+    args = parser.parse_args(legacy_key_values(legacy, parser))
+    assert args.per_utterance is True and args.layer == 3 and args.out == "o"
+    # a value that holds '=' after an option is a value, not a key
+    assert parser.parse_args(legacy_key_values(["--out", "a=b", *legacy[:3]], parser)).out == "a=b"
     base = [f"checkpoint={ckpt}", "layer=2", f"manifest={tmp_path / 'dev.tsv'}"]
     assert extract_main([*base, f"out={tmp_path / 'o'}", "batch_size=2"]) == 0
     feats = np.load(tmp_path / "o" / "dev_0_1.npy")
@@ -396,6 +388,10 @@ def test_extract_cli(shared_data, tmp_path, capsys):
     assert extract_main([*base, f"out={tmp_path / 'u'}", "per_utterance=true"]) == 0
     first = np.load(tmp_path / "u" / manifest.paths[0].replace(".wav", ".npy"))
     np.testing.assert_allclose(first, feats[: lens[0]], atol=1e-5)
+    # the argparse form writes the same files
+    flags = ["--checkpoint", str(ckpt), "--layer", "2", "--manifest", str(tmp_path / "dev.tsv")]
+    assert extract_main([*flags, "--out", str(tmp_path / "n"), "--batch-size", "2"]) == 0
+    np.testing.assert_array_equal(np.load(tmp_path / "n" / "dev_0_1.npy"), feats)
     # unknown key / out-of-range layer: exit status 2, one-line message, nothing written
     capsys.readouterr()
     assert extract_main([*base, f"out={tmp_path / 'x'}", "btach=1"]) == 2

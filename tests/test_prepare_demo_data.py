@@ -5,7 +5,6 @@ from __future__ import annotations
 import functools
 import hashlib
 import http.server
-import importlib.util
 import io
 import tarfile
 import threading
@@ -13,13 +12,7 @@ import threading
 import pytest
 import soundfile as sf
 
-from tests.helpers import REPO_ROOT
-
-spec = importlib.util.spec_from_file_location(
-    "prepare_demo_data", REPO_ROOT / "scripts" / "prepare_demo_data.py"
-)
-prep = importlib.util.module_from_spec(spec)
-spec.loader.exec_module(prep)
+from speechkit.cli import prepare_demo_data as prep
 
 
 @pytest.fixture()

@@ -6,9 +6,7 @@ container with PyAV (as VoxCeleb2 ships) and one resampled to 22.05 kHz stereo w
 
 from __future__ import annotations
 
-import importlib.util
 import os
-import sys
 
 import av
 import numpy as np
@@ -16,14 +14,7 @@ import pytest
 import soundfile as sf
 from scipy.signal import resample_poly
 
-from tests.helpers import REPO_ROOT
-
-spec = importlib.util.spec_from_file_location(
-    "prepare_voxceleb", REPO_ROOT / "scripts" / "prepare_voxceleb.py"
-)
-prep = importlib.util.module_from_spec(spec)
-sys.modules["prepare_voxceleb"] = prep  # worker processes unpickle prepare_file by name
-spec.loader.exec_module(prep)
+from speechkit.cli import prepare_voxceleb as prep
 
 VOX = "speech/voxceleb1_mini"
 A1 = "id10001/1zcIwhmdeo4/00001"

@@ -7,7 +7,6 @@ HuBERT: iteration 1 on MFCC labels, then iteration 2 on k-means of the first mod
 
 from __future__ import annotations
 
-import importlib.util
 import re
 import signal
 import subprocess
@@ -19,8 +18,9 @@ import numpy as np
 import pytest
 import torch
 
+from speechkit.cli import hubert_labels, prepare_contentvec_demo
 from speechkit.data.manifest import read_manifest
-from speechkit.hubert_features import HubertFeatureExtractor
+from speechkit.inference.hubert_features import HubertFeatureExtractor
 from tests.helpers import REPO_ROOT, clean_env, free_port, run_train, train_cmd
 
 N_CLUSTERS = 32
@@ -28,19 +28,12 @@ CHANCE = 100.0 / N_CLUSTERS  # % masked accuracy of a uniform guess over the clu
 FAST_KMEANS = ["--n-init", "2", "--max-iter", "20", "--km-batch-size", "4096", "--threads", "1"]
 
 
-def _script(name: str):
-    spec = importlib.util.spec_from_file_location(name, REPO_ROOT / "scripts" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 @pytest.fixture(scope="module")
 def prepared(shared_data, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("contentvec_demo")
     argv = ["--out", str(out), "--shared", str(shared_data), "--n-clusters", str(N_CLUSTERS)]
     argv += ["--max-seconds", "2"]
-    assert _script("prepare_contentvec_demo").main(argv) == 0
+    assert prepare_contentvec_demo.main(argv) == 0
     for name in ("train.tsv", "valid.tsv", "labels/train.km", "labels/valid.km", "spk2info.dict"):
         assert (out / name).is_file(), name
     assert len(read_manifest(out / "train.tsv")) + len(read_manifest(out / "valid.tsv")) == 318
@@ -169,7 +162,7 @@ def test_hubert_iteration_1_then_2(prepared, tmp_path):
     argv += ["--valid-manifest", str(prepared / "valid.tsv"), "--feature", "hubert"]
     argv += ["--checkpoint", str(it1 / "checkpoint_last.pt"), "--layer", "2"]
     argv += ["--n-clusters", str(N_CLUSTERS), "--out", str(labels_it2), *FAST_KMEANS]
-    assert _script("hubert_labels").main(argv) == 0
+    assert hubert_labels.main(argv) == 0
     rows = (labels_it2 / "train.km").read_text().splitlines()
     manifest = read_manifest(prepared / "train.tsv")
     assert len(rows) == len(manifest)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -27,6 +28,15 @@ def _wait_for(predicate, timeout=60.0, proc=None):
             raise AssertionError(f"process ended early: {proc.stderr.read()[-3000:]}")
         time.sleep(0.01)
     raise AssertionError("timed out")
+
+
+def _train_updates(run_dir) -> list[int]:
+    """The updates of the train records in ``run_dir/metrics.jsonl`` (rank 0's metrics log)."""
+    path = run_dir / "metrics.jsonl"
+    if not path.is_file():
+        return []
+    records = [json.loads(line) for line in path.read_text().splitlines() if line.endswith("}")]
+    return [r["update"] for r in records if r["split"] == "train"]
 
 
 def test_sigkill_mid_epoch_then_resume_is_bit_exact(tmp_path):
@@ -103,8 +113,7 @@ def test_signal_saves_and_exits_for_requeue(tmp_path, signum):
         stderr=subprocess.PIPE,
         text=True,
     )
-    log = tmp_path / "train.log"
-    _wait_for(lambda: log.exists() and "update 000003" in log.read_text(), proc=proc)
+    _wait_for(lambda: max(_train_updates(tmp_path), default=0) >= 3, proc=proc)
     proc.send_signal(signum)
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == EXIT_PREEMPTED, err[-2000:]
@@ -112,9 +121,11 @@ def test_signal_saves_and_exits_for_requeue(tmp_path, signum):
     state = load_checkpoint_file(tmp_path / "checkpoint_last.pt")
     stopped_at = state["train_state"]["num_updates"]
     assert 3 <= stopped_at < 300
-    # the requeued job resumes and finishes
+    assert max(_train_updates(tmp_path)) == stopped_at  # logged up to the saved update
+    # the requeued job resumes and finishes; metrics.jsonl then holds every update once
     done = run_train(*common, f"checkpoint.save_dir={tmp_path}")
     assert f"update {stopped_at}" in done.stderr and "done: 300 updates" in done.stderr
+    assert _train_updates(tmp_path) == list(range(1, 301))
 
 
 class _Evil:

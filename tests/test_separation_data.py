@@ -223,8 +223,8 @@ def test_task_checks_emb_dim(data, tmp_path):
     cfg.emb_dim, cfg.num_valid = DIM, 8
     task = TargetSpeakerSeparationTask(cfg)
     assert task.has_split("valid") and len(task.dataset("valid")) == 8
-    b1 = task.batches("train", 1, 1, batch_size=40)
+    b1 = task.batches("train", 1, batch_size=40)
     assert sorted(i for b in b1 for i in b) == list(range(100)) and len(b1) == 3
-    assert b1 == task.batches("train", 1, 1, batch_size=40)
-    assert b1 != task.batches("train", 2, 1, batch_size=40)
-    assert task.batches("valid", 1, 1, batch_size=5) == [[0, 1, 2, 3, 4], [5, 6, 7]]
+    assert b1 == task.batches("train", 1, batch_size=40)
+    assert b1 != task.batches("train", 2, batch_size=40)
+    assert task.batches("valid", 1, batch_size=5) == [[0, 1, 2, 3, 4], [5, 6, 7]]

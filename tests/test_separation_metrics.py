@@ -279,3 +279,117 @@ def test_criterion_registered():
 
     import_all()
     assert "waveform_l1" in CRITERION_REGISTRY
+
+
+# ---------------------------------------------------------------------------------------------
+# BSS-Eval v4 framewise SDR, PESQ, STOI
+
+
+def test_bss_sdr_matches_museval_fixture(shared_data):
+    """museval 0.4.1 ``bss_eval`` v4 values (tests/make_bss_eval_fixture.py) on real speech."""
+    import json
+    from pathlib import Path
+
+    from speechkit.metrics.separation import bss_sdr, bss_sdr_framewise
+    from tests.make_bss_eval_fixture import build_cases
+
+    expected = json.loads((Path(__file__).parent / "data/bss_eval_v4.json").read_text())
+    for name, case in build_cases(shared_data).items():
+        got = bss_sdr_framewise(
+            torch.from_numpy(case["estimate"]),
+            case["reference"],
+            sample_rate=16000,
+            window=case["window"] / 16000,
+            hop=case["hop"] / 16000,
+        )
+        want = np.array([np.nan if v is None else v for v in expected[name]])
+        assert got.shape == want.shape, name
+        np.testing.assert_allclose(got, want, rtol=0, atol=1e-9, equal_nan=True, err_msg=name)
+    silent = build_cases(shared_data)["silent_reference_window"]
+    values = bss_sdr_framewise(silent["estimate"], silent["reference"])
+    assert bss_sdr(silent["estimate"], silent["reference"]) == pytest.approx(np.nanmean(values))
+
+
+def test_bss_sdr_windows_and_errors(gen):
+    from speechkit.metrics.separation import bss_sdr, bss_sdr_framewise
+
+    ref = torch.randn(40000, generator=gen, dtype=torch.float64)
+    est = ref + 0.1 * torch.randn(40000, generator=gen, dtype=torch.float64)
+    # 2.5 s: two full 1 s windows, the trailing half second is not scored
+    values = bss_sdr_framewise(est, ref)
+    assert values.shape == (2,)
+    for i, v in enumerate(values):
+        w = slice(i * 16000, (i + 1) * 16000)
+        assert v == pytest.approx(np_snr(est[w].numpy(), ref[w].numpy(), eps=0.0), abs=1e-9)
+    assert np.isinf(bss_sdr_framewise(ref, ref)).all()
+    assert math.isnan(bss_sdr(torch.zeros(100), ref[:100]))  # silent estimate -> NaN
+    with pytest.raises(ValueError, match="shapes differ"):
+        bss_sdr(est[:10], ref[:11])
+    with pytest.raises(ValueError, match=r"\(T,\)"):
+        bss_sdr(est[None], ref[None])
+    with pytest.raises(ValueError, match="hop"):
+        bss_sdr_framewise(est, ref, hop=0.0)
+
+
+def _speech(shared_data, rel: str, seconds: float) -> np.ndarray:
+    import soundfile as sf
+
+    wav, rate = sf.read(shared_data / "speech/librispeech_test_other" / rel, dtype="float64")
+    assert rate == 16000
+    return wav[: int(seconds * rate)]
+
+
+def test_pesq_and_stoi_on_real_speech(shared_data):
+    from speechkit.metrics.separation import pesq_wb, stoi
+
+    ref = _speech(shared_data, "1688/1688-142285-0000.wav", 3.0)
+    other = _speech(shared_data, "367/367-130732-0001.wav", 3.0)
+    clean, noisy = pesq_wb(ref, ref), pesq_wb(ref + 0.3 * other, ref)
+    worse = pesq_wb(ref + other, ref)
+    assert 4.4 < clean <= 4.65 and 1.0 <= worse < noisy < clean
+    assert stoi(ref, ref) == pytest.approx(1.0, abs=1e-6)
+    assert 0.0 < stoi(ref + other, ref) < stoi(ref + 0.3 * other, ref) < 1.0
+    with pytest.raises(ValueError, match="16000"):
+        pesq_wb(ref, ref, sample_rate=8000)
+
+
+def test_pesq_silent_reference_is_nan_with_warning(shared_data):
+    from speechkit.metrics.separation import SeparationMetricWarning, pesq_wb
+
+    est = _speech(shared_data, "1688/1688-142285-0000.wav", 2.0)
+    with pytest.warns(SeparationMetricWarning, match=r"utt_7: PESQ not computed \(NoUtterances"):
+        assert math.isnan(pesq_wb(est, np.zeros_like(est), name="utt_7"))
+
+
+def test_extra_scores_and_validation_sums(shared_data):
+    from speechkit.metrics.separation import (
+        SeparationMetricWarning,
+        bss_sdr,
+        extra_scores,
+        reduce_extra_sums,
+        sum_extra_scores,
+    )
+
+    ref = _speech(shared_data, "1688/1688-142285-0000.wav", 2.0)
+    other = _speech(shared_data, "367/367-130732-0001.wav", 2.0)
+    mix, est = ref + other, ref + 0.2 * other
+    scores = extra_scores(est, mix, ref, ("bss_sdr", "pesq", "stoi"))
+    assert scores["bss_sdr"] == pytest.approx(bss_sdr(est, ref))
+    for m in ("bss_sdr", "pesq", "stoi"):
+        assert (
+            scores[f"{m}i"] == pytest.approx(scores[m] - scores[f"{m}_mix"]) and scores[f"{m}i"] > 0
+        )
+    with pytest.raises(ValueError, match="unknown metric"):
+        extra_scores(est, mix, ref, ("sisnr",))
+    # a batch with a silent reference: PESQ / BSS SDR of that item are left out of the means
+    e = torch.from_numpy(np.stack([est, other]))
+    m_ = torch.from_numpy(np.stack([mix, other]))
+    r = torch.from_numpy(np.stack([ref, np.zeros_like(ref)]))
+    with pytest.warns(SeparationMetricWarning, match="batch item 1"):
+        sums = sum_extra_scores(e, m_, r, ("bss_sdr", "pesq"))
+    assert sums["pesq_count"] == 1 and sums["bss_sdr_count"] == 1
+    out = reduce_extra_sums(sums)
+    assert out["pesq"] == pytest.approx(scores["pesq"]) and out["pesqi"] == pytest.approx(
+        scores["pesqi"]
+    )
+    assert math.isnan(reduce_extra_sums({"stoi": 0.0, "stoii": 0.0, "stoi_count": 0.0})["stoi"])

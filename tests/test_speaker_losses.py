@@ -11,7 +11,7 @@ import torch
 from sklearn.metrics import roc_curve
 
 import speechkit.criterions.speaker_classification as sc
-import speechkit.criterions.speaker_metric as sm
+import speechkit.criterions.speaker_metric_learning as sm
 from speechkit.criterions.speaker_losses import equal_error_rate
 from speechkit.errors import ConfigError, DataError
 from speechkit.registry import CRITERION_REGISTRY

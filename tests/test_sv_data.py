@@ -27,14 +27,10 @@ from speechkit.data.augment import (
     read_noise_list,
     read_rir_list,
 )
+from speechkit.data.crop import crop_waveform, random_crop
 from speechkit.data.lists import read_train_list, speaker_to_label
 from speechkit.data.samplers import batch_by_size, speaker_balanced_batches
-from speechkit.data.speaker_dataset import (
-    SpeakerEvalDataset,
-    SpeakerTrainDataset,
-    crop_waveform,
-    random_crop,
-)
+from speechkit.data.speaker_dataset import SpeakerEvalDataset, SpeakerTrainDataset
 from speechkit.errors import ConfigError, DataError
 
 TRAIN_LIST = "lists/librispeech_test_other_train_all.txt"
@@ -228,24 +224,61 @@ def test_speaker_balanced_batches_errors():
         speaker_balanced_batches([0, 1], 0, 500, 1, 0, 0)
 
 
-def test_batch_by_size():
+def _fairseq_batch_by_size_loop(indices, num_tokens, max_tokens, max_sentences, bsz_mult):
+    """fairseq's ``batch_by_size_fn`` (data_utils_fast.pyx) transcribed: 0 means no limit."""
+    batches, batch, sample_lens, sample_len = [], [], [], 0
+    for idx in indices:
+        sample_lens.append(num_tokens[idx])
+        sample_len = max(sample_len, num_tokens[idx])
+        n_tok = (len(batch) + 1) * sample_len
+        full = len(batch) > 0 and (
+            (max_sentences > 0 and len(batch) == max_sentences)
+            or (max_tokens > 0 and n_tok > max_tokens)
+        )
+        if full:
+            mod_len = max(bsz_mult * (len(batch) // bsz_mult), len(batch) % bsz_mult)
+            batches.append(batch[:mod_len])
+            batch = batch[mod_len:]
+            sample_lens = sample_lens[mod_len:]
+            sample_len = max(sample_lens) if sample_lens else 0
+        batch.append(idx)
+    if batch:
+        batches.append(batch)
+    return batches
+
+
+def test_batch_by_size_matches_fairseq():
     rng = np.random.default_rng(0)
     sizes = rng.integers(1000, 50000, size=400)
-    batches = batch_by_size(sizes, max_tokens=200_000, seed=1, epoch=0)
-    flat = sorted(i for b in batches for i in b)
-    assert flat == list(range(400))
-    assert all(max(sizes[b]) * len(b) <= 200_000 for b in batches)
-    assert batches == batch_by_size(sizes, max_tokens=200_000, seed=1, epoch=0)
-    assert batches != batch_by_size(sizes, max_tokens=200_000, seed=1, epoch=1)
-    padded = sum(max(sizes[b]) * len(b) for b in batches)
-    plain = batch_by_size(sizes, max_tokens=200_000, seed=1, epoch=0, bucket=False)
-    assert padded < sum(max(sizes[b]) * len(b) for b in plain)  # bucketing cuts padding
-    fixed = batch_by_size(sizes, batch_size=16, shuffle=False, bucket=False)
-    assert fixed[0] == list(range(16)) and len(fixed) == 25
-    with pytest.raises(ConfigError, match="item .* has size"):
-        batch_by_size([10, 500], max_tokens=100)
-    with pytest.raises(ConfigError):
-        batch_by_size([10])
+    order = np.argsort(-sizes, kind="stable")  # fairseq: longest first
+    for max_tokens, max_sentences, mult in [
+        (200_000, None, 1),
+        (200_000, None, 8),
+        (400_000, 6, 4),
+        (None, 16, 1),
+        (None, 10, 8),
+    ]:
+        got = batch_by_size(order, sizes, max_tokens, max_sentences, mult)
+        want = _fairseq_batch_by_size_loop(
+            order.tolist(), sizes.tolist(), max_tokens or 0, max_sentences or 0, mult
+        )
+        assert got == want, (max_tokens, max_sentences, mult)
+        assert sorted(i for b in got for i in b) == list(range(400))
+        if max_tokens is not None:
+            assert all(max(sizes[b]) * len(b) <= max_tokens for b in got)
+    # hand-checked: 5 items of cost 10, at most 40 padded -> a full batch of 4 is cut to the
+    # multiple 3 and its 4th item carries over
+    assert batch_by_size(range(5), [10] * 5, max_tokens=40, required_batch_size_multiple=3) == [
+        [0, 1, 2],
+        [3, 4],
+    ]
+    assert batch_by_size([2, 0, 1], [5, 5, 5], batch_size=2) == [[2, 0], [1]]
+    with pytest.raises(ConfigError, match="item 1 costs 500 samples > max_tokens=100"):
+        batch_by_size([0, 1], [10, 500], max_tokens=100)
+    with pytest.raises(ConfigError, match="give max_tokens and/or batch_size"):
+        batch_by_size([0], [10])
+    with pytest.raises(ConfigError, match="limits must be >= 1"):
+        batch_by_size([0], [10], batch_size=0)
 
 
 # ------------------------------------------------------------------------------------------

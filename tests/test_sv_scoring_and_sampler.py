@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import logging
 
 import numpy as np
@@ -12,27 +11,20 @@ import soundfile as sf
 import torch
 from sklearn.metrics import roc_curve
 
-from speechkit.criterions.speaker_metric import TripletHead, batch_eer
+from speechkit.cli import eval_eer, make_sv_shared_lists
+from speechkit.criterions.speaker_metric_learning import TripletHead, batch_eer
 from speechkit.data.samplers import speaker_balanced_batches, speaker_coverage
 from speechkit.data.speaker_dataset import SpeakerTrainDataset
 from speechkit.errors import ConfigError
+from speechkit.inference.speaker_embedding import SCORING, score_trials
 from speechkit.metrics.scoring import mean_crop_cosine_score
 from speechkit.metrics.verification import compute_eer
-from speechkit.speaker_embedding import SCORING, score_trials
 from speechkit.tasks.speaker_verification import (
     SpeakerVerificationConfig,
     SpeakerVerificationTask,
 )
 from speechkit.trainer.rng import configure_determinism
-from tests.helpers import REPO_ROOT, compose_cfg
-
-
-def load_script(name):
-    spec = importlib.util.spec_from_file_location(name, REPO_ROOT / f"scripts/{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
+from tests.helpers import compose_cfg
 
 # ------------------------------------------------------------------------------------------
 # syncnet_reference scoring
@@ -81,7 +73,6 @@ def test_syncnet_reference_scoring_equals_the_reference_arithmetic():
 
 def test_syncnet_reference_is_offered_by_eval_eer_and_the_task(tmp_path):
     assert "syncnet_reference" in SCORING
-    eval_eer = load_script("eval_eer")
     args = eval_eer.parse_args(
         ["--checkpoint", "x.pt", "--test-list", "t.txt", "--scoring", "syncnet_reference"]
     )
@@ -282,7 +273,7 @@ def test_trainer_applies_num_threads_and_deterministic(shared_data, tmp_path):
 
 
 def test_sv_shared_preset_uses_every_speaker_but_the_held_out(shared_data, tmp_path, caplog):
-    make = load_script("make_sv_shared_lists")
+    make = make_sv_shared_lists
     assert make.main(["--data", str(shared_data), "--out", str(tmp_path)]) == 0
     train = tmp_path / "train_list.txt"
     cfg = compose_cfg(
@@ -295,7 +286,7 @@ def test_sv_shared_preset_uses_every_speaker_but_the_held_out(shared_data, tmp_p
             f"task.augmentation.rir_list={shared_data / 'lists/rir_list.txt'}",
         ]
     )
-    assert cfg.criterion._name == "aamsoftmax" and cfg.task.n_per_speaker == 1
+    assert cfg.criterion._name == "aam_softmax" and cfg.task.n_per_speaker == 1
     with caplog.at_level(logging.WARNING):
         task = SpeakerVerificationTask(
             SpeakerVerificationConfig(

@@ -76,15 +76,8 @@ def test_reference_file_converts_and_runs(tmp_path):
 
 
 def test_script_converts_and_refuses_to_overwrite(tmp_path, capsys):
-    import importlib.util
+    from speechkit.cli import convert_syncnet_trainer as script
 
-    from tests.helpers import REPO_ROOT
-
-    spec = importlib.util.spec_from_file_location(
-        "convert_syncnet_trainer", REPO_ROOT / "scripts/convert_syncnet_trainer.py"
-    )
-    script = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(script)
     src, out = tmp_path / "model.model", tmp_path / "out.pt"
     torch.save(reference_state(), src)
     assert script.main(["--input", str(src), "--output", str(out)]) == 0

@@ -47,13 +47,8 @@ def test_syncnet_demo_trains_validates_and_saves(shared_data, tmp_path):
     assert all(torch.isfinite(v).all() for v in state["model"].values() if v.is_floating_point())
 
     # section 2.5: speaker verification with the audio identity head, through eval_eer.py
-    import importlib.util
+    from speechkit.cli import eval_eer
 
-    from tests.helpers import REPO_ROOT
-
-    spec = importlib.util.spec_from_file_location("eval_eer", REPO_ROOT / "scripts/eval_eer.py")
-    eval_eer = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(eval_eer)
     scores = tmp_path / "scores.txt"
     argv = ["--checkpoint", str(tmp_path / "checkpoint_last.pt"), "--test-path", str(shared_data)]
     argv += ["--test-list", str(shared_data / "lists/voxceleb1_mini_trials.txt")]

@@ -10,7 +10,6 @@ the three layouts the reference reads.
 
 from __future__ import annotations
 
-import importlib.util
 import math
 from pathlib import Path
 
@@ -25,21 +24,11 @@ from speechkit.checkpoints.voxceleb_trainer import (
     load_voxceleb_trainer_file,
     save_converted,
 )
+from speechkit.cli import convert_voxceleb_trainer as convert_script
+from speechkit.cli import eval_eer as eval_script
 from speechkit.errors import CheckpointError
-from speechkit.speaker_embedding import SpeakerEmbedding
+from speechkit.inference.speaker_embedding import SpeakerEmbedding
 from speechkit.trainer.checkpoint import load_checkpoint_file
-from tests.helpers import REPO_ROOT
-
-
-def _load_script(name: str):
-    spec = importlib.util.spec_from_file_location(name, REPO_ROOT / "scripts" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-convert_script = _load_script("convert_voxceleb_trainer")
-eval_script = _load_script("eval_eer")
 
 VOX_WAV = "speech/voxceleb1_mini/id10001/1zcIwhmdeo4/00001.wav"
 

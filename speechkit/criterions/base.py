@@ -30,6 +30,11 @@ class Criterion(nn.Module):
             unit tests.
     """
 
+    test_normalize: bool = False
+    """Whether embeddings are L2-normalised before trial scoring (voxceleb_trainer's per-loss
+    ``test_normalize``); speaker and enhancement losses that train on normalised vectors set
+    it. Validation reads it from every criterion, so this is the one default."""
+
     def __init__(self, cfg: SpeechkitDataclass, task: Any = None):
         super().__init__()
         self.cfg = cfg

@@ -1,22 +1,34 @@
-"""Speaker-embedding enhancement losses (Dorika0203/proj_2022NC ``loss/m_Losses.py``,
-research/sv_syncnet_enh.md section 3.4). ``x`` is the network output for a single-utterance
-embedding, ``t`` its speaker's multi-utterance target (``scripts/combine_embeddings.py``).
+"""Speaker-embedding enhancement losses (Dorika0203/proj_2022NC ``loss/m_Losses.py``).
 
-================================  ===============  ===========================================
-speechkit name                    reference        loss (per item; the batch mean is reported)
-================================  ===============  ===========================================
-``enh_mse``                       MSE              mean_d (x - t)^2
-``enh_mae``                       MAE              mean_d |x - t|
-``enh_cosine``                    CS               1 - cos(x, t)
-``enh_mse_cosine``                MSE_CS           w_cos (1 - cos(x, t)) + w_mse mean_d (x - t)^2
-``enh_softmax``                   Softmax          CE(W x + b, speaker)
-``enh_mse_softmax``               MSE_Softmax      w_ce CE(W x + b, speaker) + w_mse MSE(x, t)
-``enh_triplet_cosine``            MyTriplet_CS     w_pos (1 - cos(x, t)) + w_neg cos(x, t')
-``enh_mmd_cosine``                DA               w_mmd MMD(d_same, d_cross) + w_cos (1 - mean
-                                                   cos(x, t)), d = 1 - cos of the pair outputs
-``enh_mmd_mse``                   DA_MSE           w_mmd MMD(d_same, d_cross) + w_mse MSE(x, t),
-                                                   d = RMS difference of the pair outputs
-================================  ===============  ===========================================
+``x`` is the network output for a single-utterance embedding, ``t`` its speaker's
+multi-utterance target (``scripts/combine_embeddings.py``). The former names (``enh_*``) remain
+registered as aliases.
+
+============================  ====================  ============================================
+name (former name)            reference             loss per item (the batch mean is reported)
+============================  ====================  ============================================
+``embedding_mse``             MSE                   mean_d (x - t)^2
+(``enh_mse``)
+``embedding_mae``             MAE                   mean_d |x - t|
+(``enh_mae``)
+``embedding_cosine``          CS                    1 - cos(x, t)
+(``enh_cosine``)
+``embedding_mse_cosine``      MSE_CS                w_cos (1 - cos(x, t)) + w_mse mean_d (x - t)^2
+(``enh_mse_cosine``)
+``embedding_softmax``         Softmax               CE(W x + b, speaker)
+(``enh_softmax``)
+``embedding_mse_softmax``     MSE_Softmax           w_ce CE(W x + b, speaker) + w_mse MSE(x, t)
+(``enh_mse_softmax``)
+``embedding_triplet_cosine``  MyTriplet_CS          w_pos (1 - cos(x, t)) + w_neg cos(x, t')
+(``enh_triplet_cosine``)
+``embedding_mmd_cosine``      DA                    w_mmd MMD(d_same, d_cross) + w_cos (1 - mean
+(``enh_mmd_cosine``)                                cos(x, t)), d = 1 - cos of the pair outputs
+``embedding_mmd_mse``         DA_MSE                w_mmd MMD(d_same, d_cross) + w_mse MSE(x, t),
+(``enh_mmd_mse``)                                   d = RMS difference of the pair outputs
+============================  ====================  ============================================
+
+Names say what the loss compares: the enhanced embedding ``x`` against its target (as
+``waveform_l1`` compares waveforms).
 
 ``t'`` is the target of the triplet line's other speaker. All weights default to 1 (the
 reference's plain sums). MMD is the biased estimate with an RBF kernel on the scalar pair
@@ -180,14 +192,15 @@ class MMDConfig(SpeechkitDataclass):
     or 1)."""
     mmd_weight: float = 1.0
     target_weight: float = 1.0
-    """Weight of the second term (cosine for ``enh_mmd_cosine``, MSE for ``enh_mmd_mse``)."""
+    """Weight of the second term (cosine for ``embedding_mmd_cosine``, MSE for
+    ``embedding_mmd_mse``)."""
 
 
 # --------------------------------------------------------------------------------------------
 # point-wise losses
 
 
-@register_criterion("enh_mse", dataclass=SpeechkitDataclass)
+@register_criterion("embedding_mse", dataclass=SpeechkitDataclass, aliases=("enh_mse",))
 class EnhancementMSE(PointwiseCriterion):
     """Reference ``MSE``: ``mean (x - t)^2``."""
 
@@ -195,7 +208,7 @@ class EnhancementMSE(PointwiseCriterion):
         return {"mse": (1.0, squared_error(x, sample["target"].to(x.dtype)))}
 
 
-@register_criterion("enh_mae", dataclass=SpeechkitDataclass)
+@register_criterion("embedding_mae", dataclass=SpeechkitDataclass, aliases=("enh_mae",))
 class EnhancementMAE(PointwiseCriterion):
     """Reference ``MAE``: ``mean |x - t|``."""
 
@@ -203,7 +216,7 @@ class EnhancementMAE(PointwiseCriterion):
         return {"mae": (1.0, (x - sample["target"].to(x.dtype)).abs().mean(dim=-1))}
 
 
-@register_criterion("enh_cosine", dataclass=SpeechkitDataclass)
+@register_criterion("embedding_cosine", dataclass=SpeechkitDataclass, aliases=("enh_cosine",))
 class EnhancementCosine(PointwiseCriterion):
     """Reference ``CS``: ``1 - mean cos(x, t)``."""
 
@@ -213,7 +226,7 @@ class EnhancementCosine(PointwiseCriterion):
         return {"cosine": (1.0, cosine_distance(x, sample["target"].to(x.dtype)))}
 
 
-@register_criterion("enh_mse_cosine", dataclass=MSECosineConfig)
+@register_criterion("embedding_mse_cosine", dataclass=MSECosineConfig, aliases=("enh_mse_cosine",))
 class EnhancementMSECosine(PointwiseCriterion):
     """Reference ``MSE_CS``: ``w_cos (1 - mean cos(x, t)) + w_mse mean (x - t)^2``."""
 
@@ -279,7 +292,7 @@ class _ClassifierMixin:
         return F.cross_entropy(logits, label, reduction="none")
 
 
-@register_criterion("enh_softmax", dataclass=SoftmaxConfig)
+@register_criterion("embedding_softmax", dataclass=SoftmaxConfig, aliases=("enh_softmax",))
 class EnhancementSoftmax(_ClassifierMixin, PointwiseCriterion):
     """Reference ``Softmax``: cross-entropy of a trainable linear speaker classifier on ``x``
     (reports top-1 ``accuracy``). Parameters ``fc.weight`` (C, D), ``fc.bias`` (C,)."""
@@ -294,7 +307,9 @@ class EnhancementSoftmax(_ClassifierMixin, PointwiseCriterion):
         return {"ce": (self.cfg.softmax_weight, self._cross_entropy(x, sample["label"], log))}
 
 
-@register_criterion("enh_mse_softmax", dataclass=MSESoftmaxConfig)
+@register_criterion(
+    "embedding_mse_softmax", dataclass=MSESoftmaxConfig, aliases=("enh_mse_softmax",)
+)
 class EnhancementMSESoftmax(_ClassifierMixin, PointwiseCriterion):
     """Reference ``MSE_Softmax``: ``w_ce CE + w_mse mean (x - t)^2``."""
 
@@ -311,7 +326,9 @@ class EnhancementMSESoftmax(_ClassifierMixin, PointwiseCriterion):
         }
 
 
-@register_criterion("enh_triplet_cosine", dataclass=TripletCosineConfig)
+@register_criterion(
+    "embedding_triplet_cosine", dataclass=TripletCosineConfig, aliases=("enh_triplet_cosine",)
+)
 class EnhancementTripletCosine(PointwiseCriterion):
     """Reference ``MyTriplet_CS``: ``1 - mean cos(x, t) + mean cos(x, t')`` (weighted), with
     ``t'`` the other speaker's target from a triplet list."""
@@ -382,7 +399,7 @@ class MMDCriterion(EnhancementCriterion):
         return loss, 1, log
 
 
-@register_criterion("enh_mmd_cosine", dataclass=MMDConfig)
+@register_criterion("embedding_mmd_cosine", dataclass=MMDConfig, aliases=("enh_mmd_cosine",))
 class EnhancementMMDCosine(MMDCriterion):
     """Reference ``DA``: MMD of ``1 - cos`` pair distances + ``(1 - mean cos(x, t))``."""
 
@@ -395,7 +412,7 @@ class EnhancementMMDCosine(MMDCriterion):
         return cosine_distance(x, t).mean()
 
 
-@register_criterion("enh_mmd_mse", dataclass=MMDConfig)
+@register_criterion("embedding_mmd_mse", dataclass=MMDConfig, aliases=("enh_mmd_mse",))
 class EnhancementMMDMSE(MMDCriterion):
     """Reference ``DA_MSE``: MMD of RMS pair distances ``sqrt(mean_d (a - b)^2)`` + MSE(x, t).
 

@@ -33,13 +33,19 @@ from torch import nn
 
 from speechkit.criterions.base import Criterion
 from speechkit.dataclass import SpeechkitDataclass
-from speechkit.errors import ConfigError, DataError
+from speechkit.errors import DataError
 from speechkit.metrics.separation import separation_scores, si_sdr_batch
-from speechkit.registry import register_criterion
+from speechkit.registry import ChoiceEnum, register_criterion
 
-LOSSES = ("l1", "si_sdr")
 SCORE_KEYS = ("si_sdr", "si_sdri", "sdr", "sdri")
 REQUIRED_KEYS = ("mixture", "target", "enrol", "enrol_type", "enrol_mask")
+
+
+class WaveformLoss(ChoiceEnum):
+    """``l1`` (mean absolute waveform error, the reference's) or ``si_sdr`` (negative SI-SDR)."""
+
+    l1 = "l1"
+    si_sdr = "si_sdr"
 
 
 @dataclass
@@ -47,7 +53,7 @@ class WaveformL1Config(SpeechkitDataclass):
     """``loss``: ``l1`` (mean absolute waveform error, the reference's) or ``si_sdr``
     (negative SI-SDR)."""
 
-    loss: str = "l1"
+    loss: WaveformLoss = "l1"
 
 
 @register_criterion("waveform_l1", dataclass=WaveformL1Config)
@@ -62,11 +68,7 @@ class WaveformL1Criterion(Criterion):
 
     def __init__(self, cfg: WaveformL1Config, task: Any = None):
         super().__init__(cfg, task)
-        if cfg.loss not in LOSSES:
-            raise ConfigError(
-                f"criterion waveform_l1: loss must be one of {LOSSES}, got {cfg.loss!r}"
-            )
-        self.loss_type = cfg.loss
+        self.loss_type = WaveformLoss.check(cfg.loss, "criterion waveform_l1: loss")
 
     def forward(self, model: nn.Module, sample: dict) -> tuple[torch.Tensor, int, dict]:
         missing = [k for k in REQUIRED_KEYS if k not in sample]

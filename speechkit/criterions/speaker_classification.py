@@ -1,4 +1,6 @@
-"""Speaker-classification losses: ``softmax``, ``amsoftmax`` (CosFace), ``aamsoftmax`` (ArcFace).
+"""Speaker-classification losses: ``softmax``, ``am_softmax`` (CosFace), ``aam_softmax`` (ArcFace).
+
+The former names ``amsoftmax`` and ``aamsoftmax`` remain registered as aliases.
 
 Follows clovaai/voxceleb_trainer ``loss/softmax.py``, ``loss/amsoftmax.py`` and
 ``loss/aamsoftmax.py`` ("In defence of metric learning for speaker recognition", Chung et al.,
@@ -33,7 +35,7 @@ from speechkit.criterions.speaker_losses import (
 )
 from speechkit.dataclass import SpeechkitDataclass
 from speechkit.errors import ConfigError
-from speechkit.registry import register_criterion
+from speechkit.registry import ChoiceEnum, register_criterion
 
 # wespeaker's exponential ramp reaches 1 - 1e-3 of the margin at its end (its final_val / the
 # 1e-6 it adds to initial_val to keep the log finite)
@@ -177,8 +179,7 @@ def scheduled_margin(
             f"aamsoftmax margin ramp needs 0 <= margin_warmup_start <= margin_warmup_end, "
             f"got {start} and {end}"
         )
-    if kind not in ("exp", "linear"):
-        raise ConfigError(f"margin_warmup_type must be 'exp' or 'linear', got '{kind}'")
+    MarginRamp.check(kind, "margin_warmup_type")
     if num_updates >= end:
         return float(margin)
     if num_updates < start:
@@ -190,6 +191,13 @@ def scheduled_margin(
 
 # --------------------------------------------------------------------------------------------
 # configs
+
+
+class MarginRamp(ChoiceEnum):
+    """Shape of the AAM margin ramp: ``exp`` (wespeaker's default) or ``linear``."""
+
+    exp = "exp"
+    linear = "linear"
 
 
 @dataclass
@@ -216,7 +224,7 @@ class AAMSoftmaxConfig(AMSoftmaxConfig):
     easy_margin: bool = False
     margin_warmup_start: int = 0  # updates with margin 0 before the ramp starts
     margin_warmup_end: int = 0  # update from which the margin is ``margin``; 0 = no ramp
-    margin_warmup_type: str = "exp"  # "exp" (wespeaker's default) or "linear"
+    margin_warmup_type: MarginRamp = "exp"
 
 
 # --------------------------------------------------------------------------------------------
@@ -251,7 +259,7 @@ class SoftmaxCriterion(_ClassificationCriterion):
         self.head = SoftmaxHead(self.embed_dim, self.num_classes)
 
 
-@register_criterion("amsoftmax", dataclass=AMSoftmaxConfig)
+@register_criterion("am_softmax", dataclass=AMSoftmaxConfig, aliases=("amsoftmax",))
 class AMSoftmaxCriterion(_ClassificationCriterion):
     """CosFace speaker classification (:class:`AMSoftmaxHead`); key ``W`` (D, C)."""
 
@@ -260,7 +268,7 @@ class AMSoftmaxCriterion(_ClassificationCriterion):
         self.head = AMSoftmaxHead(self.embed_dim, self.num_classes, cfg.margin, cfg.scale)
 
 
-@register_criterion("aamsoftmax", dataclass=AAMSoftmaxConfig)
+@register_criterion("aam_softmax", dataclass=AAMSoftmaxConfig, aliases=("aamsoftmax",))
 class AAMSoftmaxCriterion(_ClassificationCriterion):
     """ArcFace speaker classification (:class:`AAMSoftmaxHead`); key ``weight`` (C, D).
 

@@ -2,10 +2,13 @@
 
 The losses themselves live in two files:
 
-* :mod:`speechkit.criterions.speaker_classification`: ``softmax``, ``amsoftmax``, ``aamsoftmax``
-  (one logit per training speaker, every utterance classified on its own);
-* :mod:`speechkit.criterions.speaker_metric`: ``angleproto``, ``ge2e``, ``proto``, ``triplet``,
-  ``softmaxproto`` (speakers of the batch compared with each other).
+* :mod:`speechkit.criterions.speaker_classification`: ``softmax``, ``am_softmax``,
+  ``aam_softmax`` (one logit per training speaker, every utterance classified on its own);
+* :mod:`speechkit.criterions.speaker_metric_learning`: ``angle_proto``, ``ge2e``, ``proto``,
+  ``triplet``, ``softmax_proto`` (speakers of the batch compared with each other).
+
+The former (voxceleb_trainer) names ``amsoftmax``, ``aamsoftmax``, ``angleproto`` and
+``softmaxproto`` remain registered as aliases.
 
 Each loss is a *head*, an ``nn.Module`` on embeddings, and a registered criterion that runs the
 model on the batch and applies the head. A speaker-verification batch is

@@ -50,8 +50,8 @@ import numpy as np
 from scipy.signal import fftconvolve
 
 from speechkit.data.audio import read_audio, resample_waveform
+from speechkit.data.crop import random_crop, wrap_pad
 from speechkit.data.lists import read_list_fields
-from speechkit.data.speaker_dataset import random_crop, wrap_pad
 from speechkit.dataclass import SpeechkitDataclass
 from speechkit.errors import ConfigError, DataError
 

@@ -32,7 +32,7 @@ import numpy as np
 import torch
 
 from speechkit.data.contentvec_transforms import ContentVecPerturbConfig, fixed_view, perturb_view
-from speechkit.data.hubert_dataset import _ITEM_STREAM, _WINDOW_STREAM, HubertDataset
+from speechkit.data.hubert_dataset import ITEM_STREAM, WINDOW_STREAM, HubertDataset
 from speechkit.data.spk2info import SpeakerInfo, load_spk2info, speaker_from_path
 from speechkit.errors import DataError
 
@@ -123,7 +123,7 @@ class ContentVecDataset(HubertDataset):
         floor, ceiling = self.pitch_ranges[s]
         what = self.describe(index)
         if self.random_views:
-            rng = np.random.default_rng([self.seed, self.epoch, _ITEM_STREAM, int(index)])
+            rng = np.random.default_rng([self.seed, self.epoch, ITEM_STREAM, int(index)])
             view_1 = perturb_view(wav, self.sample_rate, floor, ceiling, rng, self.perturb, what)
             view_2 = perturb_view(wav, self.sample_rate, floor, ceiling, rng, self.perturb, what)
         else:
@@ -160,7 +160,7 @@ class ContentVecDataset(HubertDataset):
         size = self.max_sample_size
         if not self.random_crop or step is None or len(wav) <= size:
             return wav, labels
-        rng = np.random.default_rng([self.seed, self.epoch, _WINDOW_STREAM, int(index)])
+        rng = np.random.default_rng([self.seed, self.epoch, WINDOW_STREAM, int(index)])
         start = int(rng.integers(0, (len(wav) - size) // step + 1)) * step
         cut = []
         for t, rate in zip(labels, self.label_rates):

@@ -1,6 +1,6 @@
 """HuBERT pretraining dataset: audio from a fairseq manifest plus frame-aligned unit labels.
 
-Follows fairseq's ``HubertDataset`` (research/hubert_contentvec.md section 1.3):
+Follows fairseq's ``HubertDataset`` (``fairseq/data/audio/hubert_dataset.py``):
 
 * entries shorter than ``min_sample_size`` (or longer than ``max_keep_size``) are dropped; the
   label files still hold one line per manifest entry (fairseq#5005);
@@ -36,9 +36,10 @@ from torch.utils.data import Dataset
 from speechkit.data.audio import read_audio
 from speechkit.data.labels import PAD, LabelDictionary, LabelFile, check_lengths
 from speechkit.data.manifest import Manifest, PackedStrings, read_manifest
+from speechkit.data.samplers import batch_by_size
 from speechkit.errors import ConfigError, DataError
 
-__all__ = ["HubertDataset", "fairseq_batch_by_size"]
+__all__ = ["BATCH_STREAM", "COLLATE_STREAM", "ITEM_STREAM", "WINDOW_STREAM", "HubertDataset"]
 
 logger = logging.getLogger(__name__)
 
@@ -47,77 +48,10 @@ RATE_HINT = (
     "16000 -c 1 OUT.wav) and regenerate the manifest, or set task.resample=true"
 )
 
-_ITEM_STREAM, _COLLATE_STREAM, _BATCH_STREAM, _WINDOW_STREAM = (
-    0,
-    1,
-    2,
-    3,
-)  # keep the generators' seeds disjoint
-
-
-def fairseq_batch_by_size(
-    order: Sequence[int] | np.ndarray,
-    num_tokens: np.ndarray,
-    max_tokens: int | None,
-    max_sentences: int | None,
-    required_batch_size_multiple: int = 1,
-) -> list[list[int]]:
-    """fairseq's ``batch_by_size``: pack consecutive indices of ``order`` into batches.
-
-    An index joins the current batch unless that would give more than ``max_sentences`` items
-    or ``len(batch) * max(num_tokens in batch) > max_tokens``. A full batch is emitted cut to
-    the largest multiple of ``required_batch_size_multiple`` (the rest carries over to the next
-    batch), or whole when it has fewer items than the multiple.
-
-    Args:
-        order: item indices in batching order (fairseq: longest first).
-        num_tokens: (N,) padded cost of each item (samples).
-        max_tokens: limit of ``count * max(num_tokens)``; ``None``: none.
-        max_sentences: limit of items per batch; ``None``: none.
-        required_batch_size_multiple: batch sizes are multiples of this when possible.
-
-    Returns:
-        Batches of indices covering ``order`` once, in order.
-
-    Raises:
-        ConfigError: no limit, a limit < 1, or one item alone above ``max_tokens``.
-    """
-    if max_tokens is None and max_sentences is None:
-        raise ConfigError("batch_by_size: give max_tokens and/or batch_size")
-    if (
-        (max_tokens is not None and max_tokens < 1)
-        or (max_sentences is not None and max_sentences < 1)
-        or required_batch_size_multiple < 1
-    ):
-        raise ConfigError(
-            f"batch_by_size: limits must be >= 1 (max_tokens={max_tokens}, batch_size="
-            f"{max_sentences}, required_batch_size_multiple={required_batch_size_multiple})"
-        )
-    mult = required_batch_size_multiple
-    batches: list[list[int]] = []
-    batch: list[int] = []
-    lens: list[int] = []
-    for index in np.asarray(order).tolist():
-        n = int(num_tokens[index])
-        if max_tokens is not None and n > max_tokens:
-            raise ConfigError(
-                f"batch_by_size: item {index} costs {n} samples > max_tokens={max_tokens}; raise "
-                "max_tokens or lower max_sample_size"
-            )
-        longest = max(max(lens, default=0), n)
-        full = batch and (
-            (max_sentences is not None and len(batch) == max_sentences)
-            or (max_tokens is not None and longest * (len(batch) + 1) > max_tokens)
-        )
-        if full:
-            keep = max(mult * (len(batch) // mult), len(batch) % mult)
-            batches.append(batch[:keep])
-            batch, lens = batch[keep:], lens[keep:]
-        batch.append(index)
-        lens.append(n)
-    if batch:
-        batches.append(batch)
-    return batches
+# Stream ids: the third seed word of every generator, so that the item, collate, batch and
+# window draws of one (seed, epoch) never share a stream (ContentVecDataset adds its own draws
+# on ITEM_STREAM and WINDOW_STREAM).
+ITEM_STREAM, COLLATE_STREAM, BATCH_STREAM, WINDOW_STREAM = 0, 1, 2, 3
 
 
 def _as_list(value: Any, n: int, name: str) -> list:
@@ -364,7 +298,7 @@ class HubertDataset(Dataset):
         """Crop start (samples) of each item: uniform in ``[0, length - audio_size]`` when
         ``random_crop`` (0 otherwise and for items not longer than ``audio_size``), drawn from
         ``default_rng([seed, epoch, 1, *ids])``."""
-        rng = np.random.default_rng([self.seed, self.epoch, _COLLATE_STREAM, *map(int, ids)])
+        rng = np.random.default_rng([self.seed, self.epoch, COLLATE_STREAM, *map(int, ids)])
         starts = []
         for length in lengths:
             diff = int(length) - audio_size
@@ -475,7 +409,7 @@ class HubertDataset(Dataset):
         """
         if not shuffle:
             return np.lexsort((np.arange(len(self)), self.sizes))[::-1].copy()
-        rng = np.random.default_rng([seed, epoch, _BATCH_STREAM])
+        rng = np.random.default_rng([seed, epoch, BATCH_STREAM])
         return np.lexsort((rng.permutation(len(self)), self.sizes))[::-1].copy()
 
     def batches(
@@ -496,18 +430,18 @@ class HubertDataset(Dataset):
         gives batch ``i`` to rank ``i % world_size``.
 
         Raises:
-            ConfigError: see ``fairseq_batch_by_size``.
+            ConfigError: see ``speechkit.data.samplers.batch_by_size``.
         """
         order = self.ordered_indices(seed, epoch, shuffle)
         num_tokens = np.minimum(self.sizes, self.max_sample_size)
         try:
-            batches = fairseq_batch_by_size(
+            batches = batch_by_size(
                 order, num_tokens, max_tokens, batch_size, required_batch_size_multiple
             )
         except ConfigError as e:
             raise ConfigError(f"{self.manifest_path}: {e}") from e
         if shuffle:
-            rng = np.random.default_rng([seed, epoch, _BATCH_STREAM, 1])
+            rng = np.random.default_rng([seed, epoch, BATCH_STREAM, 1])
             batches = [batches[i] for i in rng.permutation(len(batches))]
         return batches
 

@@ -1,4 +1,4 @@
-"""Epoch batch lists: speaker-balanced groups (speaker verification) and size-bucketed batches.
+"""Epoch batch lists: speaker-balanced groups (speaker verification) and size-limited batches.
 
 Both return the GLOBAL list of batches of one epoch, a deterministic function of
 ``(seed, epoch)``; the trainer gives batch ``i`` to rank ``i % world_size`` and skips the batches
@@ -209,70 +209,70 @@ def speaker_balanced_batches(
 
 
 def batch_by_size(
-    sizes: Sequence[int],
+    order: Sequence[int] | np.ndarray,
+    num_tokens: Sequence[int] | np.ndarray,
     max_tokens: int | None = None,
     batch_size: int | None = None,
-    seed: int = 1,
-    epoch: int = 0,
-    shuffle: bool = True,
-    bucket: bool = True,
+    required_batch_size_multiple: int = 1,
 ) -> list[list[int]]:
-    """Length-bucketed batches for padded variable-length data (fairseq's ``batch_by_size``).
+    """fairseq's ``batch_by_size``: pack consecutive indices of ``order`` into batches.
 
-    The indices are permuted (``np.random.default_rng([seed, epoch])``) when ``shuffle``, then
-    stably sorted by size when ``bucket`` (equal sizes stay in random order), and cut greedily
-    into batches whose PADDED size ``max(size) * count`` stays within ``max_tokens`` and whose
-    count stays within ``batch_size``. The batch order is permuted again when ``shuffle``.
+    Follows ``fairseq/data/data_utils_fast.pyx`` (``batch_by_size_vec``): an index joins the
+    current batch unless that would give more than ``batch_size`` items (fairseq's
+    ``max_sentences``) or a padded cost ``(len(batch) + 1) * max(num_tokens in batch)`` above
+    ``max_tokens``. A full batch is emitted cut to the largest multiple of
+    ``required_batch_size_multiple`` (the rest carries over to the next batch), or whole when it
+    has fewer items than the multiple. The caller chooses the order (fairseq's
+    ``ordered_indices``: longest first, e.g. ``HubertDataset.ordered_indices``) and any batch
+    shuffling.
 
     Args:
-        sizes: (N,) size of each item (samples, frames or tokens).
-        max_tokens: limit of ``max(size in batch) * batch length``; ``None``: no limit.
-        batch_size: limit of items per batch; ``None``: no limit.
-        seed, epoch: generator seed (non-negative).
-        shuffle: random item and batch order; ``False`` keeps index order (sorted by size when
-            ``bucket``).
-        bucket: sort by size so that similar sizes share a batch (less padding).
+        order: item indices in batching order.
+        num_tokens: (N,) padded cost of each item (samples, frames or tokens), indexed by item.
+        max_tokens: limit of ``count * max(num_tokens)``; ``None``: none.
+        batch_size: limit of items per batch; ``None``: none.
+        required_batch_size_multiple: batch sizes are multiples of this when possible.
 
     Returns:
-        Batches of item indices; every index appears exactly once.
+        Batches of indices covering ``order`` once, in order.
 
     Raises:
-        ConfigError: neither limit is given, a limit is < 1, or an item alone exceeds
-            ``max_tokens`` (the message names the item; filter it out first).
+        ConfigError: no limit, a limit < 1, or one item alone above ``max_tokens`` (the message
+            names the item).
     """
     if max_tokens is None and batch_size is None:
         raise ConfigError("batch_by_size: give max_tokens and/or batch_size")
-    if (max_tokens is not None and max_tokens < 1) or (batch_size is not None and batch_size < 1):
+    if (
+        (max_tokens is not None and max_tokens < 1)
+        or (batch_size is not None and batch_size < 1)
+        or required_batch_size_multiple < 1
+    ):
         raise ConfigError(
-            f"batch_by_size: limits must be >= 1 (max_tokens={max_tokens}, batch_size={batch_size})"
+            f"batch_by_size: limits must be >= 1 (max_tokens={max_tokens}, batch_size="
+            f"{batch_size}, required_batch_size_multiple={required_batch_size_multiple})"
         )
-    sizes_arr = np.asarray(sizes, dtype=np.int64)
-    rng = np.random.default_rng([seed, epoch])
-    order = rng.permutation(len(sizes_arr)) if shuffle else np.arange(len(sizes_arr))
-    if bucket:
-        order = order[np.argsort(sizes_arr[order], kind="stable")]
-    if max_tokens is not None and len(order) and sizes_arr.max() > max_tokens:
-        worst = int(np.argmax(sizes_arr))
-        raise ConfigError(
-            f"batch_by_size: item {worst} has size {int(sizes_arr[worst])} > "
-            f"max_tokens={max_tokens}; raise max_tokens or filter long items"
-        )
-
+    mult = required_batch_size_multiple
     batches: list[list[int]] = []
-    current: list[int] = []
-    longest = 0
-    for index in order.tolist():
-        size = int(sizes_arr[index])
-        new_longest = max(longest, size)
-        too_many = batch_size is not None and len(current) + 1 > batch_size
-        too_big = max_tokens is not None and new_longest * (len(current) + 1) > max_tokens
-        if current and (too_many or too_big):
-            batches.append(current)
-            current, new_longest = [], size
-        current.append(index)
-        longest = new_longest
-    if current:
-        batches.append(current)
-    if shuffle:
-        batches = [batches[i] for i in rng.permutation(len(batches))]
+    batch: list[int] = []
+    lens: list[int] = []
+    for index in np.asarray(order).tolist():
+        n = int(num_tokens[index])
+        if max_tokens is not None and n > max_tokens:
+            raise ConfigError(
+                f"batch_by_size: item {index} costs {n} samples > max_tokens={max_tokens}; raise "
+                "max_tokens or lower max_sample_size"
+            )
+        longest = max(max(lens, default=0), n)
+        full = batch and (
+            (batch_size is not None and len(batch) == batch_size)
+            or (max_tokens is not None and longest * (len(batch) + 1) > max_tokens)
+        )
+        if full:
+            keep = max(mult * (len(batch) // mult), len(batch) % mult)
+            batches.append(batch[:keep])
+            batch, lens = batch[keep:], lens[keep:]
+        batch.append(index)
+        lens.append(n)
+    if batch:
+        batches.append(batch)
     return batches

@@ -9,7 +9,7 @@ Inputs:
 * an embedding folder written by ``scripts/dump_embeddings.py``: one ``.npy`` per utterance at
   ``embedding_path(relative/path.wav)`` (``relative/path.npy``), holding crop embeddings
   ``(num_crops, D)`` or one ``(D,)``. An utterance's vector is the mean over crops, then
-  L2-normalised (``speechkit.data.embedding_dataset.utterance_vector``). Every ``.npy`` is read
+  L2-normalised (``speechkit.data.embedding_table.utterance_vector``). Every ``.npy`` is read
   (and checked) when the dataset is built.
 
 One item (``index`` = the target utterance, ``index % num_utterances`` in eval mode):
@@ -61,7 +61,7 @@ import torch
 from torch.utils.data import Dataset
 
 from speechkit.data.audio import audio_info, read_audio
-from speechkit.data.embedding_dataset import EmbeddingTable, embedding_path
+from speechkit.data.embedding_table import EmbeddingTable, embedding_path
 from speechkit.data.lists import check_files_exist, read_list_fields
 from speechkit.errors import DataError
 

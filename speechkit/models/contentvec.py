@@ -59,7 +59,7 @@ from speechkit.modules.transformer_encoder import (
     TransformerEncoderLayer,
     init_bert_params,
 )
-from speechkit.registry import register_model
+from speechkit.registry import ChoiceEnum, register_model
 
 __all__ = [
     "ConditionalEncoderLayer",
@@ -71,6 +71,13 @@ __all__ = [
     "gather_frames",
     "sample_negative_indices",
 ]
+
+
+class CondLayerNormInit(ChoiceEnum):
+    """Initialisation of the speaker-conditional LayerNorms (see ``cond_layer_norm_init``)."""
+
+    bert = "bert"
+    mean_speaker = "mean_speaker"
 
 
 @dataclass
@@ -94,7 +101,7 @@ class ContentVecConfig(HubertConfig):
     cond_layer_norm_joint: bool = False
     """False: per-frame LayerNorm over C (default). True: the reference's statistics over
     (B, C) per time step (batch-dependent; for exact reproduction of its checkpoints)."""
-    cond_layer_norm_init: str = "bert"
+    cond_layer_norm_init: CondLayerNormInit = "bert"
     """``bert``: the reference (``weight_ln`` / ``bias_ln`` drawn from N(0, 0.02), so the
     conditional gains start near 0). ``mean_speaker``: gain 1 and bias 0 at the mean training
     speaker embedding (the ``contentvec`` task calls ``init_conditional_norms``), i.e. the
@@ -340,11 +347,7 @@ class ContentVecModel(HubertModel):
                 f"model.encoder_layers_1={cfg.encoder_layers_1} must be >= 0 and "
                 f"model.spk_dim={cfg.spk_dim} >= 1"
             )
-        if cfg.cond_layer_norm_init not in ("bert", "mean_speaker"):
-            raise ConfigError(
-                f"model.cond_layer_norm_init={cfg.cond_layer_norm_init!r}: expected 'bert' or "
-                "'mean_speaker'"
-            )
+        CondLayerNormInit.check(cfg.cond_layer_norm_init, "model.cond_layer_norm_init")
         if cfg.ctr_layers and cfg.num_negatives < 1:
             raise ConfigError("model.num_negatives must be >= 1 when model.ctr_layers is set")
         self.encoder.append_conditional_layers(

@@ -22,7 +22,7 @@ from speechkit.dataclass import SpeechkitDataclass
 from speechkit.errors import ConfigError
 from speechkit.modules.frontend import KaldiFbank, LogMelFrontend
 from speechkit.modules.pooling import AttentiveStatsPool
-from speechkit.registry import register_model
+from speechkit.registry import ChoiceEnum, register_model
 
 __all__ = [
     "Conv1dReluBn",
@@ -120,6 +120,22 @@ class SERes2Block(nn.Module):
         return x + self.se(self.conv2(self.res2(self.conv1(x))))
 
 
+class EcapaFrontend(ChoiceEnum):
+    """Feature front-end of ECAPA-TDNN: log-mel spectrogram or Kaldi fbank."""
+
+    logmel = "logmel"
+    fbank = "fbank"
+
+
+class FbankWindow(ChoiceEnum):
+    """Analysis window of the Kaldi fbank front-end (``KaldiFbank.window_type``)."""
+
+    hamming = "hamming"
+    povey = "povey"
+    hanning = "hanning"
+    rectangular = "rectangular"
+
+
 @dataclass
 class ECAPATDNNConfig(SpeechkitDataclass):
     """Config of ``ecapa_tdnn``.
@@ -134,8 +150,8 @@ class ECAPATDNNConfig(SpeechkitDataclass):
     channels: int = 1024  # C: 512 or 1024 in the paper
     embed_dim: int = 192
     n_mels: int = 80
-    frontend: str = "logmel"  # logmel | fbank
-    fbank_window: str = "hamming"  # frontend="fbank" only: hamming | povey | hanning
+    frontend: EcapaFrontend = "logmel"
+    fbank_window: FbankWindow = "hamming"  # frontend="fbank" only
     f_min: float = 20.0
     f_max: float = 7600.0
     mfa_channels: int = 1536
@@ -160,10 +176,7 @@ class ECAPATDNN(nn.Module):
 
     def __init__(self, cfg: ECAPATDNNConfig):
         super().__init__()
-        if cfg.frontend not in ("logmel", "fbank"):
-            raise ConfigError(
-                f"ecapa_tdnn: frontend must be 'logmel' or 'fbank', got '{cfg.frontend}'"
-            )
+        EcapaFrontend.check(cfg.frontend, "ecapa_tdnn: frontend")
         if cfg.channels % cfg.scale != 0:
             raise ConfigError(
                 f"ecapa_tdnn: channels ({cfg.channels}) must be divisible by scale ({cfg.scale})"

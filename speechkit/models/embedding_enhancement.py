@@ -36,9 +36,16 @@ from torch import nn
 
 from speechkit.dataclass import SpeechkitDataclass
 from speechkit.errors import ConfigError
-from speechkit.registry import register_model
+from speechkit.registry import ChoiceEnum, register_model
 
 ACTIVATIONS = {"relu": nn.ReLU, "elu": nn.ELU}
+
+
+class Activation(ChoiceEnum):
+    """The reference's ``--activation`` choices."""
+
+    relu = "relu"
+    elu = "elu"
 
 
 @dataclass
@@ -49,7 +56,7 @@ class EnhancementMLPConfig(SpeechkitDataclass):
     """D, the speaker embedding size (input and output)."""
     hidden_dims: list[int] = field(default_factory=lambda: [1024, 2048, 2048, 1024])
     """Widths of the hidden layers (the reference's)."""
-    activation: str = "relu"
+    activation: Activation = "relu"
     """``relu`` or ``elu`` (the reference's ``--activation`` choices)."""
     final_activation: bool = True
     """Apply the activation after the output layer too (the reference does)."""
@@ -79,15 +86,13 @@ class EnhancementResidualConfig(SpeechkitDataclass):
 
     embed_dim: int = 512
     hidden_dims: list[int] = field(default_factory=lambda: [1024])
-    activation: str = "relu"
+    activation: Activation = "relu"
     dropout: float = 0.0
     """Dropout after each hidden activation."""
 
 
 def _activation(name: str, model: str) -> type[nn.Module]:
-    if name not in ACTIVATIONS:
-        raise ConfigError(f"{model}: activation must be one of {sorted(ACTIVATIONS)}, got {name!r}")
-    return ACTIVATIONS[name]
+    return ACTIVATIONS[Activation.check(name, f"{model}: activation")]
 
 
 def _check_input(x: torch.Tensor, embed_dim: int, model: str) -> None:

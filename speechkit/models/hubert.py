@@ -30,7 +30,36 @@ from speechkit.dataclass import SpeechkitDataclass
 from speechkit.errors import ConfigError
 from speechkit.modules.conv_feature_extractor import HUBERT_CONV_LAYERS, ConvFeatureExtractor
 from speechkit.modules.transformer_encoder import TransformerEncoder
-from speechkit.registry import register_model
+from speechkit.registry import ChoiceEnum, register_model
+
+
+class ExtractorMode(ChoiceEnum):
+    """Normalisation of the conv feature extractor (fairseq ``EXTRACTOR_MODE_CHOICES``)."""
+
+    default = "default"
+    layer_norm = "layer_norm"
+
+
+class ActivationFn(ChoiceEnum):
+    """Transformer FFN activations speechkit implements (of fairseq's ``activation_fn``
+    choices; ``modules.transformer_encoder.get_activation_fn``)."""
+
+    gelu = "gelu"
+    gelu_accurate = "gelu_accurate"
+    relu = "relu"
+    tanh = "tanh"
+    linear = "linear"
+
+
+class MaskSelection(ChoiceEnum):
+    """Span-length distribution of fairseq's ``compute_mask_indices``
+    (``MASKING_DISTRIBUTION_CHOICES``); speechkit implements ``static`` and accepts the others
+    only with a zero masking probability (fairseq checkpoints)."""
+
+    static = "static"
+    uniform = "uniform"
+    normal = "normal"
+    poisson = "poisson"
 
 
 @dataclass
@@ -46,13 +75,13 @@ class HubertConfig(SpeechkitDataclass):
     """Label frame rate in Hz (100 for MFCC labels of iteration 1, 50 for iteration 2)."""
     sample_rate: int = 16000
     """Waveform sample rate in Hz (fairseq reads it from the task)."""
-    extractor_mode: str = "default"
+    extractor_mode: ExtractorMode = "default"
     """``default`` (GroupNorm in conv block 0, Base) or ``layer_norm`` (every block, Large)."""
     encoder_layers: int = 12
     encoder_embed_dim: int = 768
     encoder_ffn_embed_dim: int = 3072
     encoder_attention_heads: int = 12
-    activation_fn: str = "gelu"
+    activation_fn: ActivationFn = "gelu"
     dropout: float = 0.1
     """Dropout in the Transformer layers and after the positional embedding."""
     attention_dropout: float = 0.1
@@ -81,7 +110,7 @@ class HubertConfig(SpeechkitDataclass):
     """Frames per masked span."""
     mask_prob: float = 0.8
     """Span starts per utterance = int(mask_prob * T / mask_length + U[0, 1))."""
-    mask_selection: str = "static"
+    mask_selection: MaskSelection = "static"
     mask_other: float = 0.0
     no_mask_overlap: bool = False
     mask_min_space: int = 1
@@ -91,7 +120,7 @@ class HubertConfig(SpeechkitDataclass):
     """Subsample every row to the smallest masked count in the batch (fairseq's default)."""
     mask_channel_length: int = 10
     mask_channel_prob: float = 0.0
-    mask_channel_selection: str = "static"
+    mask_channel_selection: MaskSelection = "static"
     mask_channel_other: float = 0.0
     no_mask_channel_overlap: bool = False
     mask_channel_min_space: int = 1
@@ -115,7 +144,7 @@ class HubertLargeConfig(HubertConfig):
     layer-norm conv extractor, no dropout, feature_grad_mult 1.0, final_dim 768. Expects
     per-utterance normalised waveforms (fairseq ``task.normalize=true``)."""
 
-    extractor_mode: str = "layer_norm"
+    extractor_mode: ExtractorMode = "layer_norm"
     encoder_layers: int = 24
     encoder_embed_dim: int = 1024
     encoder_ffn_embed_dim: int = 4096

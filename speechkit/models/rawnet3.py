@@ -28,7 +28,7 @@ from speechkit.dataclass import SpeechkitDataclass
 from speechkit.errors import ConfigError
 from speechkit.modules.frontend import PreEmphasis
 from speechkit.modules.pooling import AttentiveStatsPool
-from speechkit.registry import register_model
+from speechkit.registry import ChoiceEnum, register_model
 
 __all__ = ["ParamSincFilterbank", "SincEncoder", "AFMS", "Bottle2neck", "RawNet3Config", "RawNet3"]
 
@@ -215,6 +215,23 @@ class Bottle2neck(nn.Module):
         return self.afms(out)
 
 
+class RawNet3Pooling(ChoiceEnum):
+    """Attentive statistics pooling of RawNet3: channel-wise attention (ECA) or one weight per
+    frame (ASP)."""
+
+    ECA = "ECA"
+    ASP = "ASP"
+
+
+class SincNorm(ChoiceEnum):
+    """Normalisation over time of the log sinc-filterbank output: subtract the mean, or also
+    divide by the standard deviation, or none."""
+
+    mean = "mean"
+    mean_std = "mean_std"
+    none = "none"
+
+
 @dataclass
 class RawNet3Config(SpeechkitDataclass):
     """Config of ``rawnet3`` (defaults = voxceleb_trainer ``configs/RawNet3_AAM.yaml``).
@@ -226,10 +243,10 @@ class RawNet3Config(SpeechkitDataclass):
     channels: int = 1024  # C
     embed_dim: int = 256  # the reference's nOut
     sinc_stride: int = 10
-    encoder_type: str = "ECA"  # ECA (channel-wise attention) | ASP (one weight per frame)
+    encoder_type: RawNet3Pooling = "ECA"
     context: bool = True  # global context [x, mean, std] in the attention
     log_sinc: bool = True
-    norm_sinc: str = "mean"  # mean | mean_std | none
+    norm_sinc: SincNorm = "mean"
     out_bn: bool = False
     input_scale: float = 1.0
 
@@ -255,12 +272,8 @@ class RawNet3(nn.Module):
 
     def __init__(self, cfg: RawNet3Config):
         super().__init__()
-        if cfg.encoder_type not in ("ECA", "ASP"):
-            raise ConfigError(f"rawnet3: encoder_type must be ECA or ASP, got '{cfg.encoder_type}'")
-        if cfg.norm_sinc not in ("mean", "mean_std", "none"):
-            raise ConfigError(
-                f"rawnet3: norm_sinc must be mean, mean_std or none, got '{cfg.norm_sinc}'"
-            )
+        RawNet3Pooling.check(cfg.encoder_type, "rawnet3: encoder_type")
+        SincNorm.check(cfg.norm_sinc, "rawnet3: norm_sinc")
         if cfg.channels % 32 != 0:
             raise ConfigError(f"rawnet3: channels must be a multiple of 32, got {cfg.channels}")
         self.cfg = cfg

@@ -26,7 +26,7 @@ from speechkit.dataclass import SpeechkitDataclass
 from speechkit.errors import ConfigError
 from speechkit.modules.frontend import LogMelFrontend
 from speechkit.modules.pooling import AttentiveStatsPool, self_attention_weights, weighted_mean_std
-from speechkit.registry import register_model
+from speechkit.registry import ChoiceEnum, register_model
 
 __all__ = [
     "SELayer",
@@ -127,9 +127,16 @@ def _init_weights(model: nn.Module) -> None:
             nn.init.zeros_(m.bias)
 
 
+class ResNetPooling(ChoiceEnum):
+    """Temporal pooling of the ResNet models: self-attentive (SAP) or attentive statistics
+    (ASP, mean and standard deviation)."""
+
+    SAP = "SAP"
+    ASP = "ASP"
+
+
 def _check_encoder(encoder_type: str, model: str) -> None:
-    if encoder_type not in ("SAP", "ASP"):
-        raise ConfigError(f"{model}: encoder_type must be 'SAP' or 'ASP', got '{encoder_type}'")
+    ResNetPooling.check(encoder_type, f"{model}: encoder_type")
 
 
 def _check_input(waveform: torch.Tensor, model: str) -> None:
@@ -147,7 +154,7 @@ class ResNetSE34LConfig(SpeechkitDataclass):
 
     n_mels: int = 40
     log_input: bool = True
-    encoder_type: str = "SAP"  # SAP | ASP
+    encoder_type: ResNetPooling = "SAP"
     embed_dim: int = 512  # the reference's nOut
     input_scale: float = 1.0  # 32768 for checkpoints trained on int16-scale audio
 
@@ -219,7 +226,7 @@ class ResNetSE34V2Config(SpeechkitDataclass):
 
     n_mels: int = 64
     log_input: bool = True
-    encoder_type: str = "ASP"  # SAP | ASP
+    encoder_type: ResNetPooling = "ASP"
     embed_dim: int = 512  # the reference's nOut
     input_scale: float = 1.0  # 32768 for checkpoints trained on int16-scale audio
 

@@ -19,14 +19,13 @@ import torch
 from torch import nn
 
 from speechkit.dataclass import SpeechkitDataclass
-from speechkit.errors import ConfigError
 from speechkit.modules.frontend import LogMelFrontend
 from speechkit.modules.pooling import (
     TemporalAveragePooling,
     TemporalMaxPooling,
     self_attention_weights,
 )
-from speechkit.registry import register_model
+from speechkit.registry import ChoiceEnum, register_model
 
 __all__ = ["VGGVox40Config", "VGGVox40"]
 
@@ -47,6 +46,14 @@ def _conv_bn_relu(
     ]
 
 
+class VGGVoxPooling(ChoiceEnum):
+    """Temporal pooling of VGGVox: max (MAX), mean (TAP) or self-attentive (SAP)."""
+
+    MAX = "MAX"
+    TAP = "TAP"
+    SAP = "SAP"
+
+
 @dataclass
 class VGGVox40Config(SpeechkitDataclass):
     """Config of ``vggvox40``.
@@ -56,7 +63,7 @@ class VGGVox40Config(SpeechkitDataclass):
     """
 
     log_input: bool = True
-    encoder_type: str = "SAP"  # MAX | TAP | SAP
+    encoder_type: VGGVoxPooling = "SAP"
     embed_dim: int = 512  # the reference's nOut
     input_scale: float = 1.0  # 32768 for checkpoints trained on int16-scale audio
 
@@ -79,10 +86,7 @@ class VGGVox40(nn.Module):
 
     def __init__(self, cfg: VGGVox40Config):
         super().__init__()
-        if cfg.encoder_type not in ("MAX", "TAP", "SAP"):
-            raise ConfigError(
-                f"vggvox40: encoder_type must be MAX, TAP or SAP, got '{cfg.encoder_type}'"
-            )
+        VGGVoxPooling.check(cfg.encoder_type, "vggvox40: encoder_type")
         self.cfg = cfg
         self.embed_dim = cfg.embed_dim
         self.input_scale = cfg.input_scale

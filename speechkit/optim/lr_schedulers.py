@@ -25,6 +25,10 @@ from speechkit.registry import register_lr_scheduler
 class LRScheduler:
     """Base: holds the optimizer and the peak ``base_lr``; subclasses implement ``lr_at``."""
 
+    maximize: bool = False
+    """Whether a larger validation metric is better (``checkpoint.maximize_best_checkpoint_metric``,
+    set by the trainer); read by the schedulers that watch the metric (reduce-on-plateau)."""
+
     def __init__(
         self,
         cfg: SpeechkitDataclass,

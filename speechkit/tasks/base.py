@@ -2,15 +2,25 @@
 
 The trainer only talks to a task through this interface:
 
+* ``Task(cfg, seed=common.seed)``: the seed of every random choice the task makes (batch order,
+  crops, augmentation, masks); datasets receive it when they are built.
 * ``build_model(cfg)`` / ``build_criterion(cfg)``
-* ``dataset(split)``: a ``torch.utils.data.Dataset`` with a ``collater(list) -> batch`` method
-  and, optionally, ``set_epoch(epoch)`` (for per-epoch deterministic augmentation).
-* ``batches(split, epoch, seed, batch_size, max_tokens)``: the *global* list of index batches
-  for one epoch, a deterministic function of ``(seed, epoch)``; the trainer shards it across ranks and skips the batches already
-  consumed when it resumes in the middle of an epoch.
+* ``dataset(split)``: a ``torch.utils.data.Dataset`` with a ``collater(list) -> batch`` method.
+* ``set_epoch(split, epoch)``: called before each epoch's batches (per-epoch randomness).
+* ``batches(split, epoch, batch_size, max_tokens)``: the *global* list of index batches of one
+  epoch, a deterministic function of ``(seed, epoch)``; the trainer shards it across ranks and
+  skips the batches already consumed when it resumes in the middle of an epoch
+  (``speechkit.data.epoch_iterator``).
 * ``train_step`` / ``valid_step``: one forward pass returning ``(loss, sample_size, logging)``.
-* ``validate(...)``: optional whole-split validation (e.g. EER over a trial list) that cannot be
-  written as a sum of per-batch numbers.
+* ``validate(...)``: the validation metrics, identical on every rank and for every world size.
+  The default runs ``valid_step`` over the ``valid`` batches (:meth:`Task.validate_batches`);
+  tasks whose metric is not a sum of per-batch numbers (EER over a trial list) override it.
+
+Optional protocol of the other components, declared where they are defined, with these
+defaults: a criterion's ``test_normalize = False`` (L2-normalise embeddings before scoring,
+``speechkit.criterions.base.Criterion``); an LR scheduler's ``maximize = False`` (set by the
+trainer from ``checkpoint.maximize_best_checkpoint_metric``); ``Task.embed_dim = None`` (the
+embedding size D of the task's model, for the tasks that have one).
 """
 
 from __future__ import annotations
@@ -20,9 +30,29 @@ from typing import Any
 import torch
 from torch import nn
 
+from speechkit import distributed as dist_utils
+from speechkit.data.epoch_iterator import Batching, make_loader, move_to_device, shard
 from speechkit.dataclass import SpeechkitDataclass
 from speechkit.errors import ConfigError
 from speechkit.registry import CRITERION_REGISTRY, MODEL_REGISTRY
+
+
+def model_embed_dim(model: nn.Module, task_name: str) -> int:
+    """The embedding size D a model declares as ``model.embed_dim``.
+
+    Raises:
+        ConfigError: the model has no integer ``embed_dim`` attribute.
+    """
+    try:
+        dim = model.embed_dim
+    except AttributeError:
+        dim = None
+    if isinstance(dim, bool) or not isinstance(dim, int):
+        raise ConfigError(
+            f"task {task_name} needs a model with an integer embed_dim attribute (the "
+            f"embedding size D); {type(model).__name__} has {dim!r}"
+        )
+    return dim
 
 
 class Task:
@@ -32,6 +62,7 @@ class Task:
         cfg: the task's registered config dataclass. Implementations check their data paths
             in ``__init__`` and raise ``speechkit.errors.DataError`` naming the missing file, so
             a bad path fails before any model is built.
+        seed: ``common.seed``; kept as ``self.seed`` and handed to every dataset the task builds.
     """
 
     required: tuple[str, ...] = ()
@@ -39,9 +70,13 @@ class Task:
     needs: str = ""
     """One line naming the paths the task reads (``task.data=DIR with train.tsv ...``), quoted
     by :meth:`missing_config_error` when a required field is not set."""
+    embed_dim: int | None = None
+    """Embedding size D of the task's model, for tasks that have one (speaker verification,
+    embedding enhancement); criterions read it when their own ``embed_dim`` is not set."""
 
-    def __init__(self, cfg: SpeechkitDataclass):
+    def __init__(self, cfg: SpeechkitDataclass, seed: int = 1):
         self.cfg = cfg
+        self.seed = int(seed)
         self._datasets: dict[str, Any] = {}
         missing = [k for k in self.required if getattr(cfg, k, None) in ("???", "", None)]
         if missing:
@@ -81,20 +116,24 @@ class Task:
             self._datasets[split] = self.load_dataset(split)
         return self._datasets[split]
 
+    def set_epoch(self, split: str, epoch: int) -> None:
+        """Called by the trainer before the batches of ``epoch`` (1-based) of ``split`` are
+        drawn. Tasks whose datasets draw per-epoch randomness (crops, augmentation) pass the
+        epoch on; the default does nothing."""
+
     def batches(
         self,
         split: str,
         epoch: int,
-        seed: int,
         batch_size: int | None = None,
         max_tokens: int | None = None,
     ) -> list[list[Any]]:
-        """Global batches of one epoch (same on every rank); must be deterministic.
+        """Global batches of one epoch (same on every rank); deterministic in
+        ``(self.seed, epoch)``.
 
         Args:
             split: ``"train"`` or ``"valid"``.
-            epoch: 1-based epoch (seeds the shuffling together with ``seed``).
-            seed: ``common.seed``.
+            epoch: 1-based epoch (seeds the shuffling together with ``self.seed``).
             batch_size: ``dataset.batch_size`` (items per batch per rank; ``None``: the task's
                 default).
             max_tokens: ``dataset.max_tokens`` (padded samples per batch per rank) for tasks
@@ -123,52 +162,78 @@ class Task:
         return criterion(model, sample)
 
     def validate(
-        self, model: nn.Module, criterion: nn.Module, device: torch.device, env: Any
+        self,
+        model: nn.Module,
+        criterion: nn.Module,
+        device: torch.device,
+        env: Any,
+        batching: Batching | None = None,
     ) -> dict[str, float] | None:
-        """Whole-split validation; return ``None`` to use the trainer's batch-wise loop.
+        """The validation metrics, identical on every rank and for every world size; ``None``
+        when the task has nothing to validate on.
 
-        ``env`` is the ``speechkit.distributed.DistributedEnv`` (rank, world size). The returned
-        dict must be identical on every rank.
+        The default: epoch 1's ``valid`` batches (``batches("valid", 1, ...)`` with
+        ``batching``'s sizes) through :meth:`validate_batches`. Overrides must keep the two
+        properties (every rank returns the same dict, whatever ``env.world_size``).
+
+        Args:
+            model, criterion: in eval mode, under ``torch.no_grad`` (the trainer's autocast).
+            env: the ``speechkit.distributed.DistributedEnv`` (rank, world size).
+            batching: ``dataset.batch_size`` / ``max_tokens`` / loader workers.
         """
-        return None
+        if not self.has_split("valid"):
+            return None
+        batching = batching or Batching()
+        self.set_epoch("valid", 1)
+        batches = self.batches("valid", 1, batching.batch_size, batching.max_tokens)
+        return self.validate_batches(
+            self.dataset("valid"), batches, model, criterion, device, env, batching
+        )
 
     @torch.no_grad()
     def validate_batches(
         self,
         dataset: Any,
-        batches: list[list[int]],
+        batches: list[list[Any]],
         model: nn.Module,
         criterion: nn.Module,
         device: torch.device,
         env: Any,
+        batching: Batching | None = None,
     ) -> dict[str, float]:
-        """Validation over fixed global ``batches`` of ``dataset`` whatever the world size.
+        """Validation over fixed global ``batches`` of ``dataset`` whatever the world size: the
+        one batch-wise validation loop.
 
-        Rank r runs batches r, r + W, ... (no batch is dropped to even the ranks out, and a
-        batch's composition never depends on W); the summed logging outputs of all ranks are
-        all-reduced and passed to :meth:`reduce_metrics`, so every rank returns the same
-        metrics, equal to a single-process run's. ``model`` may be DDP-wrapped (its ``module``
-        is used: no collective runs inside the forward pass).
+        Rank r runs batches r, r + W, ... (none is dropped to even the ranks out, and a batch's
+        composition never depends on W). The per-batch logging outputs of all ranks are
+        gathered and summed in global batch order on every rank, then passed to
+        :meth:`reduce_metrics`: every rank returns the same metrics, bit for bit those of a
+        single-process run given the same per-batch numbers. ``model`` may be DDP-wrapped (its
+        ``module`` is used: no collective runs inside the forward pass).
+
+        Args:
+            batching: loader settings (only ``num_workers``, ``prefetch_factor`` and
+                ``pin_memory`` are used); default: load in this process.
         """
-        from speechkit import distributed as dist_utils
-        from speechkit.trainer.metrics import sum_logging_outputs
-        from speechkit.trainer.trainer import move_to_device
-
         rank = 0 if env is None else env.rank
         world = 1 if env is None else env.world_size
-        net = getattr(model, "module", model)
+        net = model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model
+        mine = shard(batches, rank, world, drop_uneven=False)
         logs = []
-        for batch in batches[rank::world]:
-            sample = move_to_device(dataset.collater([dataset[i] for i in batch]), device)
-            _, sample_size, log = self.valid_step(sample, net, criterion)
-            logs.append({"sample_size": sample_size, **log})
-        sums = sum_logging_outputs(logs) if logs else {}
-        keys: set[str] = set()
-        for part in dist_utils.all_gather_object(sorted(sums)):  # a rank may have no batch
-            keys.update(part)
-        names = sorted(keys)
-        reduced = dist_utils.all_reduce_sums([sums.get(k, 0.0) for k in names], device)
-        return self.reduce_metrics(dict(zip(names, reduced)), criterion)
+        if mine:
+            # a private generator with a fixed seed: validation draws nothing from (and
+            # depends on nothing in) the global RNG
+            loader = make_loader(dataset, mine, batching or Batching(), seed=0)
+            for sample in loader:
+                if device.type != "cpu":
+                    sample = move_to_device(sample, device)
+                _, sample_size, log = self.valid_step(sample, net, criterion)
+                logs.append({"sample_size": float(sample_size), **log})
+        sums: dict[str, float] = {}
+        for log in dist_utils.gather_shards(logs):
+            for k, v in log.items():
+                sums[k] = sums.get(k, 0.0) + float(v)
+        return self.reduce_metrics(sums, criterion)
 
     def reduce_metrics(self, sums: dict[str, float], criterion: nn.Module) -> dict[str, float]:
         """Summed logging outputs -> reported metrics (defaults to the criterion's rule)."""

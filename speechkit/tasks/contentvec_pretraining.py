@@ -67,8 +67,8 @@ class ContentVecPretrainingTask(HubertPretrainingTask):
         "embeddings (scripts/make_spk2info.py)"
     )
 
-    def __init__(self, cfg: ContentVecPretrainingConfig):
-        super().__init__(cfg)
+    def __init__(self, cfg: ContentVecPretrainingConfig, seed: int = 1):
+        super().__init__(cfg, seed)
         self.spk2info = load_spk2info(cfg.spk2info)
         if "train" not in self.spk2info or not self.spk2info["train"]:
             raise DataError(

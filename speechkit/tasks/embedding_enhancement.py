@@ -43,13 +43,14 @@ from speechkit.data.embedding_dataset import (
     build_dataset,
     read_enhancement_list,
 )
+from speechkit.data.epoch_iterator import Batching
 from speechkit.data.lists import speaker_to_label
 from speechkit.dataclass import SpeechkitDataclass
 from speechkit.errors import ConfigError, DataError
 from speechkit.metrics.scoring import cosine_scores
 from speechkit.metrics.verification import evaluate_scores
 from speechkit.registry import register_task
-from speechkit.tasks.base import Task
+from speechkit.tasks.base import Task, model_embed_dim
 
 SCORINGS = ("cosine", "euclidean")
 
@@ -124,8 +125,8 @@ class EmbeddingEnhancementTask(Task):
         "task.train_list=FILE (scripts/make_enhancement_lists.py)"
     )
 
-    def __init__(self, cfg: EmbeddingEnhancementConfig):
-        super().__init__(cfg)
+    def __init__(self, cfg: EmbeddingEnhancementConfig, seed: int = 1):
+        super().__init__(cfg, seed)
         if cfg.list_format not in LIST_FORMATS or cfg.list_format == "test":
             raise ConfigError(
                 f"task.list_format={cfg.list_format!r}; expected normal, triplet or distribution"
@@ -183,9 +184,14 @@ class EmbeddingEnhancementTask(Task):
         return len(self.label_of_speaker)
 
     def build_model(self, cfg: Any) -> nn.Module:
+        """Build the model and check its ``embed_dim`` against the embedding files'.
+
+        Raises:
+            ConfigError: the model declares no integer ``embed_dim``, or another one.
+        """
         model = super().build_model(cfg)
-        dim = getattr(model, "embed_dim", None)
-        if dim is not None and dim != self.embed_dim:
+        dim = model_embed_dim(model, "embedding_enhancement")
+        if dim != self.embed_dim:
             raise ConfigError(
                 f"model.embed_dim={dim} but the embeddings in {self.cfg.embedding_dir} are "
                 f"{self.embed_dim}-d; set model.embed_dim={self.embed_dim}"
@@ -218,14 +224,13 @@ class EmbeddingEnhancementTask(Task):
         self,
         split: str,
         epoch: int,
-        seed: int,
         batch_size: int | None = None,
         max_tokens: int | None = None,
     ) -> list[list[int]]:
         """Shuffled batches of ``batch_size`` items (a deterministic function of seed, epoch);
         distribution lists: one speaker's pairs per batch, speakers shuffled."""
         dataset = self.dataset(split)
-        rng = np.random.default_rng([seed, epoch])
+        rng = np.random.default_rng([self.seed, epoch])
         if isinstance(dataset, PairDistributionDataset):
             labels = sorted(dataset.groups)
             return [list(dataset.groups[labels[i]]) for i in rng.permutation(len(labels))]
@@ -276,13 +281,22 @@ class EmbeddingEnhancementTask(Task):
         )
 
     def validate(
-        self, model: nn.Module, criterion: nn.Module, device: torch.device, env: Any
+        self,
+        model: nn.Module,
+        criterion: nn.Module,
+        device: torch.device,
+        env: Any,
+        batching: Batching | None = None,
     ) -> dict[str, float] | None:
+        """Raw and enhanced EER / minDCF of the test trials, computed on rank 0 and broadcast
+        (identical on every rank and for every world size); ``None`` without ``test_list``.
+        Outputs are L2-normalised before ``euclidean`` scoring when the criterion's
+        ``test_normalize`` says so."""
         if self.trials is None:
             return None
         result = None
         if env is None or env.rank == 0:
-            normalize = bool(getattr(criterion, "test_normalize", False))
+            normalize = bool(criterion.test_normalize)
             with torch.autocast(device_type=device.type, enabled=False):
                 scores = self.trial_scores(model, device, normalize)
             raw = evaluate_scores(scores.raw, scores.labels)

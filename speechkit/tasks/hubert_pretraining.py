@@ -112,8 +112,8 @@ class HubertPretrainingTask(Task):
         "task.data) with train.km/valid.km and dict.km.txt (one set per task.labels entry)"
     )
 
-    def __init__(self, cfg: HubertPretrainingConfig):
-        super().__init__(cfg)
+    def __init__(self, cfg: HubertPretrainingConfig, seed: int = 1):
+        super().__init__(cfg, seed)
         if not cfg.labels:
             raise ConfigError("task.labels is empty; expected e.g. [km]")
         if cfg.label_rate == 0:
@@ -129,7 +129,6 @@ class HubertPretrainingTask(Task):
             path = self.label_dir / f"train.{label}"
             if not path.is_file():
                 raise DataError(f"{path}: label file not found (one line per train.tsv entry)")
-        self.seed = 1  # common.seed, taken from the first ``batches`` call
 
     # -- building -------------------------------------------------------------------------------
     @property
@@ -216,22 +215,20 @@ class HubertPretrainingTask(Task):
             **self.dataset_kwargs(),
         )
 
+    def set_epoch(self, split: str, epoch: int) -> None:
+        self.dataset(split).set_epoch(epoch)
+
     def batches(
         self,
         split: str,
         epoch: int,
-        seed: int,
         batch_size: int | None = None,
         max_tokens: int | None = None,
     ) -> list[list[Any]]:
-        """fairseq batches of ``split`` (shuffled for ``train``); records ``seed`` for the crops
-        and masks."""
-        self.seed = int(seed)
-        dataset = self.dataset(split)
-        dataset.seed = self.seed
+        """fairseq batches of ``split`` (shuffled for ``train``)."""
         if max_tokens is None and batch_size is None:
             max_tokens = self.cfg.default_max_tokens
-        return dataset.batches(
+        return self.dataset(split).batches(
             max_tokens,
             batch_size,
             seed=self.seed,

@@ -23,16 +23,17 @@ from torch import nn
 
 from speechkit import distributed as dist_utils
 from speechkit.data.augment import AugmentConfig, build_augmenter
+from speechkit.data.epoch_iterator import Batching
 from speechkit.data.lists import read_train_list, speaker_to_label
 from speechkit.data.samplers import speaker_balanced_batches, speaker_coverage
 from speechkit.data.speaker_dataset import SpeakerTrainDataset
 from speechkit.dataclass import SpeechkitDataclass
 from speechkit.errors import ConfigError, DataError
+from speechkit.inference.speaker_embedding import SCORING, extract_embeddings, score_trials
 from speechkit.metrics.scoring import TrialList, read_trial_list
 from speechkit.metrics.verification import evaluate_scores
 from speechkit.registry import register_task
-from speechkit.speaker_embedding import SCORING, extract_embeddings, score_trials
-from speechkit.tasks.base import Task
+from speechkit.tasks.base import Task, model_embed_dim
 
 logger = logging.getLogger(__name__)
 
@@ -100,8 +101,8 @@ class SpeakerVerificationTask(Task):
         "task.root) and optionally task.test_list=FILE with 'label path1 path2' trials"
     )
 
-    def __init__(self, cfg: SpeakerVerificationConfig):
-        super().__init__(cfg)
+    def __init__(self, cfg: SpeakerVerificationConfig, seed: int = 1):
+        super().__init__(cfg, seed)
         if cfg.scoring not in SCORING:
             raise ConfigError(f"task.scoring={cfg.scoring!r}; expected one of {SCORING}")
         if cfg.n_per_speaker < 1:
@@ -131,7 +132,6 @@ class SpeakerVerificationTask(Task):
                         f"{cfg.test_list}: {len(missing)} of {len(files)} trial files not found "
                         f"under {test_root} (first: {', '.join(missing[:3])})"
                     )
-        self.embed_dim: int | None = None
 
     def _log_coverage(self) -> None:
         """Log how much of the train list the sampler uses; WARN when most speakers are unused."""
@@ -158,8 +158,13 @@ class SpeakerVerificationTask(Task):
         return len(self.label_of_speaker)
 
     def build_model(self, cfg: Any) -> nn.Module:
+        """Build the model and record its ``embed_dim`` (criterions size their heads by it).
+
+        Raises:
+            ConfigError: the model declares no integer ``embed_dim``.
+        """
         model = super().build_model(cfg)
-        self.embed_dim = getattr(model, "embed_dim", None)
+        self.embed_dim = model_embed_dim(model, "speaker_verification")
         return model
 
     def has_split(self, split: str) -> bool:
@@ -178,25 +183,27 @@ class SpeakerVerificationTask(Task):
             max_frames=cfg.max_frames,
             n_per_speaker=cfg.n_per_speaker,
             augment=augment,
+            seed=self.seed,
             list_path=cfg.train_list,
         )
+
+    def set_epoch(self, split: str, epoch: int) -> None:
+        self.dataset(split).set_epoch(epoch)
 
     def batches(
         self,
         split: str,
         epoch: int,
-        seed: int,
         batch_size: int | None = None,
         max_tokens: int | None = None,
     ) -> list[list[Any]]:
         dataset = self.dataset(split)
-        dataset.seed = seed  # crops and augmentation follow common.seed, as the batches do
         batches = speaker_balanced_batches(
             dataset.labels,
             n_per_speaker=self.cfg.n_per_speaker,
             max_seg_per_spk=self.cfg.max_seg_per_spk,
             batch_size=batch_size or self.cfg.default_batch_size,
-            seed=seed,
+            seed=self.seed,
             epoch=epoch,
             repeat_short=self.cfg.repeat_short_speakers,
         )
@@ -210,12 +217,21 @@ class SpeakerVerificationTask(Task):
 
     @torch.no_grad()
     def validate(
-        self, model: nn.Module, criterion: nn.Module, device: torch.device, env: Any
+        self,
+        model: nn.Module,
+        criterion: nn.Module,
+        device: torch.device,
+        env: Any,
+        batching: Batching | None = None,
     ) -> dict[str, float] | None:
+        """EER (%) and minDCF of the trial list: each file embedded once (files sharded over
+        ranks, embeddings gathered), so the numbers do not depend on the world size. Crops are
+        L2-normalised when the criterion's ``test_normalize`` says so. ``None`` without
+        ``test_list``."""
         if self.trials is None:
             return None
         trials = self.trials
-        normalize = bool(getattr(criterion, "test_normalize", True))
+        normalize = bool(criterion.test_normalize)
         files = [str(trials.resolve(p)) for p in trials.unique_paths()]
         with torch.autocast(device_type=device.type, enabled=False):
             local = extract_embeddings(

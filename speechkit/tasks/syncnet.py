@@ -26,6 +26,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from speechkit.data.epoch_iterator import Batching
 from speechkit.data.syncnet_dataset import SyncNetDataset, read_syncnet_list
 from speechkit.dataclass import SpeechkitDataclass
 from speechkit.errors import ConfigError, DataError
@@ -89,8 +90,8 @@ class SyncNetTask(Task):
         "task.valid_list=FILE"
     )
 
-    def __init__(self, cfg: SyncNetTaskConfig):
-        super().__init__(cfg)
+    def __init__(self, cfg: SyncNetTaskConfig, seed: int = 1):
+        super().__init__(cfg, seed)
         if cfg.max_frames < 1:
             raise ConfigError(f"task.max_frames must be >= 1, got {cfg.max_frames}")
         for key in ("image_size", "num_train_per_epoch", "num_valid"):
@@ -138,6 +139,7 @@ class SyncNetTask(Task):
             image_size=cfg.image_size,
             expected_fps=cfg.fps,
             list_path=self.lists[split],
+            seed=self.seed if split == "train" else cfg.valid_seed,
         )
         if dataset.num_dropped:
             logger.info(
@@ -148,11 +150,13 @@ class SyncNetTask(Task):
             )
         return dataset
 
+    def set_epoch(self, split: str, epoch: int) -> None:
+        self.dataset(split).set_epoch(epoch)
+
     def batches(
         self,
         split: str,
         epoch: int,
-        seed: int,
         batch_size: int | None = None,
         max_tokens: int | None = None,
     ) -> list[list[int]]:
@@ -167,13 +171,12 @@ class SyncNetTask(Task):
             DataError: fewer training clips than one batch.
         """
         dataset = self.dataset(split)
-        dataset.seed = seed  # crops follow common.seed, as the batches do
         size = batch_size or self.cfg.default_batch_size
         if size <= 0:
             raise ConfigError(f"dataset.batch_size must be positive, got {size}")
         n = len(dataset)
         if split == "train":
-            order = np.random.default_rng([seed, epoch]).permutation(n)
+            order = np.random.default_rng([self.seed, epoch]).permutation(n)
             if self.cfg.num_train_per_epoch:
                 order = order[: self.cfg.num_train_per_epoch]
             usable = len(order) - len(order) % size
@@ -198,7 +201,12 @@ class SyncNetTask(Task):
         return batches
 
     def validate(
-        self, model: nn.Module, criterion: nn.Module, device: torch.device, env: Any
+        self,
+        model: nn.Module,
+        criterion: nn.Module,
+        device: torch.device,
+        env: Any,
+        batching: Batching | None = None,
     ) -> dict[str, float] | None:
         """The training losses and accuracies over the fixed validation batches, identical on
         every rank and for every world size (``Task.validate_batches``); ``None`` without a
@@ -206,5 +214,8 @@ class SyncNetTask(Task):
         if not self.has_split("valid"):
             return None
         size = self.cfg.valid_batch_size or self.cfg.default_batch_size
-        batches = self.batches("valid", 1, self.cfg.valid_seed, size)
-        return self.validate_batches(self.dataset("valid"), batches, model, criterion, device, env)
+        self.set_epoch("valid", 1)
+        batches = self.batches("valid", 1, size)
+        return self.validate_batches(
+            self.dataset("valid"), batches, model, criterion, device, env, batching
+        )

@@ -32,6 +32,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from speechkit.data.epoch_iterator import Batching
 from speechkit.data.separation_dataset import SeparationDataset
 from speechkit.dataclass import SpeechkitDataclass
 from speechkit.errors import ConfigError
@@ -97,8 +98,8 @@ class TargetSpeakerSeparationTask(Task):
         "utterance (scripts/dump_embeddings.py)"
     )
 
-    def __init__(self, cfg: TargetSpeakerSeparationConfig):
-        super().__init__(cfg)
+    def __init__(self, cfg: TargetSpeakerSeparationConfig, seed: int = 1):
+        super().__init__(cfg, seed)
         if cfg.segment <= 0:
             raise ConfigError(f"task.segment must be positive seconds, got {cfg.segment}")
         if cfg.num_enrol < 1 or not 1 <= cfg.num_positive <= cfg.num_enrol:
@@ -121,7 +122,7 @@ class TargetSpeakerSeparationTask(Task):
             sir_high=cfg.sir_high,
             resample=cfg.resample,
         )
-        self.train_dataset = SeparationDataset(cfg.train_list, **common)
+        self.train_dataset = SeparationDataset(cfg.train_list, seed=self.seed, **common)
         dim = self.train_dataset.emb_dim
         if cfg.emb_dim > 0 and dim != cfg.emb_dim:
             raise ConfigError(
@@ -140,7 +141,6 @@ class TargetSpeakerSeparationTask(Task):
                 seed=cfg.valid_seed,
                 **common,
             )
-        self._batch_size: int | None = None
 
     # -- building -------------------------------------------------------------------------------
     def build_model(self, cfg: Any) -> nn.Module:
@@ -169,11 +169,13 @@ class TargetSpeakerSeparationTask(Task):
             raise ConfigError(f"dataset.batch_size must be positive, got {size}")
         return size
 
+    def set_epoch(self, split: str, epoch: int) -> None:
+        self.dataset(split).set_epoch(epoch)
+
     def batches(
         self,
         split: str,
         epoch: int,
-        seed: int,
         batch_size: int | None = None,
         max_tokens: int | None = None,
     ) -> list[list[int]]:
@@ -183,9 +185,7 @@ class TargetSpeakerSeparationTask(Task):
         dataset = self.dataset(split)
         size = self._size(batch_size)
         if split == "train":
-            self._batch_size = size
-            dataset.seed = seed
-            order = np.random.default_rng([seed, epoch]).permutation(len(dataset)).tolist()
+            order = np.random.default_rng([self.seed, epoch]).permutation(len(dataset)).tolist()
         else:
             order = list(range(len(dataset)))
         return [order[i : i + size] for i in range(0, len(order), size)]
@@ -193,18 +193,24 @@ class TargetSpeakerSeparationTask(Task):
     # -- validation -----------------------------------------------------------------------------
     @torch.no_grad()
     def validate(
-        self, model: nn.Module, criterion: nn.Module, device: torch.device, env: Any
+        self,
+        model: nn.Module,
+        criterion: nn.Module,
+        device: torch.device,
+        env: Any,
+        batching: Batching | None = None,
     ) -> dict[str, float] | None:
         """Means over the fixed validation mixtures: ``loss`` and whatever the criterion's
         ``reduce_metrics`` reports (``waveform_l1``: ``si_sdr``, ``si_sdri``, ``sdr``,
-        ``sdri`` in dB); identical on every rank. ``None`` without ``valid_list``."""
+        ``sdri`` in dB); identical on every rank. ``None`` without ``valid_list``. Batches of
+        ``valid_batch_size`` mixtures (0: the training ``batch_size``)."""
         if self.valid_dataset is None:
             return None
         dataset = self.valid_dataset
-        size = self.cfg.valid_batch_size or self._batch_size or self.cfg.default_batch_size
+        size = self._size(self.cfg.valid_batch_size or (batching and batching.batch_size))
         batches = [
             list(range(i, min(i + size, len(dataset)))) for i in range(0, len(dataset), size)
         ]
-        metrics = self.validate_batches(dataset, batches, model, criterion, device, env)
+        metrics = self.validate_batches(dataset, batches, model, criterion, device, env, batching)
         metrics["num_mixtures"] = float(len(dataset))
         return metrics

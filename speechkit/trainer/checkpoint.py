@@ -312,6 +312,96 @@ def load_resume_checkpoint(path: str | os.PathLike, fallback: bool = True) -> tu
         ) from None
 
 
+def _saved_name(state: dict, section: str) -> str | None:
+    return ((state.get("cfg") or {}).get(section) or {}).get("_name")
+
+
+def load_resume_state(
+    restore_file: str | os.PathLike,
+    save_dir: Path,
+    model: torch.nn.Module,
+    criterion: torch.nn.Module,
+    run_cfg: dict,
+) -> tuple[dict, Path] | None:
+    """The training state a run resumes from, or None when there is none.
+
+    ``restore_file`` is relative to ``save_dir`` unless absolute. Auto-resume (the default
+    ``checkpoint_last.pt``) falls back to the newest intact numbered checkpoint when it is
+    damaged; an explicitly named file does not (:func:`load_resume_checkpoint`). The weights are
+    checked against this run's model and criterion before anything is loaded.
+
+    Args:
+        run_cfg: this run's config as a plain container (names the model and criterion).
+
+    Returns:
+        ``(state, the file it came from)`` or None when ``restore_file`` does not exist.
+
+    Raises:
+        CheckpointError: no usable checkpoint, an unsafe pickle, or weights that do not fit
+            (the message names both models and the first keys that differ).
+    """
+    restore = Path(restore_file)
+    if not restore.is_absolute():
+        restore = save_dir / restore
+    if not restore.is_file():
+        return None
+    state, restore = load_resume_checkpoint(restore, fallback=restore == save_dir / LAST)
+    run_name = (run_cfg.get("model") or {}).get("_name")
+    check_weights_match(
+        model, state.get("model", {}), restore, _saved_name(state, "model"), run_name
+    )
+    if state.get("criterion"):
+        check_weights_match(
+            criterion,
+            state["criterion"],
+            restore,
+            _saved_name(state, "criterion"),
+            (run_cfg.get("criterion") or {}).get("_name"),
+            what="criterion",
+        )
+    return state, restore
+
+
+def load_finetune_weights(
+    path: str | os.PathLike, model: torch.nn.Module, criterion: torch.nn.Module, run_cfg: dict
+) -> None:
+    """Initialise ``model`` (and, as far as the keys agree, ``criterion``) from the checkpoint
+    at ``path`` (``checkpoint.finetune_from_model``); warns about model settings that differ
+    from the checkpoint's (the model is built from this run's config: e.g. a converted
+    checkpoint's ``input_scale``), since the weights load either way when the shapes agree.
+
+    Raises:
+        CheckpointError: unreadable file, no ``model`` weights, or weights that do not fit.
+    """
+    state = load_checkpoint_file(path)
+    if "model" not in state:
+        raise CheckpointError(f"{path} has no 'model' weights")
+    run_model = run_cfg.get("model") or {}
+    check_weights_match(
+        model, state["model"], path, _saved_name(state, "model"), run_model.get("_name")
+    )
+    model.load_state_dict(state["model"])
+    saved = (state.get("cfg") or {}).get("model") or {}
+    differ = [
+        f"{key}={run_model[key]!r} (checkpoint: {saved[key]!r})"
+        for key in sorted(set(saved) & set(run_model))
+        if saved[key] != run_model[key]
+    ]
+    if differ:
+        logger.warning(
+            "fine-tuning from %s with model settings that differ from the checkpoint's: %s",
+            path,
+            "; ".join(differ),
+        )
+    if state.get("criterion"):
+        result = criterion.load_state_dict(state["criterion"], strict=False)
+        if result.missing_keys or result.unexpected_keys:
+            logger.warning("criterion weights partly loaded: %s", result)
+    logger.info(
+        "initialised the model from %s (fresh optimizer, scheduler and data position)", path
+    )
+
+
 def _pid_alive(pid: int) -> bool:
     if pid == os.getpid():
         return True

@@ -6,6 +6,7 @@ States are converted to tensors and plain containers so that checkpoints load wi
 
 from __future__ import annotations
 
+import logging
 import os
 import random
 
@@ -83,3 +84,17 @@ def configure_determinism(deterministic: bool, num_threads: int | None = None) -
         # cuBLAS needs a fixed workspace for deterministic matmuls (read when its handle is made)
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
         torch.use_deterministic_algorithms(True)
+
+
+def restore_rank_rng(states: list[dict], rank: int, world_size: int) -> None:
+    """Restore this rank's generators from a checkpoint's per-rank ``states`` (one per rank of
+    the run that wrote it); a checkpoint of another world size leaves them as seeded, with a
+    warning (the run then continues exactly, but not bit for bit)."""
+    if len(states) == world_size:
+        set_rng_state(states[rank])
+    elif states:
+        logging.getLogger("speechkit.trainer").warning(
+            "checkpoint was written by %d rank(s), this run has %d: RNG states not restored",
+            len(states),
+            world_size,
+        )

@@ -61,8 +61,8 @@ class ToyDataset(torch.utils.data.Dataset):
 
 @register_task("toy_regression", dataclass=ToyRegressionConfig)
 class ToyRegressionTask(Task):
-    def __init__(self, cfg: ToyRegressionConfig):
-        super().__init__(cfg)
+    def __init__(self, cfg: ToyRegressionConfig, seed: int = 1):
+        super().__init__(cfg, seed)
         if cfg.startup_delay:
             time.sleep(cfg.startup_delay)
         if cfg.data is not None:
@@ -103,9 +103,9 @@ class ToyRegressionTask(Task):
         y = x @ w + 0.1 * torch.randn(self.cfg.num_items, generator=g)
         return ToyDataset(x, y)
 
-    def batches(self, split, epoch, seed, batch_size=None, max_tokens=None):
+    def batches(self, split, epoch, batch_size=None, max_tokens=None):
         n = len(self.dataset(split))
-        g = torch.Generator().manual_seed(seed * 1000 + epoch)
+        g = torch.Generator().manual_seed(self.seed * 1000 + epoch)
         order = torch.randperm(n, generator=g).tolist() if split == "train" else list(range(n))
         bs = batch_size or 16
         return [order[i : i + bs] for i in range(0, n - bs + 1, bs)]

@@ -1,5 +1,7 @@
-"""Metric-learning speaker losses: ``angleproto``, ``ge2e``, ``proto``, ``triplet``,
-``softmaxproto``.
+"""Metric-learning speaker losses: ``angle_proto``, ``ge2e``, ``proto``, ``triplet``,
+``softmax_proto`` (former names ``angleproto`` and ``softmaxproto`` remain aliases).
+
+Criterions, not evaluation metrics: those (EER, minDCF) live in :mod:`speechkit.metrics`.
 
 Follows clovaai/voxceleb_trainer ``loss/{angleproto,ge2e,proto,triplet,softmaxproto}.py`` and
 "In defence of metric learning for speaker recognition" (Chung et al., Interspeech 2020); GE2E
@@ -355,7 +357,7 @@ class _MetricCriterion(SpeakerCriterion):
         return self.head(embeddings, label)
 
 
-@register_criterion("angleproto", dataclass=AngleProtoConfig)
+@register_criterion("angle_proto", dataclass=AngleProtoConfig, aliases=("angleproto",))
 class AngleProtoCriterion(_MetricCriterion):
     """Angular prototypical loss (:class:`AngleProtoHead`); keys ``w``, ``b``; M >= 2."""
 
@@ -398,7 +400,7 @@ class TripletCriterion(_MetricCriterion):
         self.head = TripletHead(cfg.margin, cfg.hard_rank, cfg.hard_prob)
 
 
-@register_criterion("softmaxproto", dataclass=SoftmaxProtoConfig)
+@register_criterion("softmax_proto", dataclass=SoftmaxProtoConfig, aliases=("softmaxproto",))
 class SoftmaxProtoCriterion(_MetricCriterion):
     """Softmax + angular prototypical loss (:class:`SoftmaxProtoHead`); M == 2.
 

@@ -1,10 +1,10 @@
 """Speaker embeddings for verification: extraction over many files, trial scoring, and the
 ``SpeakerEmbedding`` inference API.
 
-Used by the speaker-verification task's validation, ``scripts/eval_eer.py`` and
-``scripts/dump_embeddings.py``. Scoring follows voxceleb_trainer (research/sv_syncnet_enh.md
-section 1.8): each file gives ``num_eval`` evenly spaced crops (or the whole utterance), crop
-embeddings are L2-normalised when the training loss says so (``test_normalize``), and a trial is
+Used by the speaker-verification task's validation, ``speechkit-eval-eer`` and
+``speechkit-dump-embeddings``. Scoring follows clovaai/voxceleb_trainer (``SpeakerNet.py``
+``evaluateFromList``): each file gives ``num_eval`` evenly spaced crops (or the whole
+utterance), crop embeddings are L2-normalised when the training loss says so (``test_normalize``), and a trial is
 scored either by the cosine of the mean crop embeddings (``cosine``, default) or by the
 reference's negative mean Euclidean distance between all crop pairs (``crop_distance``).
 """
@@ -74,7 +74,8 @@ def embed_crops(
 
     A model with an ``embed_identity`` method (the audio-visual ``syncnet_fbank``) is embedded
     with it: the time-mean of its audio identity head, syncnet_trainer's speaker-verification
-    embedding (research/sv_syncnet_enh.md section 2.5).
+    embedding (joonson/syncnet_trainer; Chung et al. 2020, "Perfect match:
+    self-supervised embeddings for cross-modal retrieval", IEEE JSTSP).
     """
     forward = getattr(model, "embed_identity", None) or model
     out = []

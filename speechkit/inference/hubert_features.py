@@ -1,9 +1,8 @@
 """Layer features of HuBERT / ContentVec checkpoints (k-means iteration 2, probing, VC front-ends).
 
 ``HubertFeatureExtractor.from_checkpoint(path).features(wav, layer)`` returns what fairseq's
-``examples/hubert/simple_kmeans/dump_hubert_feature.py`` dumps (research/hubert_contentvec.md
-section 1.5): the waveform, layer-normalised over the whole utterance when the checkpoint's task
-says ``normalize``, is cut into consecutive chunks of ``max_chunk`` samples (1,600,000 = 100 s),
+``examples/hubert/simple_kmeans/dump_hubert_feature.py`` dumps: the waveform, layer-normalised
+over the whole utterance when the checkpoint's task says ``normalize``, is cut into consecutive chunks of ``max_chunk`` samples (1,600,000 = 100 s),
 each chunk goes through ``extract_features(mask=False, output_layer=layer)`` on its own, and the
 chunk outputs are concatenated. Layers are numbered as fairseq's ``output_layer``: 1-based,
 ``layer = k`` is the output of Transformer layer k (for pre-LN models without the final

@@ -1,0 +1,332 @@
+"""Target-speaker separation inference: a trained ``voicevector_ae`` checkpoint applied to audio of
+any length and sample rate, with positive / negative enrolment vectors.
+
+Model: Rahimi, Afouras and Zisserman, "VoiceVector: multimodal enrolment vectors for speaker
+separation", ICASSP 2024 (:mod:`speechkit.models.voicevector`). Its sinusoidal positional
+encoding has ``max_len`` tokens (1500 tokens of 20 ms = 30 s with the paper's sizes), so longer
+audio is separated in overlapping chunks:
+
+* ``K = ceil((T - O) / (C - O))`` chunks of ``C`` samples (``chunk_seconds``, at most the
+  model's limit), their starts evenly spaced from 0 to ``T - C`` so that neighbours overlap by at
+  least ``O`` samples (``overlap_seconds``);
+* every chunk is separated with the same enrolment vectors;
+* overlap-add with complementary raised-cosine cross-fades over each actual overlap: in an
+  overlap of ``L`` samples the later chunk is weighted ``sin^2(pi (t + 0.5) / (2 L))`` and the
+  earlier one ``cos^2(...)``, so the weights sum to exactly 1 everywhere and no seam is a hard
+  switch from one chunk's output to the next.
+
+Enrolment vectors come from ``.npy`` files written by ``scripts/dump_embeddings.py`` (crop
+embeddings (K, D) or one (D,): mean over crops, then L2-normalised, as the training data uses
+them) or from enrolment WAVs embedded by a speaker checkpoint
+(:class:`speechkit.inference.speaker_embedding.SpeakerEmbedding`, whole utterance,
+L2-normalised).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from speechkit.data.audio import audio_info, read_audio, resample_waveform
+from speechkit.data.embedding_table import load_embedding, utterance_vector
+from speechkit.errors import CheckpointError, ConfigError, DataError
+
+SEPARATION_TASKS = ("target_speaker_separation",)
+SEPARATION_MODELS = ("voicevector_ae",)
+
+
+def chunk_starts(length: int, chunk: int, overlap: int) -> list[int]:
+    """Starts of the chunks covering ``length`` samples (see the module docstring).
+
+    Args:
+        length: signal length T in samples (> 0).
+        chunk: chunk length C in samples; ``T <= C`` gives one chunk ``[0]``.
+        overlap: minimum overlap O between neighbours, ``0 <= O <= C / 2``.
+
+    Returns:
+        Increasing starts, the first 0 and the last ``T - C``.
+
+    Raises:
+        ValueError: non-positive length / chunk, or an overlap outside ``[0, C / 2]``.
+    """
+    if length <= 0 or chunk <= 0 or not 0 <= 2 * overlap <= chunk:
+        raise ValueError(
+            f"need length > 0, chunk > 0 and 0 <= overlap <= chunk / 2; got length {length}, "
+            f"chunk {chunk}, overlap {overlap}"
+        )
+    if length <= chunk:
+        return [0]
+    count = math.ceil((length - overlap) / (chunk - overlap))
+    count = max(count, 2)
+    return [round(i * (length - chunk) / (count - 1)) for i in range(count)]
+
+
+def overlap_add(chunks: Sequence[torch.Tensor], starts: Sequence[int], length: int) -> torch.Tensor:
+    """Cross-faded overlap-add of equal-length chunk outputs (C,) into a (length,) signal.
+
+    In each overlap of ``L`` samples between chunk i-1 and chunk i, chunk i is weighted
+    ``sin^2(pi (t + 0.5) / (2 L))`` and chunk i-1 ``cos^2`` of the same (t = 0 .. L-1), so
+    the weights sum to 1; outside overlaps a chunk has weight 1.
+
+    Raises:
+        ValueError: chunk / start counts differ, chunks of different lengths, starts that leave
+            a gap, or overlaps longer than half a chunk.
+    """
+    if len(chunks) != len(starts) or not chunks:
+        raise ValueError(f"{len(chunks)} chunks for {len(starts)} starts")
+    size = chunks[0].shape[-1]
+    if any(c.shape != chunks[0].shape for c in chunks):
+        raise ValueError("all chunks must have the same length")
+    out = torch.zeros(length, dtype=chunks[0].dtype, device=chunks[0].device)
+    weights = [torch.ones(size, dtype=torch.float64) for _ in chunks]
+    for i in range(1, len(chunks)):
+        ov = starts[i - 1] + size - starts[i]
+        if ov < 0 or 2 * ov > size:
+            raise ValueError(f"chunks {i - 1} and {i} overlap by {ov} samples (chunk {size})")
+        if ov:
+            t = torch.arange(ov, dtype=torch.float64)
+            rise = torch.sin(math.pi * (t + 0.5) / (2 * ov)) ** 2
+            weights[i][:ov] = rise
+            weights[i - 1][size - ov :] = 1.0 - rise
+    for chunk, start, w in zip(chunks, starts, weights):
+        stop = min(start + size, length)
+        out[start:stop] += chunk[: stop - start] * w[: stop - start].to(chunk.dtype)
+    return out
+
+
+def load_enrolment_npy(path: str | os.PathLike, emb_dim: int | None = None) -> torch.Tensor:
+    """One enrolment vector (D,) float32 from a ``dump_embeddings`` ``.npy`` ((K, D) or (D,)):
+    mean over crops, L2-normalised.
+
+    Raises:
+        DataError: missing / unreadable file, wrong rank, a D other than ``emb_dim``, a zero
+            vector (file named).
+    """
+    array = load_embedding(path, "the command line", emb_dim)
+    return torch.from_numpy(utterance_vector(array, path))
+
+
+class Separator:
+    """``Separator.from_checkpoint(path).separate(mixture, positives, negatives)``.
+
+    Args:
+        model: a separation model ``(B, T), (B, N, D), (B, N) long, (B, N) bool -> (B, T)`` with
+            a ``cfg.sample_rate`` and ``max_seconds()`` (``voicevector_ae``).
+        device: where it runs.
+        chunk_seconds: chunk length for long input; 0 (default) = the model's limit
+            ``max_seconds()`` rounded down to a whole 20 ms token.
+        overlap_seconds: minimum overlap of neighbouring chunks (default 1 s).
+        batch_chunks: chunks per forward pass.
+
+    Raises:
+        ConfigError: a chunk longer than the model allows, or an overlap above half a chunk.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        device: str | torch.device = "cpu",
+        chunk_seconds: float = 0.0,
+        overlap_seconds: float = 1.0,
+        batch_chunks: int = 2,
+    ):
+        self.device = torch.device(device)
+        self.model = model.to(self.device).eval()
+        self.sample_rate = int(model.cfg.sample_rate)
+        self.emb_dim = int(model.cfg.emb_dim)
+        limit = float(model.max_seconds())
+        # whole tokens only: the model pads the upsampled input to a multiple of its stride
+        token = model.total_stride / model.cfg.internal_rate
+        max_chunk = int(math.floor(limit / token) * token * self.sample_rate)
+        # the 16 k -> internal-rate upsampling rounds up: keep one token of margin
+        max_chunk -= int(math.ceil(token * self.sample_rate))
+        self.chunk = (
+            max_chunk if chunk_seconds <= 0 else int(round(chunk_seconds * self.sample_rate))
+        )
+        if self.chunk > max_chunk or self.chunk <= 0:
+            raise ConfigError(
+                f"chunk of {chunk_seconds} s: the model accepts at most {max_chunk} samples "
+                f"({max_chunk / self.sample_rate:.2f} s) per forward pass"
+            )
+        self.overlap = int(round(overlap_seconds * self.sample_rate))
+        if self.overlap < 0 or 2 * self.overlap > self.chunk:
+            raise ConfigError(
+                f"overlap of {overlap_seconds} s must be between 0 and half a chunk "
+                f"({self.chunk / 2 / self.sample_rate:.2f} s)"
+            )
+        self.batch_chunks = max(1, int(batch_chunks))
+
+    @classmethod
+    def from_checkpoint(
+        cls, path: str | os.PathLike, device: str | torch.device = "cpu", **kwargs
+    ) -> Separator:
+        """Load a speechkit ``target_speaker_separation`` checkpoint.
+
+        Raises:
+            CheckpointError: unreadable / unsafe file, no model inside, or a checkpoint of
+                another task or model (both named).
+        """
+        from speechkit import components
+        from speechkit.registry import MODEL_REGISTRY
+        from speechkit.trainer.checkpoint import load_checkpoint_file
+
+        components.import_all()
+        state = load_checkpoint_file(path)
+        cfg = state.get("cfg") or {}
+        model_cfg = cfg.get("model")
+        if not model_cfg or "model" not in state:
+            raise CheckpointError(f"{path}: no model config/weights (not a speechkit checkpoint?)")
+        task = str((cfg.get("task") or {}).get("_name") or "")
+        name = str(model_cfg.get("_name") or "")
+        if name not in SEPARATION_MODELS or (task and task not in SEPARATION_TASKS):
+            raise CheckpointError(
+                f"{os.fspath(path)}: a {task or 'task-less'} checkpoint (model {name or '?'}); "
+                f"expected a target_speaker_separation checkpoint of {', '.join(SEPARATION_MODELS)}"
+            )
+        model = MODEL_REGISTRY.build(model_cfg)
+        model.load_state_dict(state["model"])
+        return cls(model, device=device, **kwargs)
+
+    def enrolment(
+        self, positives: Sequence[torch.Tensor], negatives: Sequence[torch.Tensor] = ()
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Stack vectors (D,) into ``enrol`` (N, D) float32 and ``enrol_type`` (N,) long (1 =
+        positive, 0 = negative).
+
+        Raises:
+            ValueError: no positive vector, or a vector that is not (D,) with D = ``emb_dim``.
+        """
+        if not positives:
+            raise ValueError("at least one positive enrolment vector is needed")
+        vectors = [*positives, *negatives]
+        for v in vectors:
+            if tuple(v.shape) != (self.emb_dim,):
+                raise ValueError(
+                    f"enrolment vectors must be ({self.emb_dim},) for this model, got "
+                    f"{tuple(v.shape)}"
+                )
+        enrol = torch.stack([torch.as_tensor(v, dtype=torch.float32) for v in vectors])
+        types = torch.tensor([1] * len(positives) + [0] * len(negatives), dtype=torch.long)
+        return enrol, types
+
+    @torch.no_grad()
+    def separate(
+        self,
+        mixture: torch.Tensor | np.ndarray,
+        positives: Sequence[torch.Tensor],
+        negatives: Sequence[torch.Tensor] = (),
+    ) -> torch.Tensor:
+        """The target's estimate (T,) float32 from a mixture (T,) at ``sample_rate`` Hz.
+
+        Input up to one chunk long is separated in one pass; longer input in overlapping
+        chunks (module docstring), all with the same enrolment.
+
+        Raises:
+            ValueError: a mixture that is not a non-empty finite (T,) signal; bad vectors (see
+                :meth:`enrolment`).
+        """
+        wav = torch.as_tensor(mixture, dtype=torch.float32)
+        if wav.dim() != 1 or wav.numel() == 0:
+            raise ValueError(f"expected a non-empty mono mixture (T,), got {tuple(wav.shape)}")
+        if not bool(torch.isfinite(wav).all()):
+            raise ValueError("the mixture holds NaN/inf samples")
+        enrol, types = self.enrolment(positives, negatives)
+        length = wav.shape[0]
+        size = min(self.chunk, length)
+        starts = chunk_starts(length, size, min(self.overlap, size // 2))
+        outputs: list[torch.Tensor] = []
+        for i in range(0, len(starts), self.batch_chunks):
+            group = starts[i : i + self.batch_chunks]
+            batch = torch.stack([wav[s : s + size] for s in group]).to(self.device)
+            n = len(group)
+            e = enrol.to(self.device).expand(n, -1, -1)
+            t = types.to(self.device).expand(n, -1)
+            est = self.model(batch, e, t, torch.ones_like(t, dtype=torch.bool))
+            outputs.extend(est.float().cpu())
+        if len(outputs) == 1:
+            return outputs[0]
+        return overlap_add(outputs, starts, length)
+
+    def separate_file(
+        self,
+        path: str | os.PathLike,
+        positives: Sequence[torch.Tensor],
+        negatives: Sequence[torch.Tensor] = (),
+    ) -> tuple[np.ndarray, int]:
+        """Separate an audio file: ``(estimate (T_in,) float32, input rate)`` at the FILE's rate
+        and length.
+
+        A file at another rate than the model's is resampled to it (soxr) and the estimate
+        back; a multi-channel file is averaged to mono; both log a WARNING naming the file.
+
+        Raises:
+            DataError: missing / unreadable / empty file or NaN samples (file named).
+        """
+        path = os.fspath(path)
+        info = audio_info(path)
+        if info.frames == 0:
+            raise DataError(f"{path}: the audio file is empty")
+        wav = read_audio(path, self.sample_rate)
+        est = self.separate(torch.from_numpy(wav), positives, negatives).numpy()
+        est = resample_waveform(est, self.sample_rate, info.sample_rate)
+        if est.shape[0] < info.frames:
+            est = np.pad(est, (0, info.frames - est.shape[0]))
+        return np.ascontiguousarray(est[: info.frames], dtype=np.float32), info.sample_rate
+
+
+def embed_enrolment_wavs(
+    paths: Sequence[str | os.PathLike], speaker_checkpoint: str | os.PathLike | None, device="cpu"
+) -> list[torch.Tensor]:
+    """Embed enrolment WAVs with a speaker checkpoint: one L2-normalised (D,) vector each.
+
+    Raises:
+        ConfigError: WAVs given without ``speaker_checkpoint``.
+        CheckpointError / DataError: from :class:`SpeakerEmbedding` (file named).
+    """
+    if not paths:
+        return []
+    if speaker_checkpoint is None:
+        raise ConfigError(
+            f"enrolment audio ({Path(paths[0]).name} ...) needs --speaker-checkpoint (the "
+            "speaker model whose vectors the separation model was trained on)"
+        )
+    from speechkit.inference.speaker_embedding import SpeakerEmbedding
+
+    embedder = SpeakerEmbedding.from_checkpoint(speaker_checkpoint, device=device)
+    return [embedder.embed(p).float().cpu() for p in paths]
+
+
+def load_enrolment(
+    paths: Sequence[str | os.PathLike],
+    emb_dim: int,
+    speaker_checkpoint: str | os.PathLike | None = None,
+    device: str | torch.device = "cpu",
+) -> list[torch.Tensor]:
+    """Enrolment vectors (D,) from ``.npy`` files and/or audio files (any other extension), in
+    the given order.
+
+    Raises:
+        DataError: a bad ``.npy`` (file named) or audio file; ConfigError: audio without
+            ``speaker_checkpoint``; ValueError: an embedder whose D differs from ``emb_dim``.
+    """
+    audio = [p for p in paths if not os.fspath(p).endswith(".npy")]
+    embedded = iter(embed_enrolment_wavs(audio, speaker_checkpoint, device))
+    out = []
+    for p in paths:
+        if os.fspath(p).endswith(".npy"):
+            out.append(load_enrolment_npy(p, emb_dim))
+        else:
+            v = next(embedded)
+            if v.shape[0] != emb_dim:
+                raise ConfigError(
+                    f"{p}: the speaker checkpoint gives {v.shape[0]}-d vectors; the separation "
+                    f"model expects {emb_dim}-d"
+                )
+            out.append(v)
+    return out
