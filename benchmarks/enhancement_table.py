@@ -1,18 +1,20 @@
 #!/usr/bin/env python
 """Raw vs enhanced EER of every enhancement model x loss on the real test data.
 
-    python benchmarks/enhancement_table.py [--data ../shared/data] [--work /tmp/enh_bench] \\
+Run from the repository root::
+
+    .venv/bin/python benchmarks/enhancement_table.py [--data ../shared/data] [--work DIR] \\
         [--checkpoint sv.pt | --sv-updates 100] [--epochs 20] [--batch-size 64] [--lr 1e-3] \\
-        [--models enhancement_residual,...] [--criterions enh_cosine,...] [--threads 1]
+        [--models enhancement_residual,...] [--criterions enh_cosine,...] [--threads 1] [--quick]
 
 Pipeline (the speaker-embedding enhancement system, research/sv_syncnet_enh.md section 3):
 
 1. a small ECAPA-TDNN speaker model is trained for ``--sv-updates`` updates on the 6 speakers
    of ``lists/split_train_list.txt`` (or ``--checkpoint`` is used);
-2. ``scripts/dump_embeddings.py`` embeds ``lists/librispeech_test_other_train_all.txt`` (10
+2. ``speechkit-dump-embeddings`` embeds ``lists/librispeech_test_other_train_all.txt`` (10
    speakers x 10) and ``lists/cohort_list.txt`` (211 speakers x 1);
-3. ``scripts/combine_embeddings.py`` builds the speaker targets;
-4. ``scripts/make_enhancement_lists.py`` writes normal / triplet / distribution train lists over
+3. ``speechkit-combine-embeddings`` builds the speaker targets;
+4. ``speechkit-make-enhancement-lists`` writes normal / triplet / distribution train lists over
    the 6 train speakers + the cohort (distribution categories: blocks of 5 utterances, since
    every LibriSpeech speaker here has one chapter);
 5. every model is trained with every loss through the Trainer and validated on
@@ -21,35 +23,38 @@ Pipeline (the speaker-embedding enhancement system, research/sv_syncnet_enh.md s
 
 This data is far too small to say which loss is best; the table shows that the pipeline works
 and how far each model moves from the raw embeddings (the residual net starts at the identity).
+The table goes to stderr. JSON line: the mean enhanced EER over the table's rows vs the raw EER
+on the same trials (ratio < 1: the networks improve on the raw embeddings). ``--work`` defaults
+to a temporary folder removed at the end.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import statistics
 import sys
+import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
+from _report import device_label, log, report
+from hydra import compose, initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
+
+import speechkit.criterions.embedding_enhancement  # noqa: F401
+import speechkit.models.embedding_enhancement  # noqa: F401
+import speechkit.tasks.embedding_enhancement  # noqa: F401
+from speechkit.cli import combine_embeddings, dump_embeddings, make_enhancement_lists
+from speechkit.cli.paths import find_shared_data
+from speechkit.train import build_components, prepare
+from speechkit.trainer.rng import seed_everything
+from speechkit.trainer.trainer import Trainer
 
 REPO = Path(__file__).resolve().parents[1]
-for p in (REPO, REPO / "scripts"):
-    if str(p) not in sys.path:
-        sys.path.insert(0, str(p))
-
-import combine_embeddings  # noqa: E402
-import dump_embeddings  # noqa: E402
-import make_enhancement_lists  # noqa: E402
-from hydra import compose, initialize_config_dir  # noqa: E402
-from hydra.core.global_hydra import GlobalHydra  # noqa: E402
-
-import speechkit.criterions.embedding_enhancement  # noqa: E402, F401
-import speechkit.models.embedding_enhancement  # noqa: E402, F401
-import speechkit.tasks.embedding_enhancement  # noqa: E402, F401
-from speechkit.train import build_components, prepare  # noqa: E402
-from speechkit.trainer.rng import seed_everything  # noqa: E402
-from speechkit.trainer.trainer import Trainer  # noqa: E402
+TRIALS = "lists/split_test_trials.txt"
 
 MODELS = [
     "enhancement_residual",
@@ -183,13 +188,15 @@ def prepare_data(data: Path, work: Path, checkpoint: Path) -> dict[str, Path]:
         ),
     ]
     for module, argv in steps:
-        if module.main(argv) != 0:
+        with contextlib.redirect_stdout(sys.stderr):  # their progress lines: stdout is JSON only
+            status = module.main(argv)
+        if status != 0:
             raise SystemExit(f"{module.__name__} failed")
     return {
         "emb": emb,
         "targets": targets,
         "lists": enh_lists,
-        "test": lists / "split_test_trials.txt",
+        "test": data / TRIALS,
     }
 
 
@@ -223,9 +230,9 @@ def enhancement_overrides(
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--data", default=str(REPO.parent / "shared" / "data"))
-    p.add_argument("--work", default="/tmp/speechkit_enhancement_table")
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[1])
+    p.add_argument("--data", default=None, help="shared data (default: found)")
+    p.add_argument("--work", default=None, help="work folder (default: a temporary one)")
     p.add_argument("--checkpoint", default=None, help="speaker model (default: train one)")
     p.add_argument("--sv-updates", type=int, default=100)
     p.add_argument("--epochs", type=int, default=20)
@@ -234,10 +241,30 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--models", default=",".join(MODELS))
     p.add_argument("--criterions", default=",".join(CRITERIONS))
     p.add_argument("--threads", type=int, default=1, help="torch CPU threads")
+    p.add_argument(
+        "--quick",
+        action="store_true",
+        help="10 speaker-model updates, 2 epochs, enhancement_residual x enh_cosine only",
+    )
     args = p.parse_args(argv)
+    if args.quick:
+        args.sv_updates, args.epochs = 10, 2
+        args.models, args.criterions = "enhancement_residual", "enh_cosine"
     torch.set_num_threads(args.threads)
-    data, work = Path(args.data), Path(args.work)
+    data = find_shared_data(TRIALS, args.data)
+    if data is None:
+        raise SystemExit(
+            f"enhancement_table: {args.data or 'shared data'}: no {TRIALS}; expected the shared "
+            "test data (--data DIR or $SPEECHKIT_SHARED_DATA)"
+        )
+    if args.work:
+        return run(args, data, Path(args.work))
+    with tempfile.TemporaryDirectory(prefix="speechkit_enhancement_table_") as work:
+        return run(args, data, Path(work))
 
+
+def run(args, data: Path, work: Path) -> int:
+    """Build the embeddings in ``work``, train every model x loss, log the table and report."""
     t0 = time.perf_counter()
     checkpoint = (
         Path(args.checkpoint)
@@ -246,9 +273,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     paths = prepare_data(data, work, checkpoint)
     embed_dim = int(np.load(next(paths["emb"].rglob("*.npy"))).shape[-1])
-    print(
-        f"speaker model + dump + targets + lists: {time.perf_counter() - t0:.1f}s (D={embed_dim})"
-    )
+    log(f"speaker model + dump + targets + lists: {time.perf_counter() - t0:.1f}s (D={embed_dim})")
 
     rows = []
     for model_name in args.models.split(","):
@@ -265,15 +290,14 @@ def main(argv: list[str] | None = None) -> int:
             trainer.train()
             m = trainer.validate()
             rows.append((model_name, crit_name, m, trainer.num_updates, time.perf_counter() - t1))
-            print(
+            log(
                 f"{model_name:26s} {crit_name:20s} EER raw {m['eer_raw']:6.2f}  enhanced "
                 f"{m['eer_enhanced']:6.2f}  ({trainer.num_updates} updates, "
-                f"{time.perf_counter() - t1:.1f}s)",
-                flush=True,
+                f"{time.perf_counter() - t1:.1f}s)"
             )
 
-    trials = int(rows[0][2]["num_trials"]) if rows else 0
-    print(
+    trials = int(rows[0][2]["num_trials"])
+    log(
         f"\nRaw vs enhanced on {paths['test'].name} ({trials} trials, same trials for both); "
         f"{args.epochs} epochs, batch {args.batch_size}, lr {args.lr}"
     )
@@ -281,13 +305,32 @@ def main(argv: list[str] | None = None) -> int:
         "| model | loss | EER raw % | EER enhanced % | minDCF0.05 raw | "
         "minDCF0.05 enhanced | updates | time s |"
     )
-    print(header)
-    print("|" + "---|" * 8)
+    log(header)
+    log("|" + "---|" * 8)
     for model_name, crit_name, m, updates, secs in rows:
-        print(
+        log(
             f"| {model_name} | {crit_name} | {m['eer_raw']:.2f} | {m['eer_enhanced']:.2f} | "
             f"{m['min_dcf_raw']:.3f} | {m['min_dcf_enhanced']:.3f} | {updates} | {secs:.1f} |"
         )
+    report(
+        name="enhancement_table",
+        device=device_label("cpu"),
+        config={
+            "trials": trials,
+            "rows": len(rows),
+            "models": args.models.split(","),
+            "criterions": args.criterions.split(","),
+            "sv_updates": None if args.checkpoint else args.sv_updates,
+            "epochs": args.epochs,
+            "batch_size": args.batch_size,
+            "lr": args.lr,
+            "embed_dim": embed_dim,
+        },
+        figure=statistics.mean(m["eer_enhanced"] for _, _, m, _, _ in rows),
+        unit="EER %, mean over the table's rows (lower is better)",
+        reference="raw speaker embeddings on the same trials",
+        reference_figure=statistics.mean(m["eer_raw"] for _, _, m, _, _ in rows),
+    )
     return 0
 
 

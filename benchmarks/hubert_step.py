@@ -1,41 +1,46 @@
 """HuBERT Base speed: speechkit vs Hugging Face ``transformers.HubertModel``, and GPU throughput.
 
-CPU part (always): forward and forward+backward time of HuBERT Base on a batch of 2 x 4 s of
-16 kHz audio, speechkit's ``HubertModel`` vs ``transformers.HubertModel`` holding the same
-weights, in the same process. Dropout, LayerDrop and masking are off in both (so both do the
-same arithmetic), the conv feature extractor gets gradients in both (feature_grad_mult=1).
-Prints the median times and the ratio HF / speechkit (> 1: speechkit is faster).
+Run from the repository root::
 
-GPU part (``--device cuda``, or automatically when a GPU is present): a full HuBERT Base
-training step (masking, logits, cross-entropy + feature penalty, backward, AdamW) in bf16
-autocast; prints audio-seconds per second per GPU and model FLOPs utilisation (FLOPs of one
-step counted by ``torch.utils.flop_counter`` / step time, against the measured bf16 matmul
-peak of the same GPU). LayerDrop is 0 there so every step does the same FLOPs.
+    .venv/bin/python benchmarks/hubert_step.py [--quick] [--compile]     # CPU comparison
+    .venv/bin/python benchmarks/hubert_step.py --device cuda [--batch 8 --seconds 10] [--compile]
 
-Usage::
+CPU (``--device cpu``, the default): forward and forward+backward time of HuBERT Base (Hsu et al.
+2021; fairseq ``hubert.py``) on ``--cpu-batch`` x ``--cpu-seconds`` of 16 kHz audio,
+speechkit's ``HubertModel`` vs ``transformers.HubertModel`` holding the same weights, in the
+same process, interleaved so that machine load hits both alike. Dropout, LayerDrop and masking
+are off in both (same arithmetic); the conv feature extractor gets gradients in both
+(feature_grad_mult=1). ``--compile`` wraps the speechkit model in ``torch.compile`` (the
+transformers model stays eager). The run fails (exit status 1, no JSON line) when the two
+outputs differ by more than ``--tolerance`` (default 1e-4). JSON line: forward+backward
+audio-seconds per second, speechkit vs transformers (ratio > 1: speechkit is faster; goal with
+``--compile``: >= 1.3).
 
-    python benchmarks/hubert_step.py                 # CPU comparison (+ GPU if available)
-    python benchmarks/hubert_step.py --skip-cpu --device cuda --batch 8 --seconds 10
+GPU (``--device cuda``): a full HuBERT Base training step (masking, logits, cross-entropy +
+feature penalty, backward, fused AdamW) in bf16 autocast, LayerDrop 0 so every step does the
+same FLOPs. FLOPs of one step are counted by ``torch.utils.flop_counter``; the reference is the
+audio-seconds/s the same step would reach at the measured bf16 matmul peak of the same card, so
+the ratio is the model FLOPs utilisation (MFU).
 """
 
 from __future__ import annotations
 
 import argparse
 import statistics
-import sys
 import time
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from _report import device_label, log, report
+from speechkit.checkpoints.hf_hubert import to_transformers_model
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from speechkit.models.hubert import HubertModel, hubert_base_config
 
-from speechkit.checkpoints.hf_hubert import to_transformers_model  # noqa: E402
-from speechkit.models.hubert import HubertModel, hubert_base_config  # noqa: E402
+SAMPLE_RATE = 16000
 
 
 def _time(fn, iters: int, sync=lambda: None) -> list[float]:
+    """Wall seconds of each of ``iters`` calls of ``fn`` (``sync`` before and after)."""
     out = []
     for _ in range(iters):
         sync()
@@ -46,11 +51,10 @@ def _time(fn, iters: int, sync=lambda: None) -> list[float]:
     return out
 
 
-def cpu_comparison(
-    batch: int, seconds: float, iters: int, threads: int | None, verbose: bool = False
-) -> None:
-    if threads:
-        torch.set_num_threads(threads)
+def cpu_comparison(args) -> None:
+    """Time speechkit vs transformers HuBERT Base on the CPU and report fwd+bwd audio-s/s."""
+    if args.threads:
+        torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     cfg = hubert_base_config(
         dropout=0.0,
@@ -63,11 +67,12 @@ def cpu_comparison(
     )
     ours = HubertModel(cfg)
     hf = to_transformers_model(ours)
-    x = torch.randn(batch, int(seconds * 16000))
+    run = torch.compile(ours) if args.compile else ours
+    x = torch.randn(args.cpu_batch, int(args.cpu_seconds * SAMPLE_RATE))
 
     def ours_fwd():
         with torch.no_grad():
-            return ours(x, mask=False, features_only=True)["x"]
+            return run(x, mask=False, features_only=True)["x"]
 
     def hf_fwd():
         with torch.no_grad():
@@ -75,7 +80,7 @@ def cpu_comparison(
 
     def ours_step():
         ours.zero_grad(set_to_none=True)
-        ours(x, mask=False, features_only=True)["x"].square().mean().backward()
+        run(x, mask=False, features_only=True)["x"].square().mean().backward()
 
     def hf_step():
         hf.zero_grad(set_to_none=True)
@@ -83,29 +88,56 @@ def cpu_comparison(
 
     ours.eval()
     hf.eval()
+    t0 = time.perf_counter()
     diff = (ours_fwd() - hf_fwd()).abs().max().item()
-    print(
-        f"CPU, {torch.get_num_threads()} threads, batch {batch} x {seconds:g} s; "
-        f"max |speechkit - HF| = {diff:.2e}"
+    log(
+        f"CPU, {torch.get_num_threads()} threads, batch {args.cpu_batch} x "
+        f"{args.cpu_seconds:g} s{', speechkit compiled' if args.compile else ''}; "
+        f"max |speechkit - HF| = {diff:.2e} (first call {time.perf_counter() - t0:.1f} s)"
     )
+    if not diff <= args.tolerance:
+        raise SystemExit(
+            f"hubert_step: speechkit and transformers outputs differ by {diff:.2e}; "
+            f"expected at most {args.tolerance:g}"
+        )
+    medians = {}
     for name, a, b, mode in (
         ("forward", ours_fwd, hf_fwd, "eval"),
         ("forward+backward", ours_step, hf_step, "train"),
     ):
         ours.train(mode == "train")
         hf.train(mode == "train")
-        a(), b()  # warm-up
+        a(), b()  # warm-up (and compilation of the training graph)
         ta, tb = [], []
-        for _ in range(iters):  # interleave so that machine load affects both alike
+        for _ in range(args.cpu_iters):  # interleaved
             ta += _time(a, 1)
             tb += _time(b, 1)
         ma, mb = statistics.median(ta), statistics.median(tb)
-        if verbose:
-            print("   ", [round(t * 1e3) for t in ta], [round(t * 1e3) for t in tb])
-        print(
+        medians[name] = ma, mb
+        log(
             f"  {name:17s} speechkit {ma * 1e3:8.1f} ms   transformers {mb * 1e3:8.1f} ms   "
-            f"ratio HF/speechkit = {mb / ma:.2f}"
+            f"ratio HF/speechkit = {mb / ma:.2f}   per call (ms): "
+            f"{[round(t * 1e3) for t in ta]} vs {[round(t * 1e3) for t in tb]}"
         )
+    audio = args.cpu_batch * args.cpu_seconds
+    ma, mb = medians["forward+backward"]
+    report(
+        name="hubert_step_cpu",
+        device=device_label("cpu"),
+        config={
+            "model": "HuBERT Base, dropout/LayerDrop/masking off",
+            "batch": args.cpu_batch,
+            "seconds": args.cpu_seconds,
+            "step": "forward+backward of mean squared features",
+            "compile": args.compile,
+            "iters": args.cpu_iters,
+            "max_abs_diff": float(f"{diff:.3g}"),
+        },
+        figure=audio / ma,
+        unit="audio-s/s, median (higher is better)",
+        reference="transformers.HubertModel eager, same weights, same process",
+        reference_figure=audio / mb,
+    )
 
 
 def bf16_matmul_peak(device: torch.device, n: int = 8192, iters: int = 20) -> float:
@@ -122,7 +154,8 @@ def bf16_matmul_peak(device: torch.device, n: int = 8192, iters: int = 20) -> fl
     return 2 * n**3 * iters / (time.perf_counter() - t)
 
 
-def gpu_throughput(batch: int, seconds: float, iters: int, compile_model: bool) -> None:
+def gpu_throughput(args) -> None:
+    """Time a bf16 HuBERT Base training step on the GPU and report audio-s/s and MFU."""
     from torch.utils.flop_counter import FlopCounterMode
 
     device = torch.device("cuda")
@@ -134,13 +167,13 @@ def gpu_throughput(batch: int, seconds: float, iters: int, compile_model: bool) 
     opt = torch.optim.AdamW(
         model.parameters(), lr=5e-4, betas=(0.9, 0.98), eps=1e-6, weight_decay=0.01, fused=True
     )
-    n = int(seconds * 16000)
-    source = torch.randn(batch, n, device=device)
+    n = int(args.seconds * SAMPLE_RATE)
+    source = torch.randn(args.batch, n, device=device)
     frames = model.feature_extractor.output_lengths(n)
-    labels = torch.randint(4, 504, (batch, frames), device=device)
-    padding = torch.zeros(batch, n, dtype=torch.bool, device=device)
+    labels = torch.randint(4, 504, (args.batch, frames), device=device)
+    padding = torch.zeros(args.batch, n, dtype=torch.bool, device=device)
     gen = torch.Generator(device=device).manual_seed(1)
-    fwd = torch.compile(model) if compile_model else model
+    fwd = torch.compile(model) if args.compile else model
 
     def step():
         with torch.autocast("cuda", dtype=torch.bfloat16):
@@ -160,48 +193,62 @@ def gpu_throughput(batch: int, seconds: float, iters: int, compile_model: bool) 
     with FlopCounterMode(display=False) as counter:
         step()
     flops = counter.get_total_flops()
-    times = _time(step, iters, torch.cuda.synchronize)
-    t = statistics.median(times)
+    t = statistics.median(_time(step, args.gpu_iters, torch.cuda.synchronize))
     peak = bf16_matmul_peak(device)
-    name = torch.cuda.get_device_name(device)
-    print(
-        f"GPU {name}: HuBERT Base training step, bf16 autocast, batch {batch} x {seconds:g} s"
-        f"{' (torch.compile)' if compile_model else ''}"
-    )
-    print(
-        f"  step {t * 1e3:.1f} ms   {batch * seconds / t:.0f} audio-s/s per GPU   "
-        f"peak memory {torch.cuda.max_memory_allocated() / 2**30:.1f} GiB"
-    )
-    print(
+    audio = args.batch * args.seconds
+    log(
+        f"GPU {torch.cuda.get_device_name(device)}: HuBERT Base training step, bf16 autocast, "
+        f"batch {args.batch} x {args.seconds:g} s{' (torch.compile)' if args.compile else ''}\n"
+        f"  step {t * 1e3:.1f} ms   {audio / t:.0f} audio-s/s   peak memory "
+        f"{torch.cuda.max_memory_allocated() / 2**30:.1f} GiB\n"
         f"  model FLOPs/step {flops / 1e12:.2f} TFLOP   achieved {flops / t / 1e12:.1f} TFLOP/s   "
         f"measured bf16 matmul peak {peak / 1e12:.0f} TFLOP/s   MFU {flops / t / peak:.1%}"
+    )
+    report(
+        name="hubert_step_gpu",
+        device=device_label("cuda"),
+        config={
+            "model": "HuBERT Base, LayerDrop 0, 504 classes",
+            "batch": args.batch,
+            "seconds": args.seconds,
+            "step": "bf16 autocast fwd + CE + feature penalty + bwd + fused AdamW",
+            "compile": args.compile,
+            "iters": args.gpu_iters,
+            "tflop_per_step": round(flops / 1e12, 3),
+            "peak_tflops_bf16_matmul": round(peak / 1e12, 1),
+        },
+        figure=audio / t,
+        unit="audio-s/s per GPU, median step (higher is better)",
+        reference="audio-s/s at the measured bf16 matmul peak (ratio = MFU)",
+        reference_figure=audio * peak / flops,
     )
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    p.add_argument(
-        "--device",
-        choices=["cpu", "cuda"],
-        default=None,
-        help="cuda: also run the GPU part (default: when a GPU is available)",
-    )
-    p.add_argument("--skip-cpu", action="store_true", help="skip the CPU comparison")
+    p.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
+    p.add_argument("--compile", action="store_true", help="torch.compile the speechkit model")
+    p.add_argument("--tolerance", type=float, default=1e-4, help="max |speechkit - HF| (CPU)")
+    p.add_argument("--cpu-batch", type=int, default=2)
+    p.add_argument("--cpu-seconds", type=float, default=4.0)
     p.add_argument("--cpu-iters", type=int, default=5)
     p.add_argument("--threads", type=int, default=None, help="CPU threads (default: torch's)")
     p.add_argument("--batch", type=int, default=8, help="GPU batch size")
     p.add_argument("--seconds", type=float, default=10.0, help="GPU seconds per utterance")
     p.add_argument("--gpu-iters", type=int, default=20)
-    p.add_argument("--compile", action="store_true", help="torch.compile the model (GPU)")
-    p.add_argument("--verbose", action="store_true", help="print every CPU timing")
+    p.add_argument(
+        "--quick", action="store_true", help="CPU 1 x 1 s, 2 iters; GPU 2 x 2 s, 5 iters"
+    )
     args = p.parse_args()
-    if not args.skip_cpu:
-        cpu_comparison(2, 4.0, args.cpu_iters, args.threads, args.verbose)
-    use_gpu = args.device == "cuda" or (args.device is None and torch.cuda.is_available())
-    if use_gpu:
-        gpu_throughput(args.batch, args.seconds, args.gpu_iters, args.compile)
-    elif args.device is None:
-        print("no GPU: GPU throughput / MFU part skipped")
+    if args.quick:
+        args.cpu_batch, args.cpu_seconds, args.cpu_iters = 1, 1.0, 2
+        args.batch, args.seconds, args.gpu_iters = 2, 2.0, 5
+    if args.device == "cuda":
+        if not torch.cuda.is_available():
+            raise SystemExit("hubert_step: --device cuda but torch.cuda.is_available() is False")
+        gpu_throughput(args)
+    else:
+        cpu_comparison(args)
 
 
 if __name__ == "__main__":

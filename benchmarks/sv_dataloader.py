@@ -1,12 +1,19 @@
 """Speaker-verification input pipeline throughput, and the CPU train step it has to feed.
 
-Measures utterances per second through decode + random crop + augmentation (noise / babble /
-reverb from the shared lists, optional speed perturbation) with a torch DataLoader over the
-real train list, for several worker counts, plus the forward + backward time of
-``resnet_se34l`` on one batch of the same shape (when ``speechkit.models.resnet_se`` imports).
+Measures utterances per second and CPU milliseconds per utterance (all processes, so robust to
+other jobs on the machine) through decode + random crop, then + augmentation (noise / babble /
+reverb from the shared lists, as voxceleb_trainer's ``AugmentWAV`` in ``DatasetLoader.py``, then
++ speed perturbation) with a torch DataLoader over the real train list, for several worker
+counts, plus the forward + backward + Adam time of ``resnet_se34l`` on one batch of the same
+shape. Run from the repository root::
 
-    python benchmarks/sv_dataloader.py [--speakers 32] [--per-speaker 2] [--max-frames 200]
-                                       [--batches 24] [--workers 1 2]
+    .venv/bin/python benchmarks/sv_dataloader.py [--speakers 32] [--per-speaker 2] \\
+        [--max-frames 200] [--batches 24] [--workers 1 2] [--data DIR] [--quick]
+
+JSON line: CPU ms per utterance of the data workers when they only decode + crop (the work left
+to them once augmentation runs on the training device) vs decode + crop + augment (today's
+worker-side augmentation), at the largest ``--workers``; goal ratio <= 0.25. The cost of
+augmenting on the device is not part of this figure.
 
 The shared train list has only 10 speakers, fewer than 32 per batch, so the benchmark's batches
 are drawn with speaker repetition (each group is still one speaker's utterances); the data cost
@@ -18,27 +25,22 @@ from __future__ import annotations
 import argparse
 import os
 import resource
-import sys
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
+from _report import device_label, log, report
 from torch.utils.data import DataLoader
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
+import speechkit.models.resnet_se  # noqa: F401  (registers resnet_se34l)
+from speechkit.cli.paths import find_shared_data
+from speechkit.data.augment import Augmenter, read_babble_list, read_noise_list, read_rir_list
+from speechkit.data.lists import read_train_list
+from speechkit.data.speaker_dataset import SpeakerTrainDataset, frames_to_samples
+from speechkit.registry import MODEL_REGISTRY
 
-from speechkit.data.augment import (  # noqa: E402
-    Augmenter,
-    read_babble_list,
-    read_noise_list,
-    read_rir_list,
-)
-from speechkit.data.lists import read_train_list  # noqa: E402
-from speechkit.data.speaker_dataset import SpeakerTrainDataset, frames_to_samples  # noqa: E402
-
-DATA = REPO.parent / "shared" / "data"
+TRAIN_LIST = "lists/librispeech_test_other_train_all.txt"
 
 
 def make_batches(labels, speakers, per_speaker, count, seed=0):
@@ -82,14 +84,8 @@ def time_loader(dataset, batches, workers):
 
 
 def time_train_step(batch_utts, samples, steps=3):
-    """(wall, CPU) seconds per forward + backward + Adam step of resnet_se34l on
-    (batch_utts, samples), or None when the model module cannot be imported."""
-    try:
-        import speechkit.models.resnet_se  # noqa: F401
-        from speechkit.registry import MODEL_REGISTRY
-    except ImportError as e:
-        print(f"note: speechkit.models.resnet_se cannot be imported ({e}); no model timing")
-        return None
+    """(wall, CPU) median seconds per forward + backward + Adam step of resnet_se34l on
+    (batch_utts, samples) random audio, over ``steps`` steps after one warm-up step."""
     model = MODEL_REGISTRY.build({"_name": "resnet_se34l"})
     classifier = torch.nn.Linear(model.embed_dim, 10)
     params = list(model.parameters()) + list(classifier.parameters())
@@ -111,17 +107,27 @@ def time_train_step(batch_utts, samples, steps=3):
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--data", type=Path, default=DATA)
+    parser.add_argument("--data", type=Path, default=None, help="shared data (default: found)")
     parser.add_argument("--speakers", type=int, default=32)
     parser.add_argument("--per-speaker", type=int, default=2)
     parser.add_argument("--max-frames", type=int, default=200)
     parser.add_argument("--batches", type=int, default=24)
     parser.add_argument("--workers", type=int, nargs="+", default=[1, 2])
     parser.add_argument("--model-steps", type=int, default=3)
+    parser.add_argument(
+        "--quick", action="store_true", help="8 x 2 utterances, 3 batches, 1 worker, 1 step"
+    )
     args = parser.parse_args()
+    if args.quick:
+        args.speakers, args.batches, args.workers, args.model_steps = 8, 3, [1], 1
 
-    data = args.data
-    items = read_train_list(data / "lists/librispeech_test_other_train_all.txt", data)
+    data = find_shared_data(TRAIN_LIST, args.data)
+    if data is None:
+        raise SystemExit(
+            f"sv_dataloader: {args.data or 'shared data'}: no {TRAIN_LIST}; expected the shared "
+            "test data (--data DIR or $SPEECHKIT_SHARED_DATA)"
+        )
+    items = read_train_list(data / TRAIN_LIST, data)
     lists = (
         read_noise_list(data / "lists/noise_list.txt", data),
         read_rir_list(data / "lists/rir_list.txt", data),
@@ -130,7 +136,7 @@ def main() -> None:
     augment = Augmenter(*lists)
     speed = Augmenter(*lists, speed_perturb=True)
     samples = frames_to_samples(args.max_frames)
-    print(
+    log(
         f"torch {torch.__version__}, {torch.get_num_threads()} threads; batch "
         f"{args.speakers} speakers x {args.per_speaker} utterances x {samples} samples; "
         f"{args.batches} batches; augment choices {augment.choices}"
@@ -148,37 +154,58 @@ def main() -> None:
 
     labels = dataset(None).labels
     batches = make_batches(labels, args.speakers, args.per_speaker, args.batches)
+    crop, augmented = "decode + crop (partial read)", "decode + crop + augment"
     configs = [
-        ("decode + crop (partial read)", None, True),
+        (crop, None, True),
         ("decode + crop (whole-file read)", None, False),
-        ("decode + crop + augment", augment, True),
+        (augmented, augment, True),
         ("decode + crop + speed + augment", speed, True),
     ]
     results = {}
-    print(f"load average before: {os.getloadavg()[0]:.2f} (other jobs on this machine)")
-    print(f"\n{'pipeline':34s} {'workers':>7s} {'utt/s':>8s} {'CPU ms/utt':>11s}")
+    load_before = os.getloadavg()[0]
+    log(f"load average before: {load_before:.2f} (other jobs on this machine)")
+    log(f"\n{'pipeline':34s} {'workers':>7s} {'utt/s':>8s} {'CPU ms/utt':>11s}")
     for name, aug, partial in configs:
         for workers in args.workers:
             rate, cpu_ms = time_loader(dataset(aug, partial), batches, workers)
             results[name, workers] = rate, cpu_ms
-            print(f"{name:34s} {workers:7d} {rate:8.1f} {cpu_ms:11.2f}")
+            log(f"{name:34s} {workers:7d} {rate:8.1f} {cpu_ms:11.2f}")
 
     batch_utts = args.speakers * args.per_speaker
-    timing = time_train_step(batch_utts, samples, args.model_steps)
-    if timing is not None:
-        step, step_cpu = timing
-        model_rate, model_cpu_ms = batch_utts / step, step_cpu * 1e3 / batch_utts
-        print(
-            f"\nresnet_se34l CPU train step (forward + backward + Adam), {batch_utts} x "
-            f"{samples}: {step:.2f} s/step = {model_rate:.1f} utt/s, {model_cpu_ms:.1f} CPU ms/utt"
+    step, step_cpu = time_train_step(batch_utts, samples, args.model_steps)
+    model_rate, model_cpu_ms = batch_utts / step, step_cpu * 1e3 / batch_utts
+    log(
+        f"\nresnet_se34l CPU train step (forward + backward + Adam), {batch_utts} x "
+        f"{samples}: {step:.2f} s/step = {model_rate:.1f} utt/s, {model_cpu_ms:.1f} CPU ms/utt"
+    )
+    for workers in args.workers:
+        rate, cpu_ms = results[augmented, workers]
+        log(
+            f"  augmented input with {workers} worker(s): {rate / model_rate:.1f}x the "
+            f"model's utt/s; {100 * cpu_ms / model_cpu_ms:.1f}% of its CPU time per utt"
         )
-        for workers in args.workers:
-            rate, cpu_ms = results["decode + crop + augment", workers]
-            print(
-                f"  augmented input with {workers} worker(s): {rate / model_rate:.1f}x the "
-                f"model's utt/s; {100 * cpu_ms / model_cpu_ms:.1f}% of its CPU time per utt"
-            )
-    print(f"load average after: {os.getloadavg()[0]:.2f}")
+    load_after = os.getloadavg()[0]
+    log(f"load average after: {load_after:.2f}")
+    workers = max(args.workers)
+    report(
+        name="sv_dataloader",
+        device=device_label("cpu"),
+        config={
+            "batch": f"{args.speakers} speakers x {args.per_speaker} utterances",
+            "crop_samples": samples,
+            "batches": args.batches,
+            "workers": workers,
+            "augment": list(augment.choices),
+            "figure_utt_per_s": round(results[crop, workers][0], 1),
+            "reference_utt_per_s": round(results[augmented, workers][0], 1),
+            "resnet_se34l_cpu_ms_per_utt": round(model_cpu_ms, 1),
+            "load_average": [round(load_before, 2), round(load_after, 2)],
+        },
+        figure=results[crop, workers][1],
+        unit="CPU ms per utterance, all processes (lower is better)",
+        reference="worker-side decode + crop + augment (noise/babble/reverb), same batches",
+        reference_figure=results[augmented, workers][1],
+    )
 
 
 if __name__ == "__main__":

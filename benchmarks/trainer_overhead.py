@@ -1,20 +1,30 @@
-"""Trainer overhead: updates/s of speechkit's Trainer vs a bare PyTorch loop, same process.
+"""Trainer overhead on a realistic model: speechkit's Trainer vs a bare PyTorch loop, same process.
 
-Both loops train the same small MLP (tests/user_dir_example's toy regression task) on the same
-batches with Adam in fp32 on the CPU, each from a DataLoader over the same index batches, with
-the same criterion call (a summed squared error divided by the batch size, loss logged). The
-Trainer adds: the criterion wrapper, logging sums, the non-finite guard, the LR schedule,
-gradient normalisation by sample size, metrics and (at the end) a checkpoint. Both clocks start
-after the data set is built and include the epoch's batch list.
+Both loops train ResNetSE34L (``resnet_se34l``, Chung et al. 2020, voxceleb_trainer's
+``ResNetSE34L.py``) with the ``speaker_verification`` task's default loss (AAM-softmax) and Adam,
+fp32, on the CPU, from the same model weights, on the same batches: 32 speakers per batch, one
+2 s crop each (``task.max_frames=200``), read from ``shared/data``'s 211-speaker LibriSpeech
+cohort by the task's own dataset and sampler through the same DataLoader settings (no workers).
+The bare loop is what a researcher would write by hand: ``loss, n, log = criterion(model,
+batch); (loss / n).backward(); opt.step(); opt.zero_grad()``. The Trainer adds the LR schedule
+and update counters, the buffer snapshot and non-finite guard, logging sums, the gradient
+normalisation and the epoch iterator; checkpoints and validation are off in both.
 
-    python benchmarks/trainer_overhead.py [--updates 3000] [--hidden 256] [--batch 64]
+Each repeat times ``--updates`` updates of each loop after ``--warmup`` untimed ones, the two
+interleaved (bare, Trainer, bare, ...); the figures are the medians over repeats of the seconds
+per update, the ratio the median of the per-repeat ratios (Trainer / bare; 1.00 = no overhead).
 
-Goal: the Trainer is at most 5% slower than the bare loop.
+    python benchmarks/trainer_overhead.py [--updates 8] [--repeats 5] [--threads 1]
+
+Prints one JSON line: ``{name, device, config, figure, reference_figure, ratio}`` (figures in
+seconds per update). Goal: ratio below 1.02.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import statistics
 import sys
 import tempfile
 import time
@@ -22,90 +32,118 @@ from pathlib import Path
 
 import torch
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository's tests/ helpers
 
+from speechkit.data.epoch_iterator import Batching, make_loader  # noqa: E402
 from speechkit.train import build_components  # noqa: E402
 from speechkit.trainer.rng import seed_everything  # noqa: E402
 from speechkit.trainer.trainer import Trainer  # noqa: E402
-from tests.helpers import TOY, compose_cfg  # noqa: E402
+from tests.conftest import find_shared_data  # noqa: E402
+from tests.helpers import compose_cfg  # noqa: E402
+
+BATCH, MAX_FRAMES = 32, 200
 
 
-def overrides(args, save_dir):
-    return [
-        *TOY,
-        f"checkpoint.save_dir={save_dir}",
-        f"model.hidden={args.hidden}",
-        "model.dropout=0",
-        f"task.dim={args.dim}",
-        f"model.dim={args.dim}",
-        f"dataset.batch_size={args.batch}",
-        f"task.num_items={args.batch * args.updates}",
-        f"optimization.max_update={args.updates}",
-        "common.log_format=none",
-        "common.log_interval=100",
-        "dataset.disable_validation=true",
-        "checkpoint.save_interval=0",
-    ]
+def compose(shared: Path, save_dir: str, updates: int, threads: int):
+    return compose_cfg(
+        [
+            "task=speaker_verification",
+            "model=resnet_se34l",
+            f"task.root={shared}",
+            f"task.train_list={shared / 'lists/cohort_list.txt'}",
+            f"task.max_frames={MAX_FRAMES}",
+            f"dataset.batch_size={BATCH}",
+            "dataset.num_workers=0",
+            "dataset.disable_validation=true",
+            f"optimization.max_update={updates}",
+            "optimization.lr=0.001",
+            "common.cpu=true",
+            "common.log_format=none",
+            "common.log_interval=10",
+            "common.tensorboard_logdir=null",
+            f"common.num_threads={threads}",
+            "checkpoint.no_save=true",
+            f"checkpoint.save_dir={save_dir}",
+        ]
+    )
 
 
-def run_trainer(args) -> float:
+def time_trainer(shared: Path, args) -> float:
+    """Seconds per update of ``Trainer.train`` over ``--updates`` updates (after a warm-up)."""
     with tempfile.TemporaryDirectory() as d:
-        cfg = compose_cfg(overrides(args, d))
-        seed_everything(1)
-        task, model, criterion = build_components(cfg)
-        trainer = Trainer(cfg, task, model, criterion)
-        task.dataset("train")  # generated and cached before the clock, as in run_bare
+        cfg = compose(shared, d, args.warmup + args.updates, args.threads)
+        seed_everything(cfg.common.seed)
+        trainer = Trainer(cfg, *build_components(cfg))
+        trainer.task.dataset("train")  # list read before the clock, as in time_bare
+        trainer.cfg.optimization.max_update = args.warmup
+        trainer.train()
+        trainer.cfg.optimization.max_update = args.warmup + args.updates
         t0 = time.perf_counter()
         trainer.train()
-        return args.updates / (time.perf_counter() - t0)
+        return (time.perf_counter() - t0) / args.updates
 
 
-def run_bare(args) -> float:
+def time_bare(shared: Path, args) -> float:
+    """Seconds per update of a hand-written loop over the same data, model and optimizer."""
     with tempfile.TemporaryDirectory() as d:
-        cfg = compose_cfg(overrides(args, d))
-        seed_everything(1)
+        cfg = compose(shared, d, args.warmup + args.updates, args.threads)
+        seed_everything(cfg.common.seed)
         task, model, criterion = build_components(cfg)
+        torch.set_num_threads(args.threads)
+        params = [p for p in [*model.parameters(), *criterion.parameters()] if p.requires_grad]
+        opt = torch.optim.Adam(params, lr=cfg.optimization.lr)
         dataset = task.dataset("train")
-        opt = torch.optim.Adam(model.parameters(), lr=1e-3)
-        t0 = time.perf_counter()
-        batches = task.batches("train", 1, cfg.common.seed, args.batch)  # the trainer's too
-        loader = torch.utils.data.DataLoader(
-            dataset, batch_sampler=batches, collate_fn=dataset.collater
-        )
-        for sample in loader:
-            loss, sample_size, log = criterion(model, sample)  # same loss and logging
-            (loss / sample_size).backward()
-            opt.step()
-            opt.zero_grad(set_to_none=True)
-        return len(batches) / (time.perf_counter() - t0)
+        model.train()
+        criterion.train()
+        done, epoch, t0 = 0, 1, None
+        while done < args.warmup + args.updates:
+            task.set_epoch("train", epoch)
+            batches = task.batches("train", epoch, BATCH)
+            for sample in make_loader(dataset, batches, Batching(), seed=epoch):
+                if done == args.warmup:
+                    t0 = time.perf_counter()
+                loss, sample_size, _ = criterion(model, sample)
+                (loss / sample_size).backward()
+                opt.step()
+                opt.zero_grad(set_to_none=True)
+                done += 1
+                if done == args.warmup + args.updates:
+                    break
+            epoch += 1
+        return (time.perf_counter() - t0) / args.updates
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--updates", type=int, default=3000)
-    p.add_argument("--hidden", type=int, default=256)
-    p.add_argument("--dim", type=int, default=64)
-    p.add_argument("--batch", type=int, default=64)
-    p.add_argument("--repeats", type=int, default=7)
+    p.add_argument("--updates", type=int, default=8, help="timed updates per loop and repeat")
+    p.add_argument("--warmup", type=int, default=2, help="untimed updates first")
+    p.add_argument("--repeats", type=int, default=5)
+    p.add_argument("--threads", type=int, default=1, help="intra-op CPU threads")
     args = p.parse_args()
-    torch.set_num_threads(1)
+    shared = find_shared_data()
+    if shared is None:
+        raise SystemExit("shared/data not found (set SPEECHKIT_SHARED_DATA)")
     bare, framework = [], []
-    for _ in range(args.repeats):  # interleaved, best of N
-        bare.append(run_bare(args))
-        framework.append(run_trainer(args))
-    b, f = max(bare), max(framework)
-    paired = sorted(x / y for x, y in zip(bare, framework))  # each repeat's bare/trainer
-    median = paired[len(paired) // 2]
+    for _ in range(args.repeats):  # interleaved
+        bare.append(time_bare(shared, args))
+        framework.append(time_trainer(shared, args))
+    ratio = statistics.median(f / b for f, b in zip(framework, bare))
     print(
-        f"model: MLP {args.dim}-{args.hidden}-1, batch {args.batch}, {args.updates} updates, "
-        f"CPU, 1 thread, {args.repeats} interleaved repeats"
+        json.dumps(
+            {
+                "name": "trainer_overhead",
+                "device": f"cpu, {args.threads} thread(s)",
+                "config": (
+                    f"resnet_se34l + aam softmax, Adam, fp32, batch {BATCH} x 2 s crops, "
+                    f"{args.updates} timed updates x {args.repeats} interleaved repeats"
+                ),
+                "figure": round(statistics.median(framework), 4),
+                "reference_figure": round(statistics.median(bare), 4),
+                "ratio": round(ratio, 4),
+                "unit": "s/update (Trainer vs bare loop); ratio = median of paired ratios",
+            }
+        )
     )
-    print(f"bare PyTorch loop : {b:9.1f} updates/s (best)")
-    print(f"speechkit Trainer : {f:9.1f} updates/s (best)")
-    print(f"overhead          : {100 * (b / f - 1):+.1f}% best vs best, ", end="")
-    print(f"{100 * (median - 1):+.1f}% median of paired repeats  (goal < 5%)")
-    print(f"per update        : {1e6 * (1 / f - 1 / b):+.1f} us (best vs best)")
 
 
 if __name__ == "__main__":

@@ -1,4 +1,4 @@
-"""Write ``speechkit/checkpoints/fairseq_defaults.py`` from fairseq's own config dataclasses.
+"""Write ``speechkit/interop/fairseq_defaults.py`` from fairseq's own config dataclasses.
 
 fairseq rebuilds a checkpoint's ``cfg`` as a plain OmegaConf dict and reads fields of its general
 groups directly (``cfg.generation.print_alignment``, ``cfg.common.user_dir`` ...), so a
@@ -12,8 +12,8 @@ tokenizer) stay ``None``, as in fairseq's own files.
 Run it with an interpreter that has fairseq (a side environment, never speechkit's)::
 
     /work/side/fairseq/bin/python tests/make_fairseq_defaults.py \\
-        > speechkit/checkpoints/fairseq_defaults.py
-    .venv/bin/ruff format speechkit/checkpoints/fairseq_defaults.py
+        > speechkit/interop/fairseq_defaults.py
+    .venv/bin/ruff format speechkit/interop/fairseq_defaults.py
 """
 
 from __future__ import annotations

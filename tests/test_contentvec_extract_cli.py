@@ -11,10 +11,10 @@ import pytest
 import soundfile as sf
 import torch
 
-from speechkit.checkpoints.fairseq import save_fairseq_checkpoint
 from speechkit.cli import hubert_labels
 from speechkit.cli.extract import main as extract_main
 from speechkit.data.manifest import write_manifest
+from speechkit.interop.fairseq import save_fairseq_checkpoint
 from tests.test_contentvec_template import _spk2info, contentvec
 
 LAYERS = 5  # 3 ordinary + 2 speaker-conditioned (tests.test_contentvec_template.CV)

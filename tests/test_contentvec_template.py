@@ -11,10 +11,10 @@ import numpy as np
 import pytest
 import torch
 
-from speechkit.checkpoints.fairseq import save_fairseq_checkpoint
 from speechkit.data.spk2info import SpeakerInfo, save_spk2info
 from speechkit.errors import ConfigError, DataError
 from speechkit.inference.hubert_features import HubertFeatureExtractor
+from speechkit.interop.fairseq import save_fairseq_checkpoint
 from speechkit.models.contentvec import (
     ConditionalTransformerEncoder,
     ContentVecConfig,

@@ -17,7 +17,8 @@ import torch
 import torch.nn.functional as F
 from omegaconf import OmegaConf
 
-from speechkit.checkpoints.fairseq import (
+from speechkit.errors import CheckpointError, ConfigError
+from speechkit.interop.fairseq import (
     FAIRSEQ_HUBERT_FIELDS,
     FairseqDictionary,
     contentvec_from_fairseq_checkpoint,
@@ -26,7 +27,6 @@ from speechkit.checkpoints.fairseq import (
     load_fairseq_checkpoint,
     save_fairseq_checkpoint,
 )
-from speechkit.errors import CheckpointError, ConfigError
 from speechkit.models.contentvec import ContentVecConfig, ContentVecModel
 from speechkit.models.hubert import (
     HubertConfig,
@@ -465,7 +465,7 @@ FAIRSEQ_CONFIG_GROUPS = [
 def test_stored_fairseq_defaults_cover_fairseq_config():
     """The stored defaults (generated from fairseq 0.12 by tests/make_fairseq_defaults.py)
     hold every general group with its fields, among them the keys fairseq's loader reads."""
-    from speechkit.checkpoints.fairseq_defaults import FAIRSEQ_DEFAULT_GROUPS, FAIRSEQ_VERSION
+    from speechkit.interop.fairseq_defaults import FAIRSEQ_DEFAULT_GROUPS, FAIRSEQ_VERSION
 
     assert FAIRSEQ_VERSION.startswith("0.12")
     expected = [g for g in FAIRSEQ_CONFIG_GROUPS if g not in ("model", "task", "criterion")]
@@ -490,7 +490,7 @@ def test_written_config_has_every_fairseq_group_and_key(tmp_path, kind):
     """``save_fairseq_checkpoint`` writes every group of FairseqConfig in its order, each general
     group with every stored key and value (fairseq 0.12 refused the former empty stubs with
     ``Missing key print_alignment``)."""
-    from speechkit.checkpoints.fairseq_defaults import FAIRSEQ_DEFAULT_GROUPS
+    from speechkit.interop.fairseq_defaults import FAIRSEQ_DEFAULT_GROUPS
 
     if kind == "hubert":
         model = HubertModel(HubertConfig(**TINY, num_classes=[9]))
@@ -511,7 +511,7 @@ def test_written_config_has_every_fairseq_group_and_key(tmp_path, kind):
     # fairseq reads the file through OmegaConf: every value must survive it unchanged
     assert OmegaConf.to_container(OmegaConf.create(cfg)) == cfg
     # the stored defaults are copied: a caller changing its config leaves them alone
-    from speechkit.checkpoints.fairseq import _fairseq_cfg
+    from speechkit.interop.fairseq import _fairseq_cfg
 
     fresh = _fairseq_cfg(model.cfg, None, 1)
     fresh["generation"]["beam"] = 99

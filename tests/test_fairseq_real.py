@@ -32,7 +32,7 @@ import numpy as np
 import pytest
 import torch
 
-from speechkit.checkpoints import fairseq as fairseq_io
+from speechkit.interop import fairseq as fairseq_io
 from speechkit.models.hubert import (
     HubertConfig,
     HubertModel,
@@ -168,9 +168,9 @@ def test_fairseq_reads_written_contentvec_checkpoint(tmp_path):
 
 
 def test_stored_defaults_equal_the_installed_fairseq():
-    """``speechkit/checkpoints/fairseq_defaults.py`` is what tests/make_fairseq_defaults.py
+    """``speechkit/interop/fairseq_defaults.py`` is what tests/make_fairseq_defaults.py
     reads from the fairseq installed in the side interpreter (rerun it if this fails)."""
-    from speechkit.checkpoints.fairseq_defaults import FAIRSEQ_DEFAULT_GROUPS
+    from speechkit.interop.fairseq_defaults import FAIRSEQ_DEFAULT_GROUPS
 
     script = Path(__file__).resolve().with_name("make_fairseq_defaults.py")
     code = (

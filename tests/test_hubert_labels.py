@@ -18,7 +18,6 @@ import soundfile as sf
 import torch
 import torch.nn.functional as F
 
-from speechkit.checkpoints.fairseq import load_fairseq_checkpoint, save_fairseq_checkpoint
 from speechkit.cli import hubert_labels as hl
 from speechkit.cli.extract import build_parser, legacy_key_values
 from speechkit.cli.extract import main as extract_main
@@ -27,6 +26,7 @@ from speechkit.data.manifest import read_manifest, write_manifest
 from speechkit.errors import CheckpointError, ConfigError
 from speechkit.inference.feature_dump import ConcatFeatureWriter, shard_range
 from speechkit.inference.hubert_features import HubertFeatureExtractor, chunk_bounds
+from speechkit.interop.fairseq import load_fairseq_checkpoint, save_fairseq_checkpoint
 from speechkit.models.hubert import HubertConfig, HubertModel
 from speechkit.modules.mfcc import KaldiMFCC, compute_deltas, mfcc_delta_features
 

@@ -17,7 +17,7 @@ import torch
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import transformers  # noqa: E402  (a dev dependency: its absence is a failure, not a skip)
 
-from speechkit.checkpoints.hf_hubert import (  # noqa: E402
+from speechkit.interop.hf_hubert import (  # noqa: E402
     FINAL_PROJ_FILE,
     export_to_transformers,
     hf_to_fairseq_state_dict,

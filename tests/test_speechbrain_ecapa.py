@@ -32,16 +32,16 @@ import numpy as np
 import pytest
 import torch
 
-from speechkit.checkpoints.speechbrain_ecapa import (
+from speechkit.cli.convert_speechbrain_ecapa import main as convert_main
+from speechkit.data.audio import read_audio
+from speechkit.errors import CheckpointError, ConfigError
+from speechkit.inference.speaker_embedding import SpeakerEmbedding, extract_embeddings
+from speechkit.interop.speechbrain_ecapa import (
     convert_speechbrain_ecapa,
     convert_speechbrain_ecapa_file,
     load_speechbrain_state_dict,
     save_converted,
 )
-from speechkit.cli.convert_speechbrain_ecapa import main as convert_main
-from speechkit.data.audio import read_audio
-from speechkit.errors import CheckpointError, ConfigError
-from speechkit.inference.speaker_embedding import SpeakerEmbedding, extract_embeddings
 from speechkit.models.ecapa_tdnn_speechbrain import (
     ECAPATDNNSpeechBrain,
     ECAPATDNNSpeechBrainConfig,

@@ -7,9 +7,9 @@ import pickle
 import pytest
 import torch
 
-from speechkit.checkpoints.syncnet import convert_syncnet_trainer
-from speechkit.checkpoints.voxceleb_trainer import save_converted
 from speechkit.errors import CheckpointError
+from speechkit.interop.syncnet import convert_syncnet_trainer
+from speechkit.interop.voxceleb_trainer import save_converted
 from speechkit.models.syncnet import SyncNetConfig, SyncNetFBank, audio_samples_for_frames
 from speechkit.trainer.checkpoint import load_checkpoint_file
 

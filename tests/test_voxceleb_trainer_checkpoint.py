@@ -1,4 +1,4 @@
-"""voxceleb_trainer checkpoint conversion (speechkit/checkpoints/voxceleb_trainer.py and
+"""voxceleb_trainer checkpoint conversion (speechkit/interop/voxceleb_trainer.py and
 scripts/convert_voxceleb_trainer.py).
 
 No published checkpoint can be downloaded here, so the reference files are rebuilt: the key
@@ -19,15 +19,15 @@ import pytest
 import soundfile as sf
 import torch
 
-from speechkit.checkpoints.voxceleb_trainer import (
-    convert_voxceleb_trainer,
-    load_voxceleb_trainer_file,
-    save_converted,
-)
 from speechkit.cli import convert_voxceleb_trainer as convert_script
 from speechkit.cli import eval_eer as eval_script
 from speechkit.errors import CheckpointError
 from speechkit.inference.speaker_embedding import SpeakerEmbedding
+from speechkit.interop.voxceleb_trainer import (
+    convert_voxceleb_trainer,
+    load_voxceleb_trainer_file,
+    save_converted,
+)
 from speechkit.trainer.checkpoint import load_checkpoint_file
 
 VOX_WAV = "speech/voxceleb1_mini/id10001/1zcIwhmdeo4/00001.wav"

@@ -25,12 +25,12 @@ import argparse
 import sys
 from pathlib import Path
 
-from speechkit.checkpoints.speechbrain_ecapa import (
+from speechkit.errors import SpeechkitError
+from speechkit.interop.speechbrain_ecapa import (
     MODEL_NAME,
     convert_speechbrain_ecapa_file,
     save_converted,
 )
-from speechkit.errors import SpeechkitError
 
 
 def _int_list(text: str) -> list[int]:

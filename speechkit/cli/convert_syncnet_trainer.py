@@ -19,9 +19,9 @@ import argparse
 import sys
 from pathlib import Path
 
-from speechkit.checkpoints.syncnet import convert_syncnet_trainer
-from speechkit.checkpoints.voxceleb_trainer import save_converted
 from speechkit.errors import SpeechkitError
+from speechkit.interop.syncnet import convert_syncnet_trainer
+from speechkit.interop.voxceleb_trainer import save_converted
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:

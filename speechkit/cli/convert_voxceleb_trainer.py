@@ -27,13 +27,13 @@ import ast
 import sys
 from pathlib import Path
 
-from speechkit.checkpoints.voxceleb_trainer import (
+from speechkit.errors import SpeechkitError
+from speechkit.interop.voxceleb_trainer import (
     KNOWN_CHECKPOINTS,
     SUPPORTED_MODELS,
     convert_voxceleb_trainer,
     save_converted,
 )
-from speechkit.errors import SpeechkitError
 
 
 def _key_value(text: str) -> tuple[str, object]:

@@ -13,7 +13,7 @@ same frames as one-by-one extraction: frame-level padding masks come from the co
 and the time-wise GroupNorm of the Base conv extractor ignores padded frames. (fairseq's padded
 forward lets padding change the GroupNorm statistics of shorter utterances.)
 
-Accepted checkpoints (read with the safe loader of ``speechkit.checkpoints.fairseq``: pickled
+Accepted checkpoints (read with the safe loader of ``speechkit.interop.fairseq``: pickled
 objects outside an allow-list are refused, never executed):
 
 * speechkit checkpoints: ``cfg["model"]["_name"]`` in ``hubert``, ``hubert_large``,
@@ -42,14 +42,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from speechkit.checkpoints.fairseq import (
+from speechkit.data.audio import read_audio
+from speechkit.data.spk2info import load_spk2info
+from speechkit.errors import CheckpointError, ConfigError, DataError
+from speechkit.interop.fairseq import (
     contentvec_from_fairseq_checkpoint,
     hubert_config_from_fairseq,
     load_fairseq_checkpoint,
 )
-from speechkit.data.audio import read_audio
-from speechkit.data.spk2info import load_spk2info
-from speechkit.errors import CheckpointError, ConfigError, DataError
 from speechkit.models.hubert import HubertConfig, HubertModel
 
 __all__ = ["HubertFeatureExtractor", "MAX_CHUNK", "chunk_bounds"]

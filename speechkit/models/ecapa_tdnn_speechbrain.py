@@ -19,7 +19,7 @@ by SpeechBrain ``speechbrain/lobes/models/ECAPA_TDNN.py`` (``ECAPA_TDNN``, the e
 
 Layout (state-dict names): ``stem`` (SpeechBrain ``blocks.0``), ``blocks.{i}`` (``blocks.{i+1}``,
 SE-Res2Net), ``mfa``, ``pooling`` (``asp``), ``bn`` (``asp_bn``), ``fc`` (a Linear; SpeechBrain's
-1x1 Conv1d). Convert SpeechBrain weights with :mod:`speechkit.checkpoints.speechbrain_ecapa`.
+1x1 Conv1d). Convert SpeechBrain weights with :mod:`speechkit.interop.speechbrain_ecapa`.
 """
 
 from __future__ import annotations

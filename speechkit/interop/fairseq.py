@@ -32,8 +32,8 @@ from typing import Any
 import torch
 
 from speechkit.atomic import atomic_open
-from speechkit.checkpoints.fairseq_defaults import FAIRSEQ_DEFAULT_GROUPS
 from speechkit.errors import CheckpointError
+from speechkit.interop.fairseq_defaults import FAIRSEQ_DEFAULT_GROUPS
 from speechkit.models.contentvec import ContentVecConfig, ContentVecModel
 from speechkit.models.hubert import HubertConfig, HubertModel
 
@@ -507,7 +507,7 @@ def save_fairseq_checkpoint(
 
     Top-level keys: ``args`` (None), ``cfg`` (plain dict of fairseq's config groups: every
     general group of fairseq 0.12's ``FairseqConfig`` with all its fields at their defaults,
-    from :mod:`speechkit.checkpoints.fairseq_defaults`, so that fairseq's
+    from :mod:`speechkit.interop.fairseq_defaults`, so that fairseq's
     ``load_model_ensemble_and_task`` and the fine-tuning ``w2v_path`` route accept the file;
     ``model`` with ``_name: hubert`` and fairseq's field names only), ``model`` (state dict on
     the CPU), ``criterion`` (None), ``optimizer_history``, ``task_state`` (``{"dictionaries": [...]}``,

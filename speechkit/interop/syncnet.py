@@ -23,8 +23,8 @@ import os
 from typing import Any
 
 import speechkit
-from speechkit.checkpoints.voxceleb_trainer import load_voxceleb_trainer_file
 from speechkit.errors import CheckpointError
+from speechkit.interop.voxceleb_trainer import load_voxceleb_trainer_file
 from speechkit.models.syncnet import SyncNetConfig, SyncNetFBank
 
 __all__ = ["convert_syncnet_trainer"]

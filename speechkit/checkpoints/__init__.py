@@ -1,1 +1,0 @@
-"""speechkit.checkpoints (see DESIGN.md). Registrations are imported by speechkit.components, not here."""
