@@ -32,8 +32,8 @@ import time
 import torch
 import torch.nn.functional as F
 from _report import device_label, log, report
-from speechkit.checkpoints.hf_hubert import to_transformers_model
 
+from speechkit.interop.hf_hubert import to_transformers_model
 from speechkit.models.hubert import HubertModel, hubert_base_config
 
 SAMPLE_RATE = 16000

@@ -36,8 +36,9 @@ from torch.utils.data import DataLoader
 import speechkit.models.resnet_se  # noqa: F401  (registers resnet_se34l)
 from speechkit.cli.paths import find_shared_data
 from speechkit.data.augment import Augmenter, read_babble_list, read_noise_list, read_rir_list
+from speechkit.data.crop import frames_to_samples
 from speechkit.data.lists import read_train_list
-from speechkit.data.speaker_dataset import SpeakerTrainDataset, frames_to_samples
+from speechkit.data.speaker_dataset import SpeakerTrainDataset
 from speechkit.registry import MODEL_REGISTRY
 
 TRAIN_LIST = "lists/librispeech_test_other_train_all.txt"

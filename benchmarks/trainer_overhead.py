@@ -23,23 +23,30 @@ seconds per update). Goal: ratio below 1.02.
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
-import sys
 import tempfile
 import time
 from pathlib import Path
 
+import hydra
 import torch
+from _report import log, report
+from hydra.core.global_hydra import GlobalHydra
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository's tests/ helpers
+from speechkit.cli.paths import find_shared_data
+from speechkit.data.epoch_iterator import Batching, make_loader
+from speechkit.train import CONFIG_DIR, build_components, prepare
+from speechkit.trainer.rng import seed_everything
+from speechkit.trainer.trainer import Trainer
 
-from speechkit.data.epoch_iterator import Batching, make_loader  # noqa: E402
-from speechkit.train import build_components  # noqa: E402
-from speechkit.trainer.rng import seed_everything  # noqa: E402
-from speechkit.trainer.trainer import Trainer  # noqa: E402
-from tests.conftest import find_shared_data  # noqa: E402
-from tests.helpers import compose_cfg  # noqa: E402
+
+def compose_cfg(overrides: list[str]):
+    """The composed training config for ``overrides`` (as ``python -m speechkit.train``)."""
+    prepare([])
+    GlobalHydra.instance().clear()
+    with hydra.initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
+        return hydra.compose(config_name="train", overrides=overrides)
+
 
 BATCH, MAX_FRAMES = 32, 200
 
@@ -120,29 +127,27 @@ def main() -> None:
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--threads", type=int, default=1, help="intra-op CPU threads")
     args = p.parse_args()
-    shared = find_shared_data()
+    shared = find_shared_data("lists/cohort_list.txt")
     if shared is None:
         raise SystemExit("shared/data not found (set SPEECHKIT_SHARED_DATA)")
     bare, framework = [], []
     for _ in range(args.repeats):  # interleaved
         bare.append(time_bare(shared, args))
         framework.append(time_trainer(shared, args))
-    ratio = statistics.median(f / b for f, b in zip(framework, bare))
-    print(
-        json.dumps(
-            {
-                "name": "trainer_overhead",
-                "device": f"cpu, {args.threads} thread(s)",
-                "config": (
-                    f"resnet_se34l + aam softmax, Adam, fp32, batch {BATCH} x 2 s crops, "
-                    f"{args.updates} timed updates x {args.repeats} interleaved repeats"
-                ),
-                "figure": round(statistics.median(framework), 4),
-                "reference_figure": round(statistics.median(bare), 4),
-                "ratio": round(ratio, 4),
-                "unit": "s/update (Trainer vs bare loop); ratio = median of paired ratios",
-            }
-        )
+    log(f"paired ratios (Trainer / bare): {[round(f / b, 4) for f, b in zip(framework, bare)]}")
+    report(
+        "trainer_overhead",
+        f"cpu, {args.threads} thread(s)",
+        {
+            "model": "resnet_se34l + aam_softmax, Adam, fp32",
+            "batch": f"{BATCH} x 2 s crops",
+            "timed_updates": args.updates,
+            "repeats": args.repeats,
+        },
+        statistics.median(framework),
+        "s/update (lower is better)",
+        "bare PyTorch loop, same model/optimizer/batches",
+        statistics.median(bare),
     )
 
 

@@ -39,6 +39,13 @@ class CommonConfig:
     num_threads: int | None = None
     """Intra-op CPU threads (``torch.set_num_threads``), applied by the Trainer; null: leave
     torch's setting (``OMP_NUM_THREADS`` or the core count). CPU results depend on it."""
+    compile: bool = False
+    """Run the training forward/backward through ``torch.compile`` (``speechkit.trainer.compile``:
+    the DDP-wrapped model + criterion; checkpoints hold the plain modules' weights, validation
+    is eager). The first updates pay the compile time; the CPU needs a C++ compiler."""
+    compile_mode: str = "default"
+    """``torch.compile`` mode: ``default``, ``reduce-overhead`` (CUDA graphs), ``max-autotune``
+    or ``max-autotune-no-cudagraphs``."""
 
 
 @dataclass

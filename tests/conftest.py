@@ -43,3 +43,18 @@ def shared_data() -> Path:
             "tests must run"
         )
     return path
+
+
+def pytest_collection_modifyitems(config, items):
+    """Markers ``pytest -m`` can select: ``real_data`` on every test that uses ``shared_data``;
+    ``slow`` (set in the slow modules); ``gpu`` tests run only when the ``-m`` expression names
+    ``gpu`` (``pytest -m gpu``): elsewhere they are deselected, as CI has no GPU."""
+    for item in items:
+        if "shared_data" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.real_data)
+    if "gpu" in (config.option.markexpr or ""):
+        return
+    deselected = [i for i in items if i.get_closest_marker("gpu")]
+    if deselected:
+        config.hook.pytest_deselected(items=deselected)
+        items[:] = [i for i in items if not i.get_closest_marker("gpu")]

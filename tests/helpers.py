@@ -77,3 +77,13 @@ def run_train(*overrides: str, timeout: float = 180, check: bool = True):
 
 def load_model_weights(path: Path) -> dict[str, torch.Tensor]:
     return torch.load(path, map_location="cpu", weights_only=True)["model"]
+
+
+def read_metrics(save_dir: Path, split: str = "valid") -> dict[int, dict]:
+    """``{update: record}`` of the ``split`` records of ``<save_dir>/metrics.jsonl`` (rank 0's
+    metrics log; see ``speechkit.trainer.metrics.RunLog``)."""
+    import json
+
+    lines = (Path(save_dir) / "metrics.jsonl").read_text().splitlines()
+    records = [json.loads(line) for line in lines if line.strip()]
+    return {r["update"]: r for r in records if r["split"] == split}

@@ -5,10 +5,13 @@ from __future__ import annotations
 import subprocess
 import sys
 
+import pytest
 import torch
 
 from speechkit.distributed import detect_env, expand_slurm_nodelist
 from tests.helpers import REPO_ROOT, TOY, clean_env, free_port, load_model_weights, run_train
+
+pytestmark = pytest.mark.slow
 
 
 def test_two_processes_equal_one_process(tmp_path):

@@ -30,6 +30,8 @@ from speechkit.trainer.rng import seed_everything
 from speechkit.trainer.trainer import Trainer
 from tests.helpers import compose_cfg
 
+pytestmark = pytest.mark.slow
+
 MODELS = [
     "enhancement_mlp5_dropout",
     "enhancement_mlp5",

@@ -18,6 +18,8 @@ from speechkit.trainer.checkpoint import atomic_torch_save, load_checkpoint_file
 from speechkit.trainer.trainer import EXIT_PREEMPTED
 from tests.helpers import REPO_ROOT, TOY, clean_env, load_model_weights, run_train, train_cmd
 
+pytestmark = pytest.mark.slow
+
 
 def _wait_for(predicate, timeout=60.0, proc=None):
     end = time.time() + timeout

@@ -7,10 +7,13 @@ import math
 import re
 
 import numpy as np
+import pytest
 import torch
 
 from speechkit.data.embedding_dataset import embedding_path
 from tests.helpers import run_train
+
+pytestmark = pytest.mark.slow
 
 LIST = "lists/librispeech_test_other_train_all.txt"
 

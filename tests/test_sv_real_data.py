@@ -21,6 +21,8 @@ from speechkit.trainer.rng import seed_everything
 from speechkit.trainer.trainer import Trainer
 from tests.helpers import compose_cfg
 
+pytestmark = pytest.mark.slow
+
 # Every real-data training run pins one intra-op thread (common.num_threads=1, applied by the
 # Trainer) so that its numbers do not depend on OMP_NUM_THREADS or the core count, and decays the
 # learning rate to 0 (cosine) so that the final model sits on a plateau rather than at a random

@@ -5,9 +5,9 @@ the middle crops, and a checkpoint holding the reference's model and ``__L__`` l
 from __future__ import annotations
 
 import math
-import re
 
 import numpy as np
+import pytest
 import torch
 
 from speechkit.data.audio import read_audio
@@ -15,7 +15,9 @@ from speechkit.data.video import read_video_frames
 from speechkit.metrics.av_sync import av_offset
 from speechkit.metrics.scoring import read_score_file
 from speechkit.models.syncnet import SyncNetConfig, SyncNetFBank, audio_samples_for_frames
-from tests.helpers import run_train
+from tests.helpers import read_metrics, run_train
+
+pytestmark = pytest.mark.slow
 
 
 def test_syncnet_demo_trains_validates_and_saves(shared_data, tmp_path):
@@ -33,9 +35,9 @@ def test_syncnet_demo_trains_validates_and_saves(shared_data, tmp_path):
         timeout=600,
     )
     assert "done: 3 updates" in proc.stderr
-    valid = [ln for ln in proc.stderr.splitlines() if "[valid]" in ln]
-    assert valid, proc.stderr[-3000:]
-    fields = dict(re.findall(r"(\w+) (-?[\d.]+(?:e[-+]?\d+)?)", valid[-1].split("|", 2)[-1]))
+    valid = read_metrics(tmp_path)
+    assert 3 in valid, proc.stderr[-3000:]
+    fields = valid[3]
     for key in ("loss", "content_loss", "identity_loss", "content_accuracy"):
         assert math.isfinite(float(fields[key])), key
     state = torch.load(tmp_path / "checkpoint_last.pt", map_location="cpu", weights_only=True)

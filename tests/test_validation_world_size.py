@@ -22,6 +22,8 @@ from speechkit.data.spk2info import SpeakerInfo, save_spk2info
 from speechkit.distributed import DistributedEnv
 from tests.helpers import compose_cfg, free_port
 
+pytestmark = pytest.mark.slow
+
 SPEAKERS = {"1688": "M", "2414": "M", "367": "F", "533": "F"}  # librispeech_test_other
 CLUSTERS = 16
 

@@ -47,18 +47,7 @@ from speechkit.data.crop import (
 from speechkit.data.lists import read_list_fields, speaker_to_label
 from speechkit.errors import DataError
 
-# the crop helpers moved to speechkit.data.crop; they stay importable from here for callers
-# not yet updated
-__all__ = [
-    "SpeakerEvalDataset",
-    "SpeakerTrainDataset",
-    "crop_waveform",
-    "eval_crop_starts",
-    "frames_to_samples",
-    "random_crop",
-    "random_crop_start",
-    "wrap_pad",
-]
+__all__ = ["SpeakerEvalDataset", "SpeakerTrainDataset"]
 
 CONVERT_HINT = (
     " (the model's rate; training does not resample): convert the data to 16 kHz mono WAV "

@@ -299,7 +299,7 @@ class SpeakerEmbedding:
                 raise DataError(f"{path}: {what}; {expected}")
             raise ValueError(f"the waveform has {what}; {expected}")
         if self.eval_frames > 0:
-            from speechkit.data.speaker_dataset import eval_crop_starts, frames_to_samples, wrap_pad
+            from speechkit.data.crop import eval_crop_starts, frames_to_samples, wrap_pad
 
             n = frames_to_samples(self.eval_frames)
             padded = torch.from_numpy(wrap_pad(wav.numpy(), n))

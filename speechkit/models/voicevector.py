@@ -1,5 +1,7 @@
-"""VoiceVector "AE" separation network: a waveform U-Net with a transformer bottleneck, conditioned
-on positive / negative speaker enrolment vectors prepended as tokens.
+"""VoiceVector separation networks: a waveform U-Net with a transformer bottleneck, conditioned
+on positive / negative speaker enrolment vectors prepended as tokens (``voicevector_ae``) or on the
+target's lip features appended as video tokens (``voicevector_av``). Both share one U-Net and
+transformer implementation, :class:`VoiceVectorUNet`.
 
 Reference: Rahimi, Afouras and Zisserman, "VoiceVector: multimodal enrolment vectors for speaker
 separation", ICASSP 2024 (``voicevectorae``). Layout and sizes follow
@@ -16,6 +18,14 @@ ConvTranspose1d(k8, s4, p2), ReLU except last) -> ``downsample`` to 16 kHz -> cr
 Enrolment tokens: each 192-d vector -> 1x1 conv 192->384 -> GroupNorm -> 1x1 conv 384->768 ->
 ReLU, plus a learned type vector (``nn.Embedding(2, 768)``: 0 negative, 1 positive). They carry
 no positional encoding, so the output does not depend on their order.
+
+``voicevector_av`` (the reference's ``voicevectorav``) differs only where section 1.3 says so:
+no enrolment vector; the mixture is divided by its standard deviation (+ 1e-3) instead of the
+1x1 conv / GroupNorm / ReLU input stage, and the estimate multiplied back by it; the transformer
+is pre-norm; the target's lip features (25 fps, ``lip_dim`` = 512) go through a 1x1 conv to
+``d_model`` + GroupNorm + dropout 0.1, receive the positional encoding of every second audio
+position (nearest x2 upsampling: video frame j sits at audio token 2j, both 40 ms apart per
+frame) and are appended after the audio tokens; their output positions are dropped.
 """
 
 from __future__ import annotations
@@ -35,8 +45,13 @@ from speechkit.registry import register_model
 __all__ = [
     "SinusoidalPositionalEncoding",
     "EnrolmentAdapter",
+    "VideoAdapter",
+    "VoiceVectorNetConfig",
     "VoiceVectorConfig",
+    "VoiceVectorAVConfig",
+    "VoiceVectorUNet",
     "VoiceVectorAE",
+    "VoiceVectorAV",
     "rescale_conv_weights",
 ]
 
@@ -104,9 +119,27 @@ def rescale_conv_weights(module: nn.Module, reference: float = 0.1) -> None:
                     m.bias.div_(scale)
 
 
+class VideoAdapter(nn.Module):
+    """Lip features -> video tokens: 1x1 conv lip_dim->d_model, GroupNorm, dropout.
+
+    (B, F, lip_dim) -> (B, F, d_model). GroupNorm normalises each item over its channels and all
+    its F frames (the reference's ``voicevectorav`` video stem, section 1.3).
+    """
+
+    def __init__(self, lip_dim: int, d_model: int, groups: int = 1, dropout: float = 0.1):
+        super().__init__()
+        self.conv = nn.Conv1d(lip_dim, d_model, 1)
+        self.norm = nn.GroupNorm(groups, d_model)
+        self.dropout = nn.Dropout(dropout)
+
+    def forward(self, lip: torch.Tensor) -> torch.Tensor:
+        x = self.norm(self.conv(lip.transpose(1, 2)))
+        return self.dropout(x).transpose(1, 2)
+
+
 @dataclass
-class VoiceVectorConfig(SpeechkitDataclass):
-    """Config of ``voicevector_ae`` (defaults: the paper's AE separation network, ~19.9 M)."""
+class VoiceVectorNetConfig(SpeechkitDataclass):
+    """Fields shared by every VoiceVector separation network (U-Net and transformer sizes)."""
 
     hidden: int = 48  # channels of the first encoder level
     depth: int = 5  # encoder / decoder levels
@@ -119,9 +152,6 @@ class VoiceVectorConfig(SpeechkitDataclass):
     heads: int = 8
     ffn_dim: int = 532
     dropout: float = 0.2
-    emb_dim: int = 192  # enrolment vector size (ECAPA-TDNN embedding)
-    enrol_hidden: int = 384  # adapter's middle width
-    enrol_norm_groups: int = 1
     max_len: int = 1500  # audio tokens (stride ** depth samples at internal_rate each)
     sample_rate: int = 16000  # Hz, of the mixture and the estimate
     internal_rate: int = 51200  # Hz, of the U-Net
@@ -129,54 +159,67 @@ class VoiceVectorConfig(SpeechkitDataclass):
     head_init: float = 0.1  # output Linear weights ~ U(-head_init, head_init), bias 0
 
 
-@register_model("voicevector_ae", dataclass=VoiceVectorConfig)
-class VoiceVectorAE(nn.Module):
-    """VoiceVector AE separation network (Rahimi, Afouras, Zisserman, ICASSP 2024).
+@dataclass
+class VoiceVectorConfig(VoiceVectorNetConfig):
+    """Config of ``voicevector_ae`` (defaults: the paper's AE separation network, ~19.9 M)."""
 
-    See the module docstring and ``research/voicevector_separation.md`` section 1.3. 19.93 M
-    parameters with the defaults: 9.42 M U-Net convolutions, 10.14 M transformer and head,
-    0.37 M enrolment adapter and type embedding.
+    emb_dim: int = 192  # enrolment vector size (ECAPA-TDNN embedding)
+    enrol_hidden: int = 384  # adapter's middle width
+    enrol_norm_groups: int = 1
 
-    Shapes:
-        forward(mixture (B, T) float32 at ``sample_rate`` Hz, enrol (B, N, emb_dim) float32,
-        enrol_type (B, N) long in {0 = negative, 1 = positive}, enrol_mask (B, N) bool, True = a
-        real vector, or None = all real) -> (B, T) float32 estimate of the target at
-        ``sample_rate`` Hz (float32 under autocast too). ``N`` may be 0; padded vectors (mask False) have no effect.
 
-    The upsampled signal is zero-padded to a multiple of ``stride ** depth`` samples (20 ms) so
-    every input sample reaches the output; the estimate is cropped back to T samples.
+@dataclass
+class VoiceVectorAVConfig(VoiceVectorNetConfig):
+    """Config of ``voicevector_av`` (the reference's ``voicevectorav``; ~19.9 M with defaults)."""
+
+    lip_dim: int = 512  # lip feature size per 25 fps frame (VTP features: 512)
+    video_norm_groups: int = 1
+    video_dropout: float = 0.1
+    video_fps: int = 25  # lip frame rate; sample_rate / video_fps samples per frame (640)
+
+
+class VoiceVectorUNet(nn.Module):
+    """Shared VoiceVector separation body: resampling, the waveform U-Net, the sinusoidal PE,
+    the transformer bottleneck and the output head (section 1.3 of the module docstring).
+
+    Subclasses add their conditioning tokens (:class:`VoiceVectorAE`, :class:`VoiceVectorAV`)
+    and call :meth:`_init_weights` last. ``name`` prefixes error messages.
 
     Raises:
         ConfigError: inconsistent sizes (``d_model`` vs. the encoder's last width, kernel /
-            stride that do not give an exact x``stride`` mirror, odd ``d_model``).
-        ValueError: wrong input ranks / shapes, ``enrol_type`` outside {0, 1}, or a mixture
-            longer than ``max_len`` tokens allow (the message gives the limit in seconds).
+            stride that do not give an exact x``stride`` mirror, ``d_model`` not divisible by
+            ``heads``, odd ``d_model``).
     """
 
-    def __init__(self, cfg: VoiceVectorConfig):
+    name = "voicevector"
+    learned_input_norm = True  # 1x1 conv + GroupNorm + ReLU (AE); else divide by std (AV)
+    norm_first = False  # post-norm transformer (AE); pre-norm (AV)
+
+    def __init__(self, cfg: VoiceVectorNetConfig):
         super().__init__()
         widths = [cfg.hidden * cfg.growth**i for i in range(cfg.depth)]
         d_model = widths[-1]
         if cfg.d_model not in (0, d_model):
             raise ConfigError(
-                f"voicevector_ae: d_model ({cfg.d_model}) must equal the last encoder width "
+                f"{self.name}: d_model ({cfg.d_model}) must equal the last encoder width "
                 f"hidden * growth ** (depth - 1) = {d_model} (or be 0 to derive it)"
             )
         padding = (cfg.kernel_size - cfg.stride) // 2
         if cfg.kernel_size - 2 * padding != cfg.stride:
             raise ConfigError(
-                f"voicevector_ae: kernel_size - stride ({cfg.kernel_size} - {cfg.stride}) must be "
+                f"{self.name}: kernel_size - stride ({cfg.kernel_size} - {cfg.stride}) must be "
                 "even so each level maps L -> L / stride -> L exactly"
             )
         if d_model % cfg.heads:
-            raise ConfigError(f"voicevector_ae: d_model {d_model} not divisible by {cfg.heads}")
+            raise ConfigError(f"{self.name}: d_model {d_model} not divisible by {cfg.heads}")
         self.cfg = cfg
         self.d_model = d_model
         self.total_stride = cfg.stride**cfg.depth
         self.upsample = Resample(cfg.sample_rate, cfg.internal_rate)
         self.downsample = Resample(cfg.internal_rate, cfg.sample_rate)
-        self.input_conv = nn.Conv1d(1, 1, 1)
-        self.input_norm = nn.GroupNorm(1, 1)
+        if self.learned_input_norm:
+            self.input_conv = nn.Conv1d(1, 1, 1)
+            self.input_norm = nn.GroupNorm(1, 1)
 
         self.encoder = nn.ModuleList()
         self.decoder = nn.ModuleList()  # decoder[i] mirrors encoder[i]; run in reverse
@@ -207,25 +250,100 @@ class VoiceVectorAE(nn.Module):
             cfg.ffn_dim,
             cfg.dropout,
             batch_first=True,
-            norm_first=False,
+            norm_first=self.norm_first,
         )
         self.transformer = nn.TransformerEncoder(
             layer, cfg.transformer_layers, enable_nested_tensor=False
         )
         self.head = nn.Linear(d_model, d_model)
-        self.enrol_adapter = EnrolmentAdapter(
-            cfg.emb_dim, cfg.enrol_hidden, d_model, cfg.enrol_norm_groups
-        )
-        self.enrol_type_embed = nn.Embedding(2, d_model)
 
-        if cfg.rescale > 0:
-            rescale_conv_weights(self, cfg.rescale)
-        nn.init.uniform_(self.head.weight, -cfg.head_init, cfg.head_init)
+    def _init_weights(self) -> None:
+        """Demucs rescaling of every conv (``rescale``), then the head's uniform init."""
+        if self.cfg.rescale > 0:
+            rescale_conv_weights(self, self.cfg.rescale)
+        nn.init.uniform_(self.head.weight, -self.cfg.head_init, self.cfg.head_init)
         nn.init.zeros_(self.head.bias)
 
     def max_seconds(self) -> float:
         """Longest mixture accepted, in seconds: ``max_len * stride ** depth / internal_rate``."""
         return self.cfg.max_len * self.total_stride / self.cfg.internal_rate
+
+    def _check_mixture(self, mixture: torch.Tensor) -> None:
+        if mixture.dim() != 2:
+            raise ValueError(f"{self.name}: expected a (B, T) mixture, got {tuple(mixture.shape)}")
+
+    def encode(self, mixture: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor], int]:
+        """(B, T) mixture -> (audio tokens (B, L, d_model) with PE, encoder skips, ``up_len``
+        = samples at ``internal_rate``).
+
+        Raises:
+            ValueError: a mixture longer than ``max_len`` tokens allow (limit in seconds).
+        """
+        length = mixture.shape[-1]
+        x = self.upsample(mixture.unsqueeze(1))  # (B, 1, L) at internal_rate
+        up_len = x.shape[-1]
+        tokens = -(-up_len // self.total_stride)
+        if tokens > self.cfg.max_len:
+            raise ValueError(
+                f"{self.name}: the mixture is {length / self.cfg.sample_rate:.2f} s long; "
+                f"the positional encoding (max_len {self.cfg.max_len} tokens) allows at most "
+                f"{self.max_seconds():.2f} s. Split longer audio into chunks."
+            )
+        if self.learned_input_norm:
+            x = torch.relu(self.input_norm(self.input_conv(x)))
+        x = F.pad(x, (0, tokens * self.total_stride - up_len))
+        skips = []
+        for level in self.encoder:
+            x = level(x)
+            skips.append(x)
+        return self.pos_enc(x.transpose(1, 2)), skips, up_len
+
+    def decode(
+        self, h: torch.Tensor, skips: list[torch.Tensor], up_len: int, length: int
+    ) -> torch.Tensor:
+        """Transformer output at the audio positions (B, L, d_model) -> (B, length) float32."""
+        x = self.head(h).transpose(1, 2)  # (B, D, tokens)
+        for level, skip in zip(reversed(self.decoder), reversed(skips)):
+            x = level(x + skip[..., : x.shape[-1]])
+        y = self.downsample(x[..., :up_len].float()).squeeze(1)  # float32 even under autocast
+        if y.shape[-1] < length:
+            y = F.pad(y, (0, length - y.shape[-1]))
+        return y[..., :length]
+
+
+@register_model("voicevector_ae", dataclass=VoiceVectorConfig)
+class VoiceVectorAE(VoiceVectorUNet):
+    """VoiceVector AE separation network (Rahimi, Afouras, Zisserman, ICASSP 2024).
+
+    See the module docstring and ``research/voicevector_separation.md`` section 1.3. 19.93 M
+    parameters with the defaults: 9.42 M U-Net convolutions, 10.14 M transformer and head,
+    0.37 M enrolment adapter and type embedding.
+
+    Shapes:
+        forward(mixture (B, T) float32 at ``sample_rate`` Hz, enrol (B, N, emb_dim) float32,
+        enrol_type (B, N) long in {0 = negative, 1 = positive}, enrol_mask (B, N) bool, True = a
+        real vector, or None = all real) -> (B, T) float32 estimate of the target at
+        ``sample_rate`` Hz (float32 under autocast too). ``N`` may be 0; padded vectors (mask False) have no effect.
+
+    The upsampled signal is zero-padded to a multiple of ``stride ** depth`` samples (20 ms) so
+    every input sample reaches the output; the estimate is cropped back to T samples.
+
+    Raises:
+        ConfigError: inconsistent sizes (``d_model`` vs. the encoder's last width, kernel /
+            stride that do not give an exact x``stride`` mirror, odd ``d_model``).
+        ValueError: wrong input ranks / shapes, ``enrol_type`` outside {0, 1}, or a mixture
+            longer than ``max_len`` tokens allow (the message gives the limit in seconds).
+    """
+
+    name = "voicevector_ae"
+
+    def __init__(self, cfg: VoiceVectorConfig):
+        super().__init__(cfg)
+        self.enrol_adapter = EnrolmentAdapter(
+            cfg.emb_dim, cfg.enrol_hidden, self.d_model, cfg.enrol_norm_groups
+        )
+        self.enrol_type_embed = nn.Embedding(2, self.d_model)
+        self._init_weights()
 
     def _check_inputs(
         self,
@@ -234,10 +352,7 @@ class VoiceVectorAE(nn.Module):
         enrol_type: torch.Tensor,
         enrol_mask: torch.Tensor | None,
     ) -> None:
-        if mixture.dim() != 2:
-            raise ValueError(
-                f"voicevector_ae: expected a (B, T) mixture, got {tuple(mixture.shape)}"
-            )
+        self._check_mixture(mixture)
         b = mixture.shape[0]
         if enrol.dim() != 3 or enrol.shape[0] != b or enrol.shape[2] != self.cfg.emb_dim:
             raise ValueError(
@@ -266,25 +381,8 @@ class VoiceVectorAE(nn.Module):
     ) -> torch.Tensor:
         """(B, T) mixture + (B, N, emb_dim) enrolment vectors -> (B, T) target estimate."""
         self._check_inputs(mixture, enrol, enrol_type, enrol_mask)
-        length = mixture.shape[-1]
-        x = self.upsample(mixture.unsqueeze(1))  # (B, 1, L) at internal_rate
-        up_len = x.shape[-1]
-        tokens = -(-up_len // self.total_stride)
-        if tokens > self.cfg.max_len:
-            raise ValueError(
-                f"voicevector_ae: the mixture is {length / self.cfg.sample_rate:.2f} s long; "
-                f"the positional encoding (max_len {self.cfg.max_len} tokens) allows at most "
-                f"{self.max_seconds():.2f} s. Split longer audio into chunks."
-            )
-        x = torch.relu(self.input_norm(self.input_conv(x)))
-        x = F.pad(x, (0, tokens * self.total_stride - up_len))
-
-        skips = []
-        for level in self.encoder:
-            x = level(x)
-            skips.append(x)
-
-        h = self.pos_enc(x.transpose(1, 2))  # (B, tokens, D)
+        h, skips, up_len = self.encode(mixture)
+        tokens = h.shape[1]
         n = enrol.shape[1]
         key_padding = None
         if n:
@@ -294,12 +392,74 @@ class VoiceVectorAE(nn.Module):
                 audio = torch.ones(h.shape[0], tokens, dtype=torch.bool, device=h.device)
                 key_padding = ~torch.cat([enrol_mask.to(torch.bool), audio], dim=1)
         h = self.transformer(h, src_key_padding_mask=key_padding)[:, n:]
-        x = self.head(h).transpose(1, 2)  # (B, D, tokens)
+        return self.decode(h, skips, up_len, mixture.shape[-1])
 
-        for level, skip in zip(reversed(self.decoder), reversed(skips)):
-            x = level(x + skip[..., : x.shape[-1]])
 
-        y = self.downsample(x[..., :up_len].float()).squeeze(1)  # float32 even under autocast
-        if y.shape[-1] < length:
-            y = F.pad(y, (0, length - y.shape[-1]))
-        return y[..., :length]
+@register_model("voicevector_av", dataclass=VoiceVectorAVConfig)
+class VoiceVectorAV(VoiceVectorUNet):
+    """VoiceVector AV separation network (the reference's ``voicevectorav``): the target's
+    synchronised lip features, not an enrolment vector, tell it whom to extract.
+
+    Same U-Net and transformer as :class:`VoiceVectorAE` (shared code), with the differences of
+    section 1.3 listed in the module docstring: std input normalisation, pre-norm transformer,
+    video tokens appended after the audio tokens with x2-upsampled positions. The reference
+    trains it with Adam at 6.4e-5 (``configs/experiment/tss_voicevector_av.yaml``).
+
+    Shapes:
+        forward(mixture (B, T) float32 at ``sample_rate`` Hz, lip (B, F, lip_dim) float32 at
+        ``video_fps`` with ``F = ceil(T / (sample_rate / video_fps))`` (640 samples per frame))
+        -> (B, T) float32 estimate of the target.
+
+    Raises:
+        ConfigError: as :class:`VoiceVectorUNet`, or ``sample_rate`` not a multiple of
+            ``video_fps``.
+        ValueError: wrong input ranks / shapes, ``F`` that does not match ``T``, or a mixture
+            longer than ``max_len`` tokens allow.
+    """
+
+    name = "voicevector_av"
+    learned_input_norm = False
+    norm_first = True
+    std_floor = 1e-3  # the reference's: mixture / (std + 1e-3)
+
+    def __init__(self, cfg: VoiceVectorAVConfig):
+        super().__init__(cfg)
+        if cfg.video_fps <= 0 or cfg.sample_rate % cfg.video_fps:
+            raise ConfigError(
+                f"voicevector_av: sample_rate {cfg.sample_rate} must be a multiple of "
+                f"video_fps {cfg.video_fps}"
+            )
+        self.samples_per_frame = cfg.sample_rate // cfg.video_fps
+        self.video_adapter = VideoAdapter(
+            cfg.lip_dim, self.d_model, cfg.video_norm_groups, cfg.video_dropout
+        )
+        self._init_weights()
+
+    def num_frames(self, num_samples: int) -> int:
+        """Lip frames that go with ``num_samples`` mixture samples: ``ceil(T / 640)``."""
+        return -(-num_samples // self.samples_per_frame)
+
+    def forward(self, mixture: torch.Tensor, lip: torch.Tensor) -> torch.Tensor:
+        """(B, T) mixture + (B, F, lip_dim) target lip features -> (B, T) target estimate."""
+        self._check_mixture(mixture)
+        b, length = mixture.shape
+        frames = self.num_frames(length)
+        if lip.dim() != 3 or lip.shape[0] != b or lip.shape[2] != self.cfg.lip_dim:
+            raise ValueError(
+                f"voicevector_av: expected lip features of shape ({b}, F, {self.cfg.lip_dim}), "
+                f"got {tuple(lip.shape)}"
+            )
+        if lip.shape[1] != frames:
+            raise ValueError(
+                f"voicevector_av: a {length}-sample mixture needs {frames} lip frames "
+                f"({self.samples_per_frame} samples each), got {lip.shape[1]}"
+            )
+        std = mixture.std(dim=-1, keepdim=True) + self.std_floor
+        h, skips, up_len = self.encode(mixture / std)
+        tokens = h.shape[1]
+        v = self.video_adapter(lip.to(h.dtype))
+        if 2 * (frames - 1) >= self.pos_enc.max_len:
+            raise ValueError(f"voicevector_av: {frames} lip frames exceed max_len positions")
+        v = v + self.pos_enc.pe[0 : 2 * frames : 2].to(v.dtype)  # frame j at audio token 2j
+        h = self.transformer(torch.cat([h, v], dim=1))[:, :tokens]
+        return self.decode(h, skips, up_len, length) * std.float()

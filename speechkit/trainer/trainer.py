@@ -32,6 +32,7 @@ from speechkit.errors import ConfigError
 from speechkit.preemption import EXIT_PREEMPTED, Preempted
 from speechkit.registry import LR_SCHEDULER_REGISTRY, OPTIMIZER_REGISTRY
 from speechkit.trainer.checkpoint import CheckpointWriter, load_finetune_weights, load_resume_state
+from speechkit.trainer.compile import maybe_compile
 from speechkit.trainer.guard import NonFiniteGuard
 from speechkit.trainer.metrics import IntervalMeter, RunLog, sum_logging_outputs
 from speechkit.trainer.rng import (
@@ -98,7 +99,8 @@ class Trainer:
         self.model = model.to(self.device)
         self.criterion = criterion.to(self.device)
         self.module = ModelWithCriterion(self.model, self.criterion)
-        self.wrapped = dist_utils.wrap_ddp(self.module, self.device, c.distributed)
+        ddp = dist_utils.wrap_ddp(self.module, self.device, c.distributed)
+        self.wrapped = maybe_compile(ddp, c.common, self.device)  # torch.compile(DDP(.))
         self.params = [p for p in self.module.parameters() if p.requires_grad]
         self.optimizer = OPTIMIZER_REGISTRY.build(cfg.optimizer, self.params, opt.lr)
         self.lr_scheduler = LR_SCHEDULER_REGISTRY.build(
@@ -353,7 +355,7 @@ class Trainer:
             if self.device.type != "cpu":  # the loader's output is on the CPU
                 sample = move_to_device(sample, self.device)
             last = i == len(samples) - 1
-            no_sync = self.wrapped is not self.module and not last
+            no_sync = hasattr(self.wrapped, "no_sync") and not last  # DDP, compiled or not
             with self.wrapped.no_sync() if no_sync else contextlib.nullcontext():
                 with self._autocast():
                     loss, sample_size, log = self.task.train_step(
