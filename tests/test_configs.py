@@ -212,6 +212,36 @@ def test_choice_fields_fail_at_composition_naming_field_and_values():
     assert cfg.model.cond_layer_norm_init == "mean_speaker"
 
 
+@pytest.mark.parametrize(
+    ("overrides", "allowed"),
+    [
+        (["task=hubert", "task.length_check=warning"], "[raise, warn, ignore]"),
+        (["experiment=sv_demo", "task.scoring=plda"], "[cosine, crop_distance, syncnet_reference]"),
+        (
+            ["task=embedding_enhancement", "task.list_format=test"],
+            "[normal, triplet, distribution]",
+        ),
+        (
+            ["task=embedding_enhancement", "task.session_rule=dir"],
+            "[auto, librispeech, parent, none]",
+        ),
+    ],
+)
+def test_task_choice_fields_fail_at_composition(overrides, allowed):
+    with pytest.raises(ConfigCompositionException) as e:
+        compose_cfg(overrides)
+    msg = str(e.value) + str(e.value.__cause__)
+    assert f"expected one of {allowed}" in msg and overrides[1].split("=")[0] in msg
+
+
+def test_task_choice_fields_reach_the_task_as_strings():
+    from speechkit.registry import TASK_REGISTRY
+
+    cfg = compose_cfg(["task=hubert", "task.length_check=warn", "task.data=/nonexistent"])
+    _, task_cfg = TASK_REGISTRY.resolve_config(cfg.task)
+    assert task_cfg.length_check == "warn" and type(task_cfg.length_check) is str
+
+
 def test_old_registry_names_compose_to_canonical_ones():
     cfg = compose_cfg(["experiment=sv_demo", "criterion=aamsoftmax"])
     assert cfg.criterion._name == "aam_softmax"

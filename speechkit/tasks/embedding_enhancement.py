@@ -34,8 +34,6 @@ from torch import nn
 
 from speechkit import distributed as dist_utils
 from speechkit.data.embedding_dataset import (
-    LIST_FORMATS,
-    SESSION_RULES,
     EmbeddingTable,
     EnhancementDataset,
     PairDistributionDataset,
@@ -49,10 +47,39 @@ from speechkit.dataclass import SpeechkitDataclass
 from speechkit.errors import ConfigError, DataError
 from speechkit.metrics.scoring import cosine_scores
 from speechkit.metrics.verification import evaluate_scores
-from speechkit.registry import register_task
+from speechkit.registry import ChoiceEnum, register_task
 from speechkit.tasks.base import Task, model_embed_dim
 
-SCORINGS = ("cosine", "euclidean")
+
+class EnhancementListFormat(ChoiceEnum):
+    """Train-list layouts of ``make_enhancement_lists.py`` (``test`` lists are for scoring)."""
+
+    normal = "normal"
+    triplet = "triplet"
+    distribution = "distribution"
+
+
+class TargetLevel(ChoiceEnum):
+    """``speaker`` (``<spk>.npy``) or ``session`` (``<spk>/<session>.npy``) targets."""
+
+    speaker = "speaker"
+    session = "session"
+
+
+class SessionRule(ChoiceEnum):
+    """How a session is read from a path at session level."""
+
+    auto = "auto"
+    librispeech = "librispeech"
+    parent = "parent"
+    none = "none"
+
+
+class EnhancementScoring(ChoiceEnum):
+    """``cosine`` or ``euclidean`` (``-||a - b||``) trial scores."""
+
+    cosine = "cosine"
+    euclidean = "euclidean"
 
 
 @dataclass
@@ -64,21 +91,21 @@ class EmbeddingEnhancementConfig(SpeechkitDataclass):
     """Folder of the targets (``combine_embeddings.py --out``)."""
     train_list: str = "???"
     """Train list (``make_enhancement_lists.py``) in ``list_format``."""
-    list_format: str = "normal"
+    list_format: EnhancementListFormat = "normal"
     """``normal``, ``triplet`` or ``distribution`` (which one the criterion needs)."""
     test_list: str | None = None
     """``label file1 file2`` trials for validation (``.wav`` names are read as ``.npy``);
     null: no validation."""
     test_embedding_dir: str | None = None
     """Folder the test-list paths are relative to; null: ``embedding_dir``."""
-    target_level: str = "speaker"
+    target_level: TargetLevel = "speaker"
     """``speaker`` (``<spk>.npy``) or ``session`` (``<spk>/<session>.npy``) targets."""
-    session_rule: str = "auto"
+    session_rule: SessionRule = "auto"
     """How a session is read from a path at session level (``auto``, ``librispeech``,
     ``parent``, ``none``)."""
     embed_dim: int = 0
     """Expected D; 0: taken from the first embedding file."""
-    scoring: str = "cosine"
+    scoring: EnhancementScoring = "cosine"
     """Trial score: ``cosine``, or ``euclidean`` (``-||a - b||``, outputs L2-normalised first
     when the criterion's ``test_normalize`` is set: the reference's two scorings)."""
     default_batch_size: int = 1000
@@ -127,16 +154,11 @@ class EmbeddingEnhancementTask(Task):
 
     def __init__(self, cfg: EmbeddingEnhancementConfig, seed: int = 1):
         super().__init__(cfg, seed)
-        if cfg.list_format not in LIST_FORMATS or cfg.list_format == "test":
-            raise ConfigError(
-                f"task.list_format={cfg.list_format!r}; expected normal, triplet or distribution"
-            )
-        if cfg.scoring not in SCORINGS:
-            raise ConfigError(f"task.scoring={cfg.scoring!r}; expected one of {SCORINGS}")
-        if cfg.target_level not in ("speaker", "session"):
-            raise ConfigError(f"task.target_level={cfg.target_level!r}; expected speaker/session")
-        if cfg.session_rule not in SESSION_RULES:
-            raise ConfigError(f"task.session_rule={cfg.session_rule!r}; expected {SESSION_RULES}")
+        # choice fields fail at composition; a config built in Python is checked here
+        EnhancementListFormat.check(cfg.list_format, "task.list_format")
+        EnhancementScoring.check(cfg.scoring, "task.scoring")
+        TargetLevel.check(cfg.target_level, "task.target_level")
+        SessionRule.check(cfg.session_rule, "task.session_rule")
         self.table = EmbeddingTable(cfg.embedding_dir, cfg.embed_dim or None)
         self.train = read_enhancement_list(cfg.train_list, cfg.list_format)
         self.label_of_speaker = speaker_to_label(self.train.speakers())

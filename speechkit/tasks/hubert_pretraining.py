@@ -34,7 +34,7 @@ from speechkit.data.hubert_dataset import HubertDataset
 from speechkit.data.labels import LabelDictionary
 from speechkit.dataclass import SpeechkitDataclass
 from speechkit.errors import ConfigError, DataError
-from speechkit.registry import MODEL_REGISTRY, register_task
+from speechkit.registry import MODEL_REGISTRY, ChoiceEnum, register_task
 from speechkit.tasks.base import Task
 
 __all__ = ["HubertPretrainingConfig", "HubertPretrainingTask", "mask_seed"]
@@ -54,6 +54,12 @@ def mask_seed(seed: int, stream: int, update_num: int, ids: torch.Tensor | list[
     entropy = [int(seed), int(stream), int(update_num), *map(int, id_list)]
     state = np.random.SeedSequence(entropy).generate_state(1, dtype=np.uint64)[0]
     return int(state >> np.uint64(1))
+
+
+# functional form: ``raise`` is a keyword, and a member's name must be its value
+LengthCheck = ChoiceEnum("LengthCheck", [(v, v) for v in ("raise", "warn", "ignore")])
+LengthCheck.__doc__ = """What an audio/label duration mismatch does: ``raise``, ``warn``
+(fairseq's behaviour) or ``ignore``."""
 
 
 @dataclass
@@ -84,7 +90,7 @@ class HubertPretrainingConfig(SpeechkitDataclass):
     """Audio root replacing the manifests' line 1 (for manifests whose root is relative)."""
     resample: bool = False
     """Resample files at another rate (soxr) instead of raising."""
-    length_check: str = "raise"
+    length_check: LengthCheck = "raise"
     """Audio/label duration mismatch > ``length_tol`` s: ``raise``, ``warn`` (fairseq) or
     ``ignore``."""
     length_tol: float = 0.1

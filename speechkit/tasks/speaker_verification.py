@@ -29,13 +29,21 @@ from speechkit.data.samplers import speaker_balanced_batches, speaker_coverage
 from speechkit.data.speaker_dataset import SpeakerTrainDataset
 from speechkit.dataclass import SpeechkitDataclass
 from speechkit.errors import ConfigError, DataError
-from speechkit.inference.speaker_embedding import SCORING, extract_embeddings, score_trials
+from speechkit.inference.speaker_embedding import extract_embeddings, score_trials
 from speechkit.metrics.scoring import TrialList, read_trial_list
 from speechkit.metrics.verification import evaluate_scores
-from speechkit.registry import register_task
+from speechkit.registry import ChoiceEnum, register_task
 from speechkit.tasks.base import Task, model_embed_dim
 
 logger = logging.getLogger(__name__)
+
+
+class SpeakerScoring(ChoiceEnum):
+    """Trial scoring rules (``speechkit.inference.speaker_embedding.score_trials``)."""
+
+    cosine = "cosine"
+    crop_distance = "crop_distance"
+    syncnet_reference = "syncnet_reference"
 
 
 @dataclass
@@ -69,7 +77,7 @@ class SpeakerVerificationConfig(SpeechkitDataclass):
     """Noise / babble / reverb list files (each found like ``train_list``: relative to the
     working directory, absolute paths as given) whose lines name audio files relative to
     ``root``, and the SNR ranges."""
-    scoring: str = "cosine"
+    scoring: SpeakerScoring = "cosine"
     """``cosine`` (of mean crop embeddings, default), ``crop_distance`` (voxceleb_trainer's
     -mean crop distance) or ``syncnet_reference`` (syncnet_trainer's mean cosine over all crop
     pairs: the rule that reproduces its released EER 20.4348)."""
@@ -103,8 +111,7 @@ class SpeakerVerificationTask(Task):
 
     def __init__(self, cfg: SpeakerVerificationConfig, seed: int = 1):
         super().__init__(cfg, seed)
-        if cfg.scoring not in SCORING:
-            raise ConfigError(f"task.scoring={cfg.scoring!r}; expected one of {SCORING}")
+        SpeakerScoring.check(cfg.scoring, "task.scoring")  # for configs built in Python
         if cfg.n_per_speaker < 1:
             raise ConfigError(f"task.n_per_speaker must be >= 1, got {cfg.n_per_speaker}")
         if cfg.train_list in ("???", "", None):

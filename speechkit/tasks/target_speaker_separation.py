@@ -10,6 +10,11 @@ train-list format) and one ``.npy`` per utterance from a speaker model::
         task.train_list=train.txt task.valid_list=valid.txt task.embedding_dir=emb/ \\
         task.emb_dim=<D of the speaker model> model.emb_dim=<same>
 
+Audio-visual variant (``voicevector_av``): instead of enrolment vectors, ``task.lip_dir`` names
+a folder of per-utterance lip features (``<rel path>.npy``, (frames, lip_dim) at 25 fps, e.g.
+from ``speechkit-dump-lip-features``) and each batch carries the target crop's frames as
+``lip``; ``task.embedding_dir`` may then be null (``experiment=tss_voicevector_av``).
+
 Mixing and enrolment: :mod:`speechkit.data.separation_dataset` (training: P uniform in [1, K];
 validation: ``num_positive`` positives and ``num_enrol - num_positive`` negatives, fixed
 mixtures seeded by ``valid_seed``). Every audio file is stat-ed and every ``.npy`` read when
@@ -48,9 +53,16 @@ class TargetSpeakerSeparationConfig(SpeechkitDataclass):
     """``speaker_id relative/path.wav`` lines (at least 2 speakers)."""
     valid_list: str | None = None
     """Same format, for the fixed validation mixtures; null: no validation."""
-    embedding_dir: str = "???"
+    embedding_dir: str | None = None
     """``scripts/dump_embeddings.py --out`` folder: ``<rel path>.npy`` (num_crops, D) per
-    utterance of both lists."""
+    utterance of both lists. Required unless ``lip_dir`` is set (the AV variant)."""
+    lip_dir: str | None = None
+    """Lip-feature folder (``<rel path>.npy``, (frames, lip_dim) at 25 fps, 640 samples per
+    frame) for ``voicevector_av``; null: no lip features."""
+    lip_dim: int = 512
+    """Lip feature size of the files (VTP: 512); must equal ``model.lip_dim``."""
+    lip_tolerance: float = 2.0
+    """Largest accepted ``|frames - samples / 640|`` per file (see speechkit.data.lip_features)."""
     segment: float = 4.0
     """Mixture length in seconds (the reference's LRS3 4 s)."""
     num_enrol: int = 5
@@ -82,26 +94,36 @@ class TargetSpeakerSeparationConfig(SpeechkitDataclass):
     default_criterion="waveform_l1",
 )
 class TargetSpeakerSeparationTask(Task):
-    """Target-speaker separation with positive/negative enrolment vectors (VoiceVector AE).
+    """Target-speaker separation with positive/negative enrolment vectors (VoiceVector AE) or
+    the target's lip features (VoiceVector AV, ``task.lip_dir``).
 
     Raises (at construction, before any model is built):
-        ConfigError: a required path not set, bad ``segment`` / ``num_enrol`` /
+        ConfigError: a required path not set (``embedding_dir`` unless ``lip_dir``), a
+            ``segment`` not a multiple of 0.04 s with ``lip_dir``, bad ``segment`` / ``num_enrol`` /
             ``num_positive`` / ``num_valid`` / SIR range, or ``emb_dim`` different from the
             ``.npy`` files' dimension.
         DataError: see :mod:`speechkit.data.separation_dataset`.
     """
 
-    required = ("root", "train_list", "embedding_dir")
+    required = ("root", "train_list")
     needs = (
         "task.root=DIR, task.train_list=FILE (and optionally task.valid_list=FILE) with "
         "'speaker_id relative/path.wav' lines and task.embedding_dir=DIR with one .npy per "
-        "utterance (scripts/dump_embeddings.py)"
+        "utterance (scripts/dump_embeddings.py), or task.lip_dir=DIR with lip features "
+        "(scripts/dump_lip_features.py)"
     )
 
     def __init__(self, cfg: TargetSpeakerSeparationConfig, seed: int = 1):
         super().__init__(cfg, seed)
+        if cfg.embedding_dir in ("???", "", None) and not cfg.lip_dir:
+            raise self.missing_config_error(["embedding_dir"])
         if cfg.segment <= 0:
             raise ConfigError(f"task.segment must be positive seconds, got {cfg.segment}")
+        if cfg.lip_dir and round(cfg.segment * 16000) % 640:
+            raise ConfigError(
+                f"task.segment={cfg.segment} s must be a multiple of 0.04 s (one 25 fps lip "
+                "frame, 640 samples) when task.lip_dir is set"
+            )
         if cfg.num_enrol < 1 or not 1 <= cfg.num_positive <= cfg.num_enrol:
             raise ConfigError(
                 f"task.num_enrol={cfg.num_enrol}, task.num_positive={cfg.num_positive}: need "
@@ -121,30 +143,61 @@ class TargetSpeakerSeparationTask(Task):
             sir_low=cfg.sir_low,
             sir_high=cfg.sir_high,
             resample=cfg.resample,
+            lip_dir=cfg.lip_dir or None,
+            lip_dim=cfg.lip_dim if cfg.lip_dir and cfg.lip_dim > 0 else None,
+            lip_tolerance=cfg.lip_tolerance,
         )
+        if common["embedding_dir"] in ("???", ""):
+            common["embedding_dir"] = None
         self.train_dataset = SeparationDataset(cfg.train_list, seed=self.seed, **common)
         dim = self.train_dataset.emb_dim
-        if cfg.emb_dim > 0 and dim != cfg.emb_dim:
+        if self.train_dataset.vectors is not None and cfg.emb_dim > 0 and dim != cfg.emb_dim:
             raise ConfigError(
                 f"task.emb_dim={cfg.emb_dim} but the embeddings in {cfg.embedding_dir} are "
                 f"{dim}-d (e.g. {self.train_dataset.embedding_dir}/...); set task.emb_dim={dim} "
                 f"model.emb_dim={dim}"
             )
         self.emb_dim = dim
+        self.lip_dim = self.train_dataset.lip_dim
+        if self.lip_dim:
+            common["lip_dim"] = self.lip_dim
         self.valid_dataset = None
         if cfg.valid_list:
             self.valid_dataset = SeparationDataset(
                 cfg.valid_list,
                 eval_mode=True,
                 num_items=cfg.num_valid,
-                emb_dim=dim,
+                emb_dim=dim or None,
                 seed=cfg.valid_seed,
                 **common,
             )
 
     # -- building -------------------------------------------------------------------------------
     def build_model(self, cfg: Any) -> nn.Module:
+        """The registered model, after checking its input sizes against the data.
+
+        Raises:
+            ConfigError: a model taking enrolment vectors (``emb_dim``) without
+                ``task.embedding_dir`` or of another size; one taking lip features
+                (``lip_dim``) without ``task.lip_dir`` or of another size.
+        """
+        lip_dim = getattr(cfg, "lip_dim", None)
+        if lip_dim is not None and not self.lip_dim:
+            raise ConfigError(
+                f"model {cfg._name} needs lip features: set task.lip_dir=DIR "
+                "(scripts/dump_lip_features.py)"
+            )
+        if lip_dim is not None and lip_dim != self.lip_dim:
+            raise ConfigError(
+                f"model.lip_dim={lip_dim} but the lip features in {self.cfg.lip_dir} are "
+                f"{self.lip_dim}-d; set model.lip_dim={self.lip_dim}"
+            )
         dim = getattr(cfg, "emb_dim", None)
+        if dim is not None and self.train_dataset.vectors is None:
+            raise ConfigError(
+                f"model {cfg._name} needs enrolment vectors: set task.embedding_dir=DIR "
+                "(scripts/dump_embeddings.py)"
+            )
         if dim is not None and dim != self.emb_dim:
             raise ConfigError(
                 f"model.emb_dim={dim} but the enrolment vectors in {self.cfg.embedding_dir} are "
