@@ -87,19 +87,18 @@ def main(cfg: DictConfig) -> int:
         Preempted: SIGUSR1/SIGTERM (after saving ``checkpoint_last.pt`` once training began).
     """
     env = detect_env()
+    save_dir = Path(cfg.checkpoint.save_dir)
+    created_here = env.is_master and not save_dir.exists()
     if env.is_master:  # before train.log is opened: an unwritable folder is one line
-        check_save_dir(cfg.checkpoint.save_dir)
+        check_save_dir(save_dir)
     setup_logging(env, cfg.checkpoint.save_dir)
     try:
-        device = init_distributed(
-            env,
-            expected_world_size=cfg.distributed.world_size,
-            backend=cfg.distributed.backend,
-            use_cuda=not cfg.common.cpu,
-            timeout_minutes=cfg.distributed.timeout_minutes,
-        )
-        seed_everything(cfg.common.seed)  # identical initial weights on every rank
-        task, model, criterion = build_components(cfg)
+        try:
+            device, task, model, criterion = _start(cfg, env)
+        except SpeechkitError:
+            if created_here:  # bad input before anything was trained: leave no folder behind
+                _remove_new_save_dir(save_dir)
+            raise
         if env.is_master:
             Path(cfg.checkpoint.save_dir).mkdir(parents=True, exist_ok=True)
             OmegaConf.save(cfg, Path(cfg.checkpoint.save_dir) / "config.yaml", resolve=True)
@@ -126,6 +125,32 @@ def main(cfg: DictConfig) -> int:
         return 0
     finally:
         destroy_distributed()
+
+
+def _start(cfg: DictConfig, env: DistributedEnv):
+    """Process group, seeded ``(task, model, criterion)``; returns them with the device."""
+    device = init_distributed(
+        env,
+        expected_world_size=cfg.distributed.world_size,
+        backend=cfg.distributed.backend,
+        use_cuda=not cfg.common.cpu,
+        timeout_minutes=cfg.distributed.timeout_minutes,
+    )
+    seed_everything(cfg.common.seed)  # identical initial weights on every rank
+    return (device, *build_components(cfg))
+
+
+def _remove_new_save_dir(save_dir: Path) -> None:
+    """Remove a save folder this run created, when it holds nothing but its ``train.log``."""
+    for handler in list(logging.getLogger().handlers):
+        if isinstance(handler, logging.FileHandler):
+            logging.getLogger().removeHandler(handler)
+            handler.close()
+    (save_dir / "train.log").unlink(missing_ok=True)
+    try:
+        save_dir.rmdir()  # only when empty: nothing else is ever removed
+    except OSError:
+        pass
 
 
 EXIT_INTERRUPTED = 130

@@ -151,6 +151,17 @@ def test_bare_task_fails_only_on_its_data(tmp_path):
     for expected in ("train.tsv", "train.km", "dict.km.txt", "task.spk2info=FILE"):
         assert expected in line
     assert line.endswith("; not set: task.data, task.spk2info")
+    assert not (tmp_path / "run").exists()  # the folder it created for train.log is gone again
+
+
+def test_failed_start_keeps_an_existing_save_dir(tmp_path):
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    (run_dir / "notes.txt").write_text("mine")
+    proc = run_train("task=contentvec", f"checkpoint.save_dir={run_dir}", check=False)
+    assert proc.returncode == 2
+    assert (run_dir / "notes.txt").read_text() == "mine"
+    assert (run_dir / "train.log").exists()  # a folder the user made keeps the run's log
 
 
 def test_task_defaults_compose_and_are_overridable():
