@@ -57,6 +57,19 @@ def test_training_reduces_loss_and_tracks_best(tmp_path):
     ]
 
 
+def test_no_save_writes_nothing_to_the_save_dir(tmp_path):
+    """checkpoint.no_save: no checkpoint and no metrics.jsonl (a test once left a stray
+    ``./checkpoints/metrics.jsonl`` in the repository this way); with saving, metrics.jsonl has
+    one train record per log interval."""
+    run_dir = tmp_path / "run"
+    make_trainer(run_dir, "optimization.max_update=4", "checkpoint.no_save=true").train()
+    assert not run_dir.exists() or not any(run_dir.iterdir())
+    saved = tmp_path / "saved"
+    make_trainer(saved, "optimization.max_update=4", "common.log_interval=2").train()
+    records = [r for r in (saved / "metrics.jsonl").read_text().splitlines() if '"train"' in r]
+    assert len(records) == 2
+
+
 def test_nonfinite_loss_is_skipped_then_stops(tmp_path, caplog):
     t = make_trainer(
         tmp_path, "task.nan_after=3", "optimization.max_update=50", "common.max_nonfinite_steps=4"

@@ -68,7 +68,8 @@ class RunLog:
     ``Infinity`` (Python's ``json`` reads them).
 
     Args:
-        save_dir: the run directory. enabled: rank 0.
+        save_dir: the run directory; None: no ``metrics.jsonl`` (``checkpoint.no_save``
+            writes nothing there). enabled: rank 0.
         tensorboard_logdir: ``common.tensorboard_logdir`` (``""``: ``<save_dir>/tensorboard``;
             ``None``: no TensorBoard).
         log_format: ``common.log_format``: ``tqdm`` shows a progress bar per epoch (stderr)
@@ -76,9 +77,9 @@ class RunLog:
     """
 
     def __init__(
-        self, save_dir: Path, enabled: bool, tensorboard_logdir: str | None, log_format: str
+        self, save_dir: Path | None, enabled: bool, tensorboard_logdir: str | None, log_format: str
     ):
-        self.path = Path(save_dir) / METRICS_FILE
+        self.path = Path(save_dir) / METRICS_FILE if save_dir is not None else None
         self.enabled = enabled
         self.tensorboard_logdir = tensorboard_logdir
         self.bar_enabled = enabled and log_format == "tqdm"
@@ -92,13 +93,14 @@ class RunLog:
         """
         if not self.enabled:
             return
-        kept = []
-        if resumed_update is not None and self.path.is_file():
-            lines = self.path.read_text(encoding="utf-8").splitlines(keepends=True)
-            kept = [line for line in lines if _update_of(line) <= resumed_update]
-        atomic_write_text(self.path, "".join(kept))  # a fresh run starts a new file
-        self._file = open(self.path, "a", encoding="utf-8")  # noqa: SIM115 (closed in close)
-        if self.tensorboard_logdir is not None:
+        if self.path is not None:
+            kept = []
+            if resumed_update is not None and self.path.is_file():
+                lines = self.path.read_text(encoding="utf-8").splitlines(keepends=True)
+                kept = [line for line in lines if _update_of(line) <= resumed_update]
+            atomic_write_text(self.path, "".join(kept))  # a fresh run starts a new file
+            self._file = open(self.path, "a", encoding="utf-8")  # noqa: SIM115 (closed in close)
+        if self.tensorboard_logdir is not None and (self.tensorboard_logdir or self.path):
             from torch.utils.tensorboard import SummaryWriter
 
             self.tb = SummaryWriter(

@@ -123,8 +123,9 @@ class Trainer:
         self.save_dir = Path(c.checkpoint.save_dir)
         self.writer = CheckpointWriter(self.save_dir, c.checkpoint.keep_last_checkpoints)
         self.meter = IntervalMeter()
+        run_dir = None if c.checkpoint.no_save else self.save_dir  # no_save: nothing written there
         self.log = RunLog(
-            self.save_dir, self.env.is_master, c.common.tensorboard_logdir, c.common.log_format
+            run_dir, self.env.is_master, c.common.tensorboard_logdir, c.common.log_format
         )
         d = c.dataset
         self.batching = Batching(
