@@ -228,3 +228,47 @@ def test_task_checks_emb_dim(data, tmp_path):
     assert b1 == task.batches("train", 1, batch_size=40)
     assert b1 != task.batches("train", 2, batch_size=40)
     assert task.batches("valid", 1, batch_size=5) == [[0, 1, 2, 3, 4], [5, 6, 7]]
+
+
+def test_task_lip_features_path_and_model_checks(data, tmp_path):
+    """task.lip_dir feeds ``lip`` batches; the enrolment / lip requirements of each model are
+    checked against what the task has before any weights are built."""
+    from speechkit.models.voicevector import VoiceVectorAVConfig, VoiceVectorConfig
+    from speechkit.tasks.target_speaker_separation import (
+        TargetSpeakerSeparationConfig,
+        TargetSpeakerSeparationTask,
+    )
+
+    root, emb, lines = data
+    lip = tmp_path / "lip"
+    for line in lines:
+        rel = line.split()[1]
+        frames = -(-sf.info(root / rel).frames // 640)
+        path = lip / embedding_path(rel)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        np.save(path, np.ones((frames, 8), dtype=np.float32))
+    base = dict(root=str(root), train_list=str(root / LIST), segment=1.0)
+    with pytest.raises(ConfigError, match="not set: task.embedding_dir"):
+        TargetSpeakerSeparationTask(TargetSpeakerSeparationConfig(**base))
+    with pytest.raises(ConfigError, match="multiple of 0.04 s"):
+        TargetSpeakerSeparationTask(
+            TargetSpeakerSeparationConfig(**{**base, "segment": 1.01}, lip_dir=str(lip))
+        )
+    task = TargetSpeakerSeparationTask(
+        TargetSpeakerSeparationConfig(**base, lip_dir=str(lip), lip_dim=8)
+    )
+    batch = task.dataset("train").collater([task.dataset("train")[i] for i in (0, 1)])
+    assert batch["lip"].shape == (2, 25, 8) and "enrol" not in batch
+    with pytest.raises(ConfigError, match="needs enrolment vectors: set task.embedding_dir"):
+        task.build_model(VoiceVectorConfig(_name="voicevector_ae", emb_dim=DIM))
+    with pytest.raises(ConfigError, match="model.lip_dim=512 but .* 8-d"):
+        task.build_model(VoiceVectorAVConfig(_name="voicevector_av"))
+    model = task.build_model(
+        VoiceVectorAVConfig(_name="voicevector_av", lip_dim=8, hidden=8, depth=3, heads=2)
+    )
+    assert model(batch["mixture"], batch["lip"]).shape == batch["mixture"].shape
+    ae_task = TargetSpeakerSeparationTask(
+        TargetSpeakerSeparationConfig(**base, embedding_dir=str(emb), emb_dim=DIM)
+    )
+    with pytest.raises(ConfigError, match="needs lip features: set task.lip_dir"):
+        ae_task.build_model(VoiceVectorAVConfig(_name="voicevector_av"))

@@ -2,7 +2,8 @@
 section 1.6): ``waveform_l1``.
 
 The model is called as ``model(mixture (B, T), enrol (B, N, E), enrol_type (B, N) long,
-enrol_mask (B, N) bool)`` and returns the target estimate (B, T).
+enrol_mask (B, N) bool)`` (or ``model(mixture, lip (B, F, D))`` when the batch has ``lip``, the
+audio-visual ``voicevector_av``) and returns the target estimate (B, T).
 
 Loss (``loss`` option):
 
@@ -71,13 +72,17 @@ class WaveformL1Criterion(Criterion):
         self.loss_type = WaveformLoss.check(cfg.loss, "criterion waveform_l1: loss")
 
     def forward(self, model: nn.Module, sample: dict) -> tuple[torch.Tensor, int, dict]:
-        missing = [k for k in REQUIRED_KEYS if k not in sample]
+        needed = ("mixture", "target", "lip") if "lip" in sample else REQUIRED_KEYS
+        missing = [k for k in needed if k not in sample]
         if missing:
             raise DataError(
                 f"criterion waveform_l1 needs batch keys {list(REQUIRED_KEYS)}, missing {missing}"
             )
         mixture, target = sample["mixture"], sample["target"]
-        estimate = model(mixture, sample["enrol"], sample["enrol_type"], sample["enrol_mask"])
+        if "lip" in sample:
+            estimate = model(mixture, sample["lip"])
+        else:
+            estimate = model(mixture, sample["enrol"], sample["enrol_type"], sample["enrol_mask"])
         if estimate.shape != target.shape or target.dim() != 2:
             raise ValueError(
                 f"criterion waveform_l1: estimate shape {tuple(estimate.shape)} must equal the "

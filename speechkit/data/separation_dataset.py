@@ -36,6 +36,14 @@ One item (``index`` = the target utterance, ``index % num_utterances`` in eval m
    when its speaker has no other). Positives come first; the model's enrolment tokens carry no
    position, so the order does not matter. ``enrol_type`` is 1 = positive, 0 = negative.
 
+Lip features (the audio-visual ``voicevector_av`` variant, ``lip_dir`` set): one ``(F, D)``
+``.npy`` per utterance at ``<lip_dir>/relative/path.npy`` (25 fps, 640 samples per frame; see
+:mod:`speechkit.data.lip_features`). Every file's header is checked against its audio length
+when the dataset is built (a missing file or a mismatch beyond ``lip_tolerance`` frames is a
+``DataError`` naming it). The item's ``lip`` holds the target crop's ``S / 640`` frames on the
+crop's grid (a wrapped short crop repeats its frames the same way); ``segment`` must then be a
+multiple of 0.04 s. With ``embedding_dir`` null the items carry no enrolment.
+
 Randomness: training items use ``np.random.default_rng([seed, epoch, index])``, so an epoch is
 reproducible and a resumed run rebuilds the same items; eval items use
 ``np.random.default_rng([seed, EVAL_STREAM, index])``, the same mixtures every epoch.
@@ -62,6 +70,15 @@ from torch.utils.data import Dataset
 
 from speechkit.data.audio import audio_info, read_audio
 from speechkit.data.embedding_table import EmbeddingTable, embedding_path
+from speechkit.data.lip_features import (
+    DEFAULT_TOLERANCE,
+    align_lip_features,
+    check_alignment,
+    crop_lip_features,
+    lip_feature_path,
+    lip_shape,
+    read_lip_features,
+)
 from speechkit.data.lists import check_files_exist, read_list_fields
 from speechkit.errors import DataError
 
@@ -78,6 +95,7 @@ __all__ = [
 SAMPLE_RATE = 16000
 OFFSET_STEP = 640
 """Crop offsets are multiples of 640 samples (one 25 fps video frame at 16 kHz)."""
+SAMPLES_PER_FRAME = OFFSET_STEP
 SHORT_MARGIN = 4000
 """Files with fewer than ``S + SHORT_MARGIN`` samples are cropped at offset 0 (the reference)."""
 EVAL_STREAM = 0x5E9A
@@ -138,7 +156,8 @@ class SeparationDataset(Dataset):
     Args:
         list_path: ``speaker_id relative/path.wav`` list.
         root: folder the list paths are relative to.
-        embedding_dir: folder of the per-utterance ``.npy`` files (same relative layout).
+        embedding_dir: folder of the per-utterance ``.npy`` files (same relative layout);
+            ``None``: no enrolment vectors (needs ``lip_dir``).
         segment: crop length in seconds (S = round(segment * 16000) samples).
         num_enrol: K, enrolment vectors per item.
         num_positive: P in eval mode (``1 <= P <= K``); training draws P uniform in [1, K].
@@ -149,11 +168,15 @@ class SeparationDataset(Dataset):
         seed: base seed (the task sets ``common.seed`` for training).
         sir_low, sir_high: the integer interferer-to-target ratio range in dB.
         resample: resample files that are not 16 kHz (else ``DataError``).
+        lip_dir: folder of per-utterance lip features (same relative layout); ``None``: none.
+        lip_dim: expected lip feature size; ``None``: taken from the first file, then enforced.
+        lip_tolerance: largest accepted ``|frames - samples / 640|`` per file, in frames.
 
     Item (``dataset[i]``): ``mixture``, ``target``, ``interferer`` (S,) float32 tensors;
     ``enrol`` (K, D) float32; ``enrol_type`` (K,) int64; ``sir_db`` float; ``id`` int;
     ``meta``: dict of utterance indices and offsets (``target``, ``interferer``,
-    ``target_offset``, ``interferer_offset``, ``positives``, ``negatives``).
+    ``target_offset``, ``interferer_offset``, ``positives``, ``negatives``). With ``lip_dir``:
+    ``lip`` (S / 640, lip_dim) float32; without ``embedding_dir``: no ``enrol`` / ``enrol_type``.
 
     Raises:
         DataError: see the module docstring. ValueError: bad ``segment``, ``num_enrol``,
@@ -164,7 +187,7 @@ class SeparationDataset(Dataset):
         self,
         list_path: str | os.PathLike,
         root: str | os.PathLike,
-        embedding_dir: str | os.PathLike,
+        embedding_dir: str | os.PathLike | None,
         segment: float = 4.0,
         num_enrol: int = 5,
         num_positive: int = 3,
@@ -175,7 +198,12 @@ class SeparationDataset(Dataset):
         sir_low: int = -5,
         sir_high: int = 5,
         resample: bool = False,
+        lip_dir: str | os.PathLike | None = None,
+        lip_dim: int | None = None,
+        lip_tolerance: float = DEFAULT_TOLERANCE,
     ):
+        if embedding_dir is None and lip_dir is None:
+            raise ValueError("a separation dataset needs embedding_dir, lip_dir or both")
         if segment <= 0:
             raise ValueError(f"segment must be positive seconds, got {segment}")
         if num_enrol < 1:
@@ -209,12 +237,23 @@ class SeparationDataset(Dataset):
                 f"{self.list_path}: mixing needs utterances of at least 2 speakers, got "
                 f"{len(speaker_ids)} ({', '.join(speaker_ids)})"
             )
-        table = EmbeddingTable(embedding_dir, emb_dim)
-        self.vectors = np.stack(
-            [table.get(embedding_path(rel), self.where(i)) for i, rel in enumerate(self.rel_paths)]
-        ).astype(np.float32)
-        self.emb_dim = int(self.vectors.shape[1])
-        self.embedding_dir = os.fspath(embedding_dir)
+        self.vectors: np.ndarray | None = None
+        self.emb_dim = 0
+        self.embedding_dir = None if embedding_dir is None else os.fspath(embedding_dir)
+        if embedding_dir is not None:
+            table = EmbeddingTable(embedding_dir, emb_dim)
+            self.vectors = np.stack(
+                [
+                    table.get(embedding_path(rel), self.where(i))
+                    for i, rel in enumerate(self.rel_paths)
+                ]
+            ).astype(np.float32)
+            self.emb_dim = int(self.vectors.shape[1])
+        self.lip_dir = None if lip_dir is None else os.fspath(lip_dir)
+        self.lip_dim = 0
+        self.lip_tolerance = float(lip_tolerance)
+        if lip_dir is not None:
+            self._check_lip_features(lip_dim)
 
         label = {s: k for k, s in enumerate(speaker_ids)}
         self.labels = np.array([label[s] for s in self.speakers], dtype=np.int64)
@@ -223,6 +262,37 @@ class SeparationDataset(Dataset):
         counts = np.bincount(self.labels, minlength=len(speaker_ids))
         self.start = np.concatenate([[0], np.cumsum(counts)])
         self.num_items = num_items if (eval_mode and num_items > 0) else len(self.paths)
+
+    def _check_lip_features(self, lip_dim: int | None) -> None:
+        """Header of every lip file against its audio length (16 kHz samples)."""
+        if self.num_samples % SAMPLES_PER_FRAME:
+            raise ValueError(
+                f"segment of {self.num_samples} samples is not a multiple of "
+                f"{SAMPLES_PER_FRAME} (one 25 fps lip frame); use a multiple of 0.04 s"
+            )
+        self.lip_paths = [
+            os.path.join(self.lip_dir, lip_feature_path(rel)) for rel in self.rel_paths
+        ]
+        self.audio_lens = []
+        for i, path in enumerate(self.lip_paths):
+            frames, dim = lip_shape(path, self.where(i), lip_dim)
+            lip_dim = dim
+            info = audio_info(self.paths[i])
+            num = int(round(info.frames * SAMPLE_RATE / info.sample_rate))
+            check_alignment(frames, num, path, self.lip_tolerance)
+            self.audio_lens.append(num)
+        self.lip_dim = int(lip_dim)
+
+    def _lip_crop(self, utt: int, offset: int) -> np.ndarray:
+        """(S / 640, lip_dim) lip frames of utterance ``utt``'s crop starting at ``offset``."""
+        path = self.lip_paths[utt]
+        aligned = align_lip_features(
+            read_lip_features(path, self.where(utt), self.lip_dim),
+            self.audio_lens[utt],
+            path,
+            self.lip_tolerance,
+        )
+        return crop_lip_features(aligned, offset, self.num_samples, self.audio_lens[utt])
 
     # -- bookkeeping ----------------------------------------------------------------------------
     @property
@@ -310,6 +380,25 @@ class SeparationDataset(Dataset):
         gain = t_norm * 10.0 ** (sir / 20.0) / i_norm if i_norm > 0 else 0.0
         interferer = (interferer.astype(np.float64) * gain).astype(np.float32)
         mixture = target + interferer
+        item: dict[str, Any] = {
+            "id": index,
+            "mixture": torch.from_numpy(mixture),
+            "target": torch.from_numpy(target),
+            "interferer": torch.from_numpy(interferer),
+            "sir_db": float(sir),
+            "meta": {
+                "target": utt,
+                "interferer": other,
+                "target_offset": t_off,
+                "interferer_offset": i_off,
+                "positives": [],
+                "negatives": [],
+            },
+        }
+        if self.lip_dir is not None:
+            item["lip"] = torch.from_numpy(self._lip_crop(utt, t_off))
+        if self.vectors is None:
+            return item
         num_pos = self.num_positive if self.eval_mode else int(rng.integers(1, self.num_enrol + 1))
         positives = self._enrolment(utt, num_pos, rng)
         negatives = self._enrolment(other, self.num_enrol - num_pos, rng)
@@ -317,23 +406,11 @@ class SeparationDataset(Dataset):
         enrol_type = np.concatenate(
             [np.ones(len(positives), dtype=np.int64), np.zeros(len(negatives), dtype=np.int64)]
         )
-        return {
-            "id": index,
-            "mixture": torch.from_numpy(mixture),
-            "target": torch.from_numpy(target),
-            "interferer": torch.from_numpy(interferer),
-            "enrol": torch.from_numpy(self.vectors[chosen]),
-            "enrol_type": torch.from_numpy(enrol_type),
-            "sir_db": float(sir),
-            "meta": {
-                "target": utt,
-                "interferer": other,
-                "target_offset": t_off,
-                "interferer_offset": i_off,
-                "positives": positives.tolist(),
-                "negatives": negatives.tolist(),
-            },
-        }
+        item["enrol"] = torch.from_numpy(self.vectors[chosen])
+        item["enrol_type"] = torch.from_numpy(enrol_type)
+        item["meta"]["positives"] = positives.tolist()
+        item["meta"]["negatives"] = negatives.tolist()
+        return item
 
     def collater(self, items: Sequence[dict[str, Any]]) -> dict[str, Any]:
         """See ``collate_separation``."""
@@ -345,44 +422,57 @@ def collate_separation(items: Sequence[dict[str, Any]]) -> dict[str, Any]:
 
     Args:
         items: dataset items with equal-length waveforms (``mixture``/``target`` (T,)) and
-            ``enrol`` (N_i, D), ``enrol_type`` (N_i,).
+            ``enrol`` (N_i, D), ``enrol_type`` (N_i,) and/or ``lip`` (F, D_lip) (all items alike).
 
     Returns:
         ``{"id": (B,) int64, "mixture": (B, T), "target": (B, T), "enrol": (B, N, D) zero-padded,
-        "enrol_type": (B, N) int64 (padding 0), "enrol_mask": (B, N) bool (True = real vector),
-        "sir_db": (B,) float32, "nsentences": B, "ntokens": B * T}``, ``N = max_i N_i``.
-        An empty list gives ``{}``.
+        "enrol_type": (B, N) int64 (padding 0), "enrol_mask": (B, N) bool (True = a real vector),
+        "sir_db": (B,) float32, "nsentences": B, "ntokens": B * T}``, ``N = max_i N_i``; the
+        enrolment keys only when the items have ``enrol``, plus ``"lip": (B, F, D_lip)`` when
+        they have ``lip``. An empty list gives ``{}``.
 
     Raises:
-        ValueError: waveforms of different lengths or enrolment of different dimensions.
+        ValueError: waveforms of different lengths, enrolment or lip features of different
+            shapes, or items that disagree on having ``enrol`` / ``lip``.
     """
     if not items:
         return {}
     lengths = {int(it["mixture"].shape[0]) for it in items}
-    dims = {int(it["enrol"].shape[1]) for it in items}
-    if len(lengths) != 1 or len(dims) != 1:
-        raise ValueError(
-            f"cannot batch waveforms of lengths {sorted(lengths)} / enrolment dims {sorted(dims)}"
-        )
-    batch_size, dim = len(items), dims.pop()
-    n_max = max(int(it["enrol"].shape[0]) for it in items)
-    enrol = torch.zeros(batch_size, n_max, dim, dtype=torch.float32)
-    enrol_type = torch.zeros(batch_size, n_max, dtype=torch.long)
-    enrol_mask = torch.zeros(batch_size, n_max, dtype=torch.bool)
-    for b, it in enumerate(items):
-        n = int(it["enrol"].shape[0])
-        enrol[b, :n] = it["enrol"]
-        enrol_type[b, :n] = it["enrol_type"]
-        enrol_mask[b, :n] = True
+    if len(lengths) != 1:
+        raise ValueError(f"cannot batch waveforms of lengths {sorted(lengths)}")
+    for key in ("enrol", "lip"):
+        if len({key in it for it in items}) != 1:
+            raise ValueError(f"cannot batch items with and without '{key}'")
+    batch_size = len(items)
     mixture = torch.stack([it["mixture"] for it in items])
-    return {
+    batch: dict[str, Any] = {
         "id": torch.tensor([int(it["id"]) for it in items], dtype=torch.long),
         "mixture": mixture,
         "target": torch.stack([it["target"] for it in items]),
-        "enrol": enrol,
-        "enrol_type": enrol_type,
-        "enrol_mask": enrol_mask,
-        "sir_db": torch.tensor([float(it["sir_db"]) for it in items], dtype=torch.float32),
-        "nsentences": batch_size,
-        "ntokens": int(mixture.numel()),
     }
+    if "enrol" in items[0]:
+        dims = {int(it["enrol"].shape[1]) for it in items}
+        if len(dims) != 1:
+            raise ValueError(f"cannot batch enrolment dims {sorted(dims)}")
+        dim = dims.pop()
+        n_max = max(int(it["enrol"].shape[0]) for it in items)
+        enrol = torch.zeros(batch_size, n_max, dim, dtype=torch.float32)
+        enrol_type = torch.zeros(batch_size, n_max, dtype=torch.long)
+        enrol_mask = torch.zeros(batch_size, n_max, dtype=torch.bool)
+        for b, it in enumerate(items):
+            n = int(it["enrol"].shape[0])
+            enrol[b, :n] = it["enrol"]
+            enrol_type[b, :n] = it["enrol_type"]
+            enrol_mask[b, :n] = True
+        batch.update(enrol=enrol, enrol_type=enrol_type, enrol_mask=enrol_mask)
+    if "lip" in items[0]:
+        shapes = {tuple(it["lip"].shape) for it in items}
+        if len(shapes) != 1:
+            raise ValueError(f"cannot batch lip features of shapes {sorted(shapes)}")
+        batch["lip"] = torch.stack([it["lip"] for it in items])
+    batch.update(
+        sir_db=torch.tensor([float(it["sir_db"]) for it in items], dtype=torch.float32),
+        nsentences=batch_size,
+        ntokens=int(mixture.numel()),
+    )
+    return batch

@@ -23,9 +23,10 @@ no positional encoding, so the output does not depend on their order.
 no enrolment vector; the mixture is divided by its standard deviation (+ 1e-3) instead of the
 1x1 conv / GroupNorm / ReLU input stage, and the estimate multiplied back by it; the transformer
 is pre-norm; the target's lip features (25 fps, ``lip_dim`` = 512) go through a 1x1 conv to
-``d_model`` + GroupNorm + dropout 0.1, receive the positional encoding of every second audio
-position (nearest x2 upsampling: video frame j sits at audio token 2j, both 40 ms apart per
-frame) and are appended after the audio tokens; their output positions are dropped.
+``d_model`` + GroupNorm + dropout 0.1, receive the positional encoding of the audio token at
+the frame's start (the reference's nearest x2 upsampling: with the default 50 tokens/s, frame j
+sits at audio token 2j; a smaller U-Net with more tokens per frame scales the same way) and are
+appended after the audio tokens; their output positions are dropped.
 """
 
 from __future__ import annotations
@@ -430,6 +431,10 @@ class VoiceVectorAV(VoiceVectorUNet):
                 f"video_fps {cfg.video_fps}"
             )
         self.samples_per_frame = cfg.sample_rate // cfg.video_fps
+        # audio tokens per lip frame: 640 * 51200 / (16000 * 1024) = 2 with the defaults
+        self.tokens_per_frame = (
+            self.samples_per_frame * cfg.internal_rate / (cfg.sample_rate * self.total_stride)
+        )
         self.video_adapter = VideoAdapter(
             cfg.lip_dim, self.d_model, cfg.video_norm_groups, cfg.video_dropout
         )
@@ -458,8 +463,8 @@ class VoiceVectorAV(VoiceVectorUNet):
         h, skips, up_len = self.encode(mixture / std)
         tokens = h.shape[1]
         v = self.video_adapter(lip.to(h.dtype))
-        if 2 * (frames - 1) >= self.pos_enc.max_len:
-            raise ValueError(f"voicevector_av: {frames} lip frames exceed max_len positions")
-        v = v + self.pos_enc.pe[0 : 2 * frames : 2].to(v.dtype)  # frame j at audio token 2j
+        # frame j takes the position of the audio token at its start (2j with the defaults)
+        positions = (torch.arange(frames, dtype=torch.float64) * self.tokens_per_frame).long()
+        v = v + self.pos_enc.pe[positions.clamp(max=self.pos_enc.max_len - 1)].to(v.dtype)
         h = self.transformer(torch.cat([h, v], dim=1))[:, :tokens]
         return self.decode(h, skips, up_len, length) * std.float()
