@@ -1,0 +1,433 @@
+"""Convert the VoiceVector reference's separation weights to speechkit ``voicevector_ae``.
+
+Upstream: ``akamrahimi/VoiceVector`` (Rahimi, Afouras, Zisserman, "VoiceVector: multimodal
+enrolment vectors for speaker separation", ICASSP 2024), ``src/models/components/
+voiceFormerAE.py`` (class ``VoiceFormerAE``) and the composites ``voiceFormerVEM.py`` /
+``voiceFormerAVEM2.py`` / ``voiceFormerIVEM.py``, whose separation net is a ``VoiceFormerAE``
+under ``speaker_separation``. Released files: ``ae.ckpt`` (a Lightning checkpoint: the weights
+are ``ckpt["state_dict"]`` with keys ``net.*``; the reference's loader also renames ``demucs.``
+to ``net.``) and ``avem3.pth`` / ``vem.pth`` / ``ivem.pth`` (raw state dicts without ``net.``,
+keys ``speaker_separation.*`` plus the enrolment net ``av_speaker_embedding.*`` /
+``v_speaker_embedding.*`` / ``iv_speaker_embedding.*``).
+
+The map is NOT the identity; reference name (after the prefix strip) -> speechkit name:
+
+- ``encoder.{i}.{0,2}.*`` -> ``encoder.{i}.{0,2}.*`` (same)
+- ``decoder.{j}.{0,2}.*`` -> ``decoder.{depth-1-j}.{0,2}.*`` (the reference inserts each level
+  at the front, so its ``decoder.0`` is the deepest level; speechkit's ``decoder[i]`` mirrors
+  ``encoder[i]``)
+- ``norm_layers.0.0.*`` / ``norm_layers.0.1.*`` -> ``input_conv.*`` / ``input_norm.*``
+- ``adaptive_layer.0.{0,1,2}.*`` -> ``enrol_adapter.{conv1,norm,conv2}.*``
+- ``positive_negative_embedding.weight`` -> ``enrol_type_embed.weight``
+- ``transformer.transformer_encoder.layers.{k}.*`` -> ``transformer.layers.{k}.*``
+- ``transformer.decoder.*`` -> ``head.*``
+- ``transformer.pos_encoder.pe`` (a persistent (max_len, 1, d_model) sinusoid; speechkit's is
+  recomputed) and torchaudio ``Resample`` kernels (``upsample.kernel`` / ``downsample.kernel``,
+  present only in files from old torchaudio versions) are checked / dropped, not loaded.
+
+The config is read from the weights: ``hidden``, ``growth`` and ``depth`` (encoder widths),
+``kernel_size``, ``ffn_dim``, ``transformer_layers``, ``max_len`` (the PE table), ``emb_dim`` and
+``enrol_hidden``. ``heads`` leaves no trace in the weights (the reference uses 8).
+
+The reference's ``VoiceFormerAV`` (``voicevectorav``; no released weights) is recognised by its
+lip projection, but it applies a GroupNorm(1, d_model) to the bottleneck (``norm_layers.0.0``)
+that speechkit's ``voicevector_av`` does not have, so such a file is refused with the keys named.
+
+Example::
+
+    checkpoint, report = convert_voicevector_file("ae.ckpt")
+    save_converted(checkpoint, "voicevector_ae.pt")
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import io
+import math
+import os
+import pickle
+import re
+import types
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from speechkit.errors import CheckpointError
+
+__all__ = [
+    "ENROLMENT_NAMESPACES",
+    "ConversionReport",
+    "load_voicevector_state_dict",
+    "convert_voicevector",
+    "speechkit_checkpoint",
+    "convert_voicevector_file",
+    "save_converted",
+]
+
+MODEL_NAME = "voicevector_ae"
+ENROLMENT_NAMESPACES = ("av_speaker_embedding", "v_speaker_embedding", "iv_speaker_embedding")
+"""Enrolment-net namespaces of the composite models (avem / vem / ivem); not converted."""
+SEPARATION_NAMESPACE = "speaker_separation"
+
+_FIXED = [
+    (re.compile(r"norm_layers\.0\.0\.(weight|bias)$"), r"input_conv.\1"),
+    (re.compile(r"norm_layers\.0\.1\.(weight|bias)$"), r"input_norm.\1"),
+    (re.compile(r"adaptive_layer\.0\.0\.(weight|bias)$"), r"enrol_adapter.conv1.\1"),
+    (re.compile(r"adaptive_layer\.0\.1\.(weight|bias)$"), r"enrol_adapter.norm.\1"),
+    (re.compile(r"adaptive_layer\.0\.2\.(weight|bias)$"), r"enrol_adapter.conv2.\1"),
+    (re.compile(r"positive_negative_embedding\.weight$"), "enrol_type_embed.weight"),
+    (
+        re.compile(r"transformer\.transformer_encoder\.layers\.(\d+)\.(.+)$"),
+        r"transformer.layers.\1.\2",
+    ),
+    (re.compile(r"transformer\.decoder\.(weight|bias)$"), r"head.\1"),
+    (re.compile(r"encoder\.(\d+)\.([02])\.(weight|bias)$"), r"encoder.\1.\2.\3"),
+]
+_DECODER = re.compile(r"decoder\.(\d+)\.([02])\.(weight|bias)$")
+_DROPPED = ("transformer.pos_encoder.pe", "upsample.kernel", "downsample.kernel")
+
+
+@dataclasses.dataclass
+class ConversionReport:
+    """What a conversion did: the variant found, the keys left out and why."""
+
+    variant: str = "ae"  # "ae" (ae.ckpt) or the composite's enrolment namespace
+    ignored: list[str] = dataclasses.field(default_factory=list)  # enrolment-net keys
+    dropped: list[str] = dataclasses.field(default_factory=list)  # PE table / resample kernels
+
+    def lines(self) -> list[str]:
+        out = [f"source: VoiceVector {self.variant} separation net -> {MODEL_NAME}"]
+        if self.ignored:
+            spaces = sorted({k.split(".", 1)[0] for k in self.ignored})
+            out.append(
+                f"enrolment-net weights, not loaded: variant not built yet ({len(self.ignored)} "
+                f"tensors under {', '.join(s + '.*' for s in spaces)})"
+            )
+        if self.dropped:
+            out.append(f"fixed buffers checked and dropped: {', '.join(self.dropped)}")
+        return out
+
+
+def _first(items: list[str], n: int = 6) -> str:
+    shown = ", ".join(items[:n])
+    return shown + (f" ... ({len(items)} in all)" if len(items) > n else "")
+
+
+# ---------------------------------------------------------------------------------------------
+# reading
+class _Opaque:
+    """Inert stand-in for a pickled object outside the allow-list (Lightning's hyper-parameters,
+    ``functools.partial`` optimizers ...): it is never called with pickled code, only holds the
+    pickled state, and cannot end up in the weights (those must all be tensors)."""
+
+    def __init__(self, *args: Any, **kwargs: Any):
+        pass
+
+    def __setstate__(self, state: Any) -> None:
+        self.state = state
+
+    def __setitem__(self, key: Any, value: Any) -> None:
+        pass
+
+    def append(self, value: Any) -> None:
+        pass
+
+    def extend(self, values: Any) -> None:
+        pass
+
+
+def _lenient_module() -> types.ModuleType:
+    from speechkit.interop.fairseq import RestrictedUnpickler
+
+    class LenientUnpickler(RestrictedUnpickler):
+        def find_class(self, module: str, name: str) -> Any:
+            try:
+                return super().find_class(module, name)
+            except pickle.UnpicklingError:
+                return _Opaque
+
+    mod = types.ModuleType("speechkit_voicevector_pickle")
+    mod.Unpickler = LenientUnpickler
+    mod.load = lambda f, **kw: LenientUnpickler(f, **kw).load()
+    mod.loads = lambda b, **kw: LenientUnpickler(io.BytesIO(b), **kw).load()
+    mod.UnpicklingError = pickle.UnpicklingError
+    mod.__version__ = "1"
+    return mod
+
+
+def load_voicevector_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
+    """The weights of a reference file, prefix ``net.`` / ``demucs.`` removed.
+
+    A Lightning ``.ckpt`` gives ``ckpt["state_dict"]``; a ``.pth`` (or any file whose top level
+    is a flat mapping of tensors) is taken as the raw state dict. Reading never runs pickled
+    code: ``torch.load(weights_only=True)`` first; a Lightning file whose hyper-parameters pickle
+    other objects is read again with speechkit's restricted unpickler, which keeps tensors and
+    plain containers and replaces every other object by an inert placeholder.
+
+    Raises:
+        CheckpointError: missing / damaged file, no ``state_dict``, or non-tensor weights.
+    """
+    from speechkit.trainer.checkpoint import CorruptCheckpointError, load_checkpoint_file
+
+    path = Path(path)
+    try:
+        obj = load_checkpoint_file(path)
+    except CorruptCheckpointError:
+        raise
+    except CheckpointError:
+        if not path.is_file():
+            raise
+        try:
+            obj = torch.load(
+                path, map_location="cpu", weights_only=False, pickle_module=_lenient_module()
+            )
+        except Exception as e:  # noqa: BLE001 - any unpickling failure is a bad file
+            raise CheckpointError(f"cannot read VoiceVector checkpoint {path}: {e}") from None
+    if not isinstance(obj, Mapping):
+        raise CheckpointError(f"{path}: expected a dict, got {type(obj).__name__}")
+    state = obj.get("state_dict", obj)
+    if not isinstance(state, Mapping) or not state:
+        raise CheckpointError(f"{path}: 'state_dict' is not a non-empty mapping of tensors")
+    bad = [repr(k) for k, v in state.items() if not isinstance(k, str) or not torch.is_tensor(v)]
+    if bad:
+        raise CheckpointError(
+            f"{path}: expected a state dict of tensors (a Lightning 'state_dict' or a raw .pth); "
+            f"entries {_first(bad)} are not tensors"
+        )
+    out = {}
+    for key, value in state.items():
+        for prefix in ("net.", "demucs."):
+            if key.startswith(prefix):
+                key = key[len(prefix) :]
+                break
+        out[key] = value
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# mapping
+def _shape(state: Mapping[str, torch.Tensor], key: str, dims: int, where: str) -> tuple:
+    if key not in state:
+        raise CheckpointError(f"{where}: missing key {key!r} (not a VoiceVector separation net?)")
+    shape = tuple(state[key].shape)
+    if len(shape) != dims:
+        raise CheckpointError(f"{where}: {key} has shape {shape}, expected {dims} dims")
+    return shape
+
+
+def _split(state: dict[str, torch.Tensor], where: str) -> tuple[dict, ConversionReport]:
+    """Separation-net keys (composite namespace removed) and the report of what was left."""
+    report = ConversionReport()
+    tops = {k.split(".", 1)[0] for k in state}
+    if SEPARATION_NAMESPACE not in tops:
+        stray = sorted(k for k in state if k.split(".", 1)[0] in ENROLMENT_NAMESPACES)
+        if stray:
+            raise CheckpointError(
+                f"{where}: enrolment-net weights ({_first(stray)}) without a "
+                f"'{SEPARATION_NAMESPACE}.*' separation net"
+            )
+        return state, report
+    sep, unknown = {}, []
+    for key, value in state.items():
+        top, _, rest = key.partition(".")
+        if top == SEPARATION_NAMESPACE:
+            sep[rest] = value
+        elif top in ENROLMENT_NAMESPACES:
+            report.ignored.append(key)
+        else:
+            unknown.append(key)
+    if unknown:
+        raise CheckpointError(
+            f"{where}: composite checkpoint with keys outside '{SEPARATION_NAMESPACE}.*' and the "
+            f"enrolment nets {ENROLMENT_NAMESPACES}: {_first(sorted(unknown))}"
+        )
+    spaces = sorted({k.split(".", 1)[0] for k in report.ignored})
+    report.variant = "+".join(spaces) if spaces else SEPARATION_NAMESPACE
+    return sep, report
+
+
+def _infer_config(state: Mapping[str, torch.Tensor], where: str) -> dict[str, Any]:
+    widths, kernel = [], None
+    while f"encoder.{len(widths)}.0.weight" in state:
+        c_out, c_in, k = _shape(state, f"encoder.{len(widths)}.0.weight", 3, where)
+        if c_in != (widths[-1] if widths else 1):
+            raise CheckpointError(
+                f"{where}: encoder.{len(widths)}.0.weight has {c_in} input channels, expected "
+                f"{widths[-1] if widths else 1}"
+            )
+        widths.append(c_out)
+        kernel = k
+    if not widths:
+        raise CheckpointError(f"{where}: no encoder.0.0.weight (not a VoiceVector separation net)")
+    growth = widths[1] // widths[0] if len(widths) > 1 else 2
+    if [widths[0] * growth**i for i in range(len(widths))] != widths:
+        raise CheckpointError(
+            f"{where}: encoder widths {widths} do not grow by a constant integer factor "
+            "(speechkit's voicevector_ae needs hidden * growth ** i)"
+        )
+    layers = 0
+    while f"transformer.transformer_encoder.layers.{layers}.linear1.weight" in state:
+        layers += 1
+    if not layers:
+        raise CheckpointError(f"{where}: no transformer.transformer_encoder.layers.0.* weights")
+    ffn = _shape(state, "transformer.transformer_encoder.layers.0.linear1.weight", 2, where)[0]
+    emb = _shape(state, "adaptive_layer.0.0.weight", 3, where)
+    pe = _shape(state, "transformer.pos_encoder.pe", 3, where)
+    return {
+        "hidden": widths[0],
+        "depth": len(widths),
+        "growth": growth,
+        "kernel_size": kernel,
+        "transformer_layers": layers,
+        "ffn_dim": ffn,
+        "max_len": pe[0],
+        "emb_dim": emb[1],
+        "enrol_hidden": emb[0],
+    }
+
+
+def _check_pe(pe: torch.Tensor, where: str) -> None:
+    """The reference's PE buffer must be the fixed sinusoid speechkit recomputes."""
+    n, _, d = pe.shape
+    pos = torch.arange(n, dtype=torch.float64)[:, None]
+    freq = torch.exp(torch.arange(0, d, 2, dtype=torch.float64) * (-math.log(1e4) / d))
+    ref = torch.zeros(n, d, dtype=torch.float64)
+    ref[:, 0::2] = torch.sin(pos * freq)
+    ref[:, 1::2] = torch.cos(pos * freq)
+    err = (pe[:, 0].double() - ref).abs().max().item()
+    if err > 1e-3:
+        raise CheckpointError(
+            f"{where}: transformer.pos_encoder.pe is not the standard sinusoidal table "
+            f"(max deviation {err:.3g}); speechkit's voicevector_ae recomputes it"
+        )
+
+
+def _speechkit_key(key: str, depth: int) -> str | None:
+    m = _DECODER.match(key)
+    if m:
+        j = int(m.group(1))
+        return f"decoder.{depth - 1 - j}.{m.group(2)}.{m.group(3)}" if j < depth else None
+    for pattern, repl in _FIXED:
+        if pattern.match(key):
+            return pattern.sub(repl, key)
+    return None
+
+
+def convert_voicevector(
+    state: Mapping[str, torch.Tensor],
+    where: str = "checkpoint",
+    model_overrides: Mapping[str, Any] | None = None,
+) -> tuple[dict[str, torch.Tensor], dict[str, Any], ConversionReport]:
+    """Reference state dict (``net.`` already removed) -> (speechkit state dict, ``voicevector_ae``
+    model config with ``_name``, :class:`ConversionReport`).
+
+    ``model_overrides`` sets config fields the weights do not fix (``heads``, ``dropout``,
+    ``sample_rate`` ...).
+
+    Raises:
+        CheckpointError: not a VoiceVector separation net; the reference's AV net (its
+            bottleneck GroupNorm has no speechkit counterpart) or ``voicevectorave`` (no type
+            embedding); keys that map to nothing, speechkit keys left unfilled, or shape
+            mismatches (all named).
+    """
+    from speechkit.models.voicevector import VoiceVectorAE, VoiceVectorConfig
+
+    sep, report = _split(dict(state), where)
+    if "transformer.pos_encoder_vid.pe" in sep:
+        extra = sorted(k for k in sep if k.startswith("norm_layers."))
+        raise CheckpointError(
+            f"{where}: a VoiceVector AV net (voicevectorav: lip projection and video PE); its "
+            f"bottleneck GroupNorm {_first(extra) or 'norm_layers.0.0.*'} has no counterpart in "
+            "speechkit's voicevector_av, so it cannot be converted faithfully"
+        )
+    if "positive_negative_embedding.weight" not in sep and "adaptive_layer.0.0.weight" in sep:
+        raise CheckpointError(
+            f"{where}: no positive_negative_embedding.weight: a voicevectorave net (no "
+            "positive / negative type embedding), which speechkit's voicevector_ae does not build"
+        )
+    fields = _infer_config(sep, where)
+    fields.update(model_overrides or {})
+    try:
+        model = VoiceVectorAE(VoiceVectorConfig(**fields))
+    except (TypeError, ValueError) as e:
+        raise CheckpointError(f"{where}: inferred config {fields} is invalid: {e}") from None
+    _check_pe(sep["transformer.pos_encoder.pe"], where)
+    target = model.state_dict()
+    out, unmapped, mismatched = {}, [], []
+    for key, value in sep.items():
+        if key in _DROPPED:
+            report.dropped.append(key)
+            continue
+        new = _speechkit_key(key, model.cfg.depth)
+        if new is None or new not in target:
+            unmapped.append(key)
+        elif tuple(value.shape) != tuple(target[new].shape):
+            mismatched.append(f"{key} {tuple(value.shape)} -> {new} {tuple(target[new].shape)}")
+        else:
+            out[new] = value.detach().clone().to(target[new].dtype)
+    missing = sorted(set(target) - set(out))
+    problems = []
+    if unmapped:
+        problems.append(f"unmapped reference keys {_first(sorted(unmapped))}")
+    if missing:
+        problems.append(f"speechkit keys not filled {_first(missing)}")
+    if mismatched:
+        problems.append(f"shape mismatches {_first(mismatched, 3)}")
+    if problems:
+        raise CheckpointError(
+            f"{where}: not a VoiceVector separation net matching {MODEL_NAME} ({fields}): "
+            + "; ".join(problems)
+        )
+    cfg = dataclasses.asdict(model.cfg)
+    cfg["_name"] = MODEL_NAME
+    return out, cfg, report
+
+
+# ---------------------------------------------------------------------------------------------
+# writing
+def speechkit_checkpoint(
+    state: Mapping[str, torch.Tensor], cfg: Mapping[str, Any], source: str, sha256: str = ""
+) -> dict[str, Any]:
+    """A ``target_speaker_separation`` checkpoint dict (``Separator.from_checkpoint``,
+    ``checkpoint.finetune_from_model``); ``converted_from`` records the file and its sha256."""
+    import speechkit
+
+    return {
+        "speechkit_version": str(speechkit.__version__),
+        "cfg": {"task": {"_name": "target_speaker_separation"}, "model": dict(cfg)},
+        "model": dict(state),
+        "converted_from": {"format": "voicevector", "file": source, "sha256": sha256},
+    }
+
+
+def convert_voicevector_file(
+    path: str | os.PathLike, model_overrides: Mapping[str, Any] | None = None
+) -> tuple[dict[str, Any], ConversionReport]:
+    """:func:`load_voicevector_state_dict` + :func:`convert_voicevector` +
+    :func:`speechkit_checkpoint` for ``ae.ckpt`` / ``*.pth``.
+
+    Raises:
+        CheckpointError: see those functions.
+    """
+    state = load_voicevector_state_dict(path)
+    model_state, cfg, report = convert_voicevector(state, os.fspath(path), model_overrides)
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 20):
+            digest.update(chunk)
+    checkpoint = speechkit_checkpoint(model_state, cfg, os.path.basename(path), digest.hexdigest())
+    return checkpoint, report
+
+
+def save_converted(checkpoint: Mapping[str, Any], path: str | os.PathLike) -> None:
+    """Write a converted checkpoint atomically (readable by ``load_checkpoint_file``).
+
+    Raises:
+        OSError: the folder is not writable (``path`` is then untouched).
+    """
+    from speechkit.trainer.checkpoint import atomic_torch_save
+
+    atomic_torch_save(dict(checkpoint), path)
