@@ -17,7 +17,12 @@ import torch
 from speechkit.cli import eval_separation, separate
 from speechkit.data.audio import resample_waveform
 from speechkit.inference.separation import Separator, chunk_starts, overlap_add
-from speechkit.models.voicevector import VoiceVectorAE, VoiceVectorConfig
+from speechkit.models.voicevector import (
+    VoiceVectorAE,
+    VoiceVectorAV,
+    VoiceVectorAVConfig,
+    VoiceVectorConfig,
+)
 
 SR = 16000
 SPEECH = "speech/librispeech_test_other"
@@ -299,3 +304,153 @@ def test_bad_input_is_one_line_exit_2(shared_data, tmp_path, capsys):
         == 2
     )
     assert "unknown metric" in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------------- audio-visual (lip) models
+
+TINY_AV = dict(
+    hidden=4,
+    depth=5,
+    heads=2,
+    ffn_dim=32,
+    transformer_layers=1,
+    lip_dim=8,
+    dropout=0.0,
+    video_dropout=0.0,
+    head_init=1.0,
+)
+
+
+def save_av_checkpoint(path: Path, seed: int = 0) -> VoiceVectorAV:
+    torch.manual_seed(seed)
+    model = VoiceVectorAV(VoiceVectorAVConfig(**TINY_AV)).eval()
+    cfg = {
+        "task": {"_name": "target_speaker_separation"},
+        "model": {"_name": "voicevector_av", **TINY_AV},
+    }
+    torch.save({"cfg": cfg, "model": model.state_dict()}, path)
+    return model
+
+
+def snr_db(estimate: torch.Tensor, reference: torch.Tensor) -> float:
+    return float(10 * torch.log10(reference.pow(2).sum() / (estimate - reference).pow(2).sum()))
+
+
+def test_separate_av_lip_chunks_follow_audio(shared_data, tmp_path, capsys):
+    """``speechkit-separate --lip``: a 10 s real mixture (not a whole number of lip frames) with
+    a lip file one frame longer than ceil(T / 640) comes back at the input length; chunks of 3 s
+    with 1 s overlaps stay close to one pass away from the seams."""
+    n = 10 * SR + 123
+    mix = speech(shared_data, "1688", n) + 0.5 * speech(shared_data, "367", n)
+    sf.write(tmp_path / "mix.wav", mix, SR, subtype="FLOAT")
+    frames = -(-n // 640)
+    lip = np.random.default_rng(0).standard_normal((frames + 1, 8)).astype(np.float32)
+    np.save(tmp_path / "lip.npy", lip)
+    model = save_av_checkpoint(tmp_path / "av.pt")
+    out = tmp_path / "out.wav"
+    argv = ["--checkpoint", str(tmp_path / "av.pt"), "--mixture", str(tmp_path / "mix.wav")]
+    argv += ["--lip", str(tmp_path / "lip.npy"), "--out", str(out), "--device", "cpu"]
+    assert separate.main(argv + ["--chunk", "3", "--overlap", "1"]) == 0, capsys.readouterr().err
+    assert "lip features" in capsys.readouterr().out
+    est, rate = sf.read(out, dtype="float32")
+    assert rate == SR and est.shape == (n,) and np.isfinite(est).all()
+
+    sep = Separator(model, chunk_seconds=3.0, overlap_seconds=1.0)
+    assert sep.is_av and sep.chunk == 48000 and sep.overlap == 16000  # whole lip frames
+    whole = Separator(model).separate(torch.from_numpy(mix), lip=torch.from_numpy(lip[:frames]))
+    starts = chunk_starts(frames, sep.chunk // 640, sep.overlap // 640)
+    assert len(starts) == 5 and starts[-1] * 640 + sep.chunk == frames * 640
+    chunked = torch.from_numpy(est)
+    for s in starts:  # the middle of each chunk, half a second from its edges
+        inner = slice(s * 640 + 8000, s * 640 + sep.chunk - 8000)
+        assert snr_db(chunked[inner], whole[inner]) > 20.0
+
+
+class FrameIndexAV(VoiceVectorAV):
+    """Outputs each sample's lip feature 0 (its frame's value): shows which frames a chunk got."""
+
+    def forward(self, mixture: torch.Tensor, lip: torch.Tensor) -> torch.Tensor:
+        assert lip.shape[1] == -(-mixture.shape[1] // 640)
+        return lip[..., 0].repeat_interleave(640, dim=1)[:, : mixture.shape[1]] + 0 * mixture
+
+
+def test_av_chunk_starts_on_lip_frames():
+    """Every chunk gets exactly the lip frames of its own samples: a model echoing each
+    sample's frame index gives the frame index back after chunking and overlap-add."""
+    model = FrameIndexAV(VoiceVectorAVConfig(**TINY_AV)).eval()
+    n = 50 * 640 + 77
+    frames = 51
+    lip = torch.zeros(frames, 8)
+    lip[:, 0] = torch.arange(frames, dtype=torch.float32)
+    sep = Separator(model, chunk_seconds=0.5, overlap_seconds=0.1, batch_chunks=3)
+    assert sep.chunk == 12 * 640 and sep.overlap == 3 * 640  # 0.5 s down, 0.1 s up to frames
+    out = sep.separate(torch.randn(n), lip=lip)
+    expected = torch.arange(n) // 640
+    torch.testing.assert_close(out, expected.float(), rtol=0, atol=1e-5)
+    with pytest.raises(ValueError, match=r"needs lip features \(51, 8\)"):
+        sep.separate(torch.randn(n), lip=lip[:-1])
+    with pytest.raises(ValueError, match="needs lip features"):
+        sep.separate(torch.randn(n))
+    with pytest.raises(ValueError, match="enrolment vectors given to an audio-visual"):
+        sep.separate(torch.randn(n), [torch.ones(16)], lip=lip)
+
+
+def test_av_bad_input_is_one_line_exit_2(shared_data, tmp_path, capsys):
+    save_checkpoint(tmp_path / "ae.pt")
+    save_av_checkpoint(tmp_path / "av.pt")
+    n = 2 * SR
+    sf.write(tmp_path / "mix.wav", speech(shared_data, "367", n), SR)
+    np.save(tmp_path / "lip.npy", np.zeros((50, 8), np.float32))
+    np.save(tmp_path / "short.npy", np.zeros((45, 8), np.float32))
+    np.save(tmp_path / "wide.npy", np.zeros((50, 9), np.float32))
+    np.save(tmp_path / "ok.npy", np.ones(16, np.float32))
+    mix = ["--mixture", str(tmp_path / "mix.wav"), "--out", str(tmp_path / "o.wav")]
+    av = ["--checkpoint", str(tmp_path / "av.pt")] + mix
+    ae = ["--checkpoint", str(tmp_path / "ae.pt")] + mix
+    cases = [
+        (
+            ae + ["--positive", str(tmp_path / "ok.npy"), "--lip", str(tmp_path / "lip.npy")],
+            "audio-only (voicevector_ae)",
+        ),
+        (ae, "needs at least one --positive"),
+        (av, "needs --lip FILE.npy"),
+        (
+            av + ["--lip", str(tmp_path / "lip.npy"), "--positive", str(tmp_path / "ok.npy")],
+            "takes --lip, not --positive",
+        ),
+        (av + ["--lip", str(tmp_path / "short.npy")], "short.npy: 45 lip frames"),
+        (av + ["--lip", str(tmp_path / "wide.npy")], "wide.npy: lip features are 9-d"),
+        (av + ["--lip", str(tmp_path / "none.npy")], "none.npy"),
+    ]
+    for argv, needle in cases:
+        assert separate.main(argv) == 2, needle
+        err = capsys.readouterr().err.strip()
+        assert err.startswith("separate: error:") and needle in err and "\n" not in err, err
+    assert separate.main(av + ["--lip", str(tmp_path / "lip.npy")]) == 0
+
+
+def test_eval_separation_av_uses_feat_files(shared_data, tmp_path, capsys):
+    model = save_av_checkpoint(tmp_path / "av.pt")
+    data = tmp_path / "test"
+    data.mkdir()
+    rng = np.random.default_rng(0)
+    n = 2 * SR + 300
+    target, other = speech(shared_data, "1688", n), speech(shared_data, "367", n)
+    sf.write(data / "a_mix.wav", target + other, SR, subtype="FLOAT")
+    sf.write(data / "a_target.wav", target, SR, subtype="FLOAT")
+    lip = rng.standard_normal((-(-n // 640), 8)).astype(np.float32)
+    np.save(data / "a_feat.npy", lip)
+    np.save(data / "a_embedding.npy", np.ones(16, np.float32))
+    argv = ["--checkpoint", str(tmp_path / "av.pt"), "--data", str(data), "--metrics", ""]
+    argv += ["--csv", str(tmp_path / "s.csv"), "--device", "cpu"]
+    assert eval_separation.main(argv) == 0
+    out = capsys.readouterr().out
+    assert "1 ID_embedding.npy file(s) not used" in out
+    row = next(csv.DictReader((tmp_path / "s.csv").open()))
+    est = Separator(model).separate(torch.from_numpy(target + other), lip=torch.from_numpy(lip))
+    from speechkit.metrics.separation import si_sdr
+
+    assert float(row["si_sdr"]) == pytest.approx(si_sdr(est, torch.from_numpy(target)), abs=1e-4)
+    (data / "a_feat.npy").unlink()
+    assert eval_separation.main(argv) == 2
+    assert "a_feat.npy: missing" in capsys.readouterr().err

@@ -4,10 +4,12 @@
         [--csv scores.csv] [--metrics bss_sdr,pesq,stoi] [--save-estimates out_dir]
 
 The folder holds, per item ``ID``: ``ID_mix.wav`` (the mixture), ``ID_target.wav`` (the clean
-target, same length), ``ID_embedding.npy`` (the target's enrolment: one (D,) vector or (N, D)
-rows, each row one positive vector, L2-normalised here) and optionally ``ID_feat.npy`` (lip
-features of the audio-visual variants; not used by the audio-only ``voicevector_ae``, which the
-command says). Every item is checked before the model runs. Audio at another rate than the
+target, same length), and what tells the model whom to extract: ``ID_embedding.npy`` for
+``voicevector_ae`` (the target's enrolment: one (D,) vector or (N, D) rows, each row one
+positive vector, L2-normalised here) or ``ID_feat.npy`` for ``voicevector_av`` (the target's lip
+features, (frames, lip_dim) at 25 fps, 640 samples per frame at 16 kHz, within
+``speechkit.data.lip_features``' tolerance of the mixture's length). The other file is not used,
+which the command says. Every item is checked before the model runs. Audio at another rate than the
 model's is resampled (a WARNING names the file); long mixtures are separated in overlapping
 chunks (``speechkit.inference.separation``).
 
@@ -66,11 +68,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-def find_items(folder: str) -> tuple[list[str], int]:
-    """Sorted item ids of ``folder`` and the number of ``ID_feat.npy`` files.
+def find_items(folder: str, cue: str = "_embedding.npy") -> tuple[list[str], int]:
+    """Sorted item ids of ``folder`` and the number of unused cue files (``ID_feat.npy`` when
+    ``cue`` is ``_embedding.npy``, else ``ID_embedding.npy``).
 
     Raises:
-        DataError: not a folder, no ``*_mix.wav``, or an item without its target / embedding.
+        DataError: not a folder, no ``*_mix.wav``, or an item without its target / ``cue`` file.
     """
     root = Path(folder)
     if not root.is_dir():
@@ -79,11 +82,12 @@ def find_items(folder: str) -> tuple[list[str], int]:
     if not ids:
         raise DataError(f"{folder}: no ID_mix.wav files (VoiceVector test layout expected)")
     for i in ids:
-        for suffix in ("_target.wav", "_embedding.npy"):
+        for suffix in ("_target.wav", cue):
             if not (root / f"{i}{suffix}").is_file():
                 raise DataError(f"{root / (i + suffix)}: missing (item {i} has a _mix.wav)")
-    feats = sum((root / f"{i}_feat.npy").is_file() for i in ids)
-    return ids, feats
+    other = "_feat.npy" if cue == "_embedding.npy" else "_embedding.npy"
+    unused = sum((root / f"{i}{other}").is_file() for i in ids)
+    return ids, unused
 
 
 def load_positives(path: Path, emb_dim: int) -> list[torch.Tensor]:
@@ -140,11 +144,14 @@ def run(args: argparse.Namespace) -> list[dict[str, float]]:
                     f"--metrics {name} needs the '{module}' package: pip install "
                     f"'speechkit[separation]' (or leave {name} out of --metrics)"
                 ) from None
-    ids, feats = find_items(args.data)
-    root = Path(args.data)
+    if not Path(args.data).is_dir():
+        raise DataError(f"{args.data}: not a folder (expected ID_mix.wav, ID_target.wav, ...)")
     sep = Separator.from_checkpoint(
         args.checkpoint, device=args.device, chunk_seconds=args.chunk, overlap_seconds=args.overlap
     )
+    cue = "_feat.npy" if sep.is_av else "_embedding.npy"
+    ids, unused = find_items(args.data, cue)
+    root = Path(args.data)
     rate = sep.sample_rate
     items = []
     for i in ids:  # every item checked before the model runs
@@ -155,16 +162,22 @@ def run(args: argparse.Namespace) -> list[dict[str, float]]:
                 f"{root / (i + '_target.wav')}: {len(ref)} samples, but {i}_mix.wav has "
                 f"{len(mix)} (at {rate} Hz); expected the same length"
             )
-        items.append((i, mix, ref, load_positives(root / f"{i}_embedding.npy", sep.emb_dim)))
-    if feats:
-        print(f"note: {feats} ID_feat.npy file(s) not used (voicevector_ae is audio-only)")
+        if sep.is_av:
+            cond = {"lip": sep.load_lip(root / f"{i}_feat.npy", len(mix))}
+        else:
+            cond = {"positives": load_positives(root / f"{i}_embedding.npy", sep.emb_dim)}
+        items.append((i, mix, ref, cond))
+    if unused and sep.is_av:
+        print(f"note: {unused} ID_embedding.npy file(s) not used (voicevector_av uses ID_feat.npy)")
+    elif unused:
+        print(f"note: {unused} ID_feat.npy file(s) not used (voicevector_ae is audio-only)")
     if args.save_estimates:
         os.makedirs(args.save_estimates, exist_ok=True)
 
     t0 = time.perf_counter()
     rows = []
-    for i, mix, ref, positives in items:
-        est = sep.separate(torch.from_numpy(mix), positives).numpy()
+    for i, mix, ref, cond in items:
+        est = sep.separate(torch.from_numpy(mix), **cond).numpy()
         if args.save_estimates:
             write_audio(Path(args.save_estimates) / f"{i}_estimate.wav", est, rate, "FLOAT")
         with warnings.catch_warnings(record=True) as caught:

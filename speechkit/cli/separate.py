@@ -1,13 +1,21 @@
-"""Separate a target speaker from a mixture with a trained VoiceVector (``voicevector_ae``) model.
+"""Separate a target speaker from a mixture with a trained VoiceVector model (``voicevector_ae``
+with enrolment vectors, or ``voicevector_av`` with the target's lip features).
 
     speechkit-separate --checkpoint runs/tss/checkpoint_best.pt --mixture mix.wav \\
         --positive alice_1.npy --positive alice_2.wav [--negative bob.npy] \\
         [--speaker-checkpoint sv.pt] --out alice.wav [--chunk 20 --overlap 1]
+    speechkit-separate --checkpoint runs/tss_av/checkpoint_best.pt --mixture clip.wav \\
+        --lip clip.npy --out alice.wav
 
 Enrolment (``--positive`` at least once, ``--negative`` optional, each repeatable): ``.npy``
 vectors from ``scripts/dump_embeddings.py`` ((K, D) crops or (D,); mean then L2-normalised) or
 enrolment audio files embedded by ``--speaker-checkpoint`` (the speaker model the separation
-model's training vectors came from). The mixture may have any length and sample rate: it is
+model's training vectors came from). Audio-visual checkpoints take ``--lip`` instead: a
+``.npy`` of (frames, lip_dim) features at 25 fps (``speechkit-dump-lip-features``), frame ``j``
+covering mixture samples ``[640 j, 640 (j + 1))`` at 16 kHz, within
+``speechkit.data.lip_features``' tolerance of the mixture's length (``--lip-tolerance``); their
+chunks and overlaps are whole lip frames. ``--lip`` with an audio-only checkpoint, or enrolment
+with an audio-visual one, is an error. The mixture may have any length and sample rate: it is
 resampled to the model's rate (a WARNING names the file) and the estimate written back at the
 input's rate and length (32-bit float WAV by default). Audio longer than the model's positional
 limit (30 s for the paper's sizes) is separated in overlapping chunks with raised-cosine
@@ -26,6 +34,7 @@ import soundfile as sf
 import torch
 
 from speechkit.data.audio import write_audio
+from speechkit.data.lip_features import DEFAULT_TOLERANCE
 from speechkit.errors import ConfigError, SpeechkitError
 from speechkit.inference.separation import Separator, load_enrolment
 
@@ -37,8 +46,15 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument(
         "--positive",
         action="append",
-        required=True,
-        help="target enrolment: a .npy vector or an audio file (repeatable)",
+        default=[],
+        help="target enrolment (voicevector_ae): a .npy vector or an audio file (repeatable)",
+    )
+    p.add_argument("--lip", help="target lip features (voicevector_av): (frames, dim) .npy")
+    p.add_argument(
+        "--lip-tolerance",
+        type=float,
+        default=DEFAULT_TOLERANCE,
+        help="largest accepted |frames - samples / 640| (lip frames)",
     )
     p.add_argument(
         "--negative", action="append", default=[], help="interferer enrolment (repeatable)"
@@ -68,14 +84,44 @@ def run(args: argparse.Namespace) -> None:
         overlap_seconds=args.overlap,
         batch_chunks=args.batch_chunks,
     )
-    pos = load_enrolment(args.positive, sep.emb_dim, args.speaker_checkpoint, args.device)
-    neg = load_enrolment(args.negative, sep.emb_dim, args.speaker_checkpoint, args.device)
+    if sep.is_av:
+        if args.positive or args.negative:
+            raise ConfigError(
+                f"{args.checkpoint}: an audio-visual (voicevector_av) checkpoint takes --lip, "
+                "not --positive / --negative"
+            )
+        if not args.lip:
+            raise ConfigError(
+                f"{args.checkpoint}: an audio-visual (voicevector_av) checkpoint needs --lip "
+                "FILE.npy (the target's lip features)"
+            )
+        pos, neg = [], []
+    else:
+        if args.lip:
+            raise ConfigError(
+                f"--lip {args.lip}: {args.checkpoint} is an audio-only (voicevector_ae) "
+                "checkpoint; give --positive enrolment instead"
+            )
+        if not args.positive:
+            raise ConfigError(
+                f"{args.checkpoint}: an audio-enrolment (voicevector_ae) checkpoint needs at "
+                "least one --positive"
+            )
+        pos = load_enrolment(args.positive, sep.emb_dim, args.speaker_checkpoint, args.device)
+        neg = load_enrolment(args.negative, sep.emb_dim, args.speaker_checkpoint, args.device)
     t0 = time.perf_counter()
-    est, rate = sep.separate_file(args.mixture, pos, neg)
+    est, rate = sep.separate_file(
+        args.mixture, pos, neg, lip=args.lip, lip_tolerance=args.lip_tolerance
+    )
     write_audio(args.out, est, rate, subtype=args.subtype)
+    cue = (
+        f"lip features {args.lip}"
+        if sep.is_av
+        else f"{len(pos)} positive and {len(neg)} negative vector(s)"
+    )
     print(
-        f"separated {len(est) / rate:.2f} s at {rate} Hz with {len(pos)} positive and "
-        f"{len(neg)} negative vector(s) in {time.perf_counter() - t0:.1f}s -> {args.out}"
+        f"separated {len(est) / rate:.2f} s at {rate} Hz with {cue} in "
+        f"{time.perf_counter() - t0:.1f}s -> {args.out}"
     )
 
 

@@ -1,5 +1,6 @@
-"""Target-speaker separation inference: a trained ``voicevector_ae`` checkpoint applied to audio of
-any length and sample rate, with positive / negative enrolment vectors.
+"""Target-speaker separation inference: a trained ``voicevector_ae`` checkpoint (positive /
+negative enrolment vectors) or ``voicevector_av`` checkpoint (the target's lip features) applied
+to audio of any length and sample rate.
 
 Model: Rahimi, Afouras and Zisserman, "VoiceVector: multimodal enrolment vectors for speaker
 separation", ICASSP 2024 (:mod:`speechkit.models.voicevector`). Its sinusoidal positional
@@ -15,6 +16,15 @@ audio is separated in overlapping chunks:
   earlier one ``cos^2(...)``, so the weights sum to exactly 1 everywhere and no seam is a hard
   switch from one chunk's output to the next.
 
+Audio-visual models (``voicevector_av``) take the target's lip features (F, lip_dim) at 25 fps,
+frame ``j`` covering mixture samples ``[640 j, 640 (j + 1))`` at 16 kHz
+(:mod:`speechkit.data.lip_features`; a file's frame count may differ from ``ceil(T / 640)`` by
+the module's tolerance and is trimmed / padded to it). For them the chunk and the overlap are
+whole numbers of lip frames (the chunk rounded down, the overlap up, to multiples of 640
+samples), the mixture is zero-padded to ``640 ceil(T / 640)`` samples when chunked, the chunk
+starts are multiples of 640 (:func:`chunk_starts` in frame units), each chunk gets the lip
+frames of its own samples, and the estimate is cropped back to T.
+
 Enrolment vectors come from ``.npy`` files written by ``scripts/dump_embeddings.py`` (crop
 embeddings (K, D) or one (D,): mean over crops, then L2-normalised, as the training data uses
 them) or from enrolment WAVs embedded by a speaker checkpoint
@@ -28,6 +38,7 @@ import math
 import os
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -35,10 +46,17 @@ from torch import nn
 
 from speechkit.data.audio import audio_info, read_audio, resample_waveform
 from speechkit.data.embedding_table import load_embedding, utterance_vector
+from speechkit.data.lip_features import (
+    DEFAULT_TOLERANCE,
+    SAMPLES_PER_FRAME,
+    align_lip_features,
+    read_lip_features,
+)
 from speechkit.errors import CheckpointError, ConfigError, DataError
 
 SEPARATION_TASKS = ("target_speaker_separation",)
-SEPARATION_MODELS = ("voicevector_ae",)
+SEPARATION_MODELS = ("voicevector_ae", "voicevector_av")
+AV_MODELS = ("voicevector_av",)
 
 
 def chunk_starts(length: int, chunk: int, overlap: int) -> list[int]:
@@ -113,15 +131,20 @@ def load_enrolment_npy(path: str | os.PathLike, emb_dim: int | None = None) -> t
 
 
 class Separator:
-    """``Separator.from_checkpoint(path).separate(mixture, positives, negatives)``.
+    """``Separator.from_checkpoint(path).separate(mixture, positives, negatives)`` (audio
+    enrolment) or ``.separate(mixture, lip=features)`` (audio-visual).
 
     Args:
-        model: a separation model ``(B, T), (B, N, D), (B, N) long, (B, N) bool -> (B, T)`` with
-            a ``cfg.sample_rate`` and ``max_seconds()`` (``voicevector_ae``).
+        model: a separation model with a ``cfg.sample_rate`` and ``max_seconds()``: either
+            ``(B, T), (B, N, D), (B, N) long, (B, N) bool -> (B, T)`` (``voicevector_ae``) or
+            ``(B, T), (B, F, lip_dim) -> (B, T)`` with ``samples_per_frame`` samples per lip
+            frame (``voicevector_av``; ``is_av`` is then True).
         device: where it runs.
         chunk_seconds: chunk length for long input; 0 (default) = the model's limit
-            ``max_seconds()`` rounded down to a whole 20 ms token.
-        overlap_seconds: minimum overlap of neighbouring chunks (default 1 s).
+            ``max_seconds()`` rounded down to a whole 20 ms token (and, for AV, to a whole lip
+            frame).
+        overlap_seconds: minimum overlap of neighbouring chunks (default 1 s; AV: rounded up to
+            a whole lip frame).
         batch_chunks: chunks per forward pass.
 
     Raises:
@@ -139,22 +162,29 @@ class Separator:
         self.device = torch.device(device)
         self.model = model.to(self.device).eval()
         self.sample_rate = int(model.cfg.sample_rate)
-        self.emb_dim = int(model.cfg.emb_dim)
+        self.is_av = getattr(model, "name", "") in AV_MODELS
+        self.emb_dim = None if self.is_av else int(model.cfg.emb_dim)
+        self.lip_dim = int(model.cfg.lip_dim) if self.is_av else None
+        # samples per lip frame (640 at 16 kHz / 25 fps); chunks move on this grid for AV
+        self.frame = int(model.samples_per_frame) if self.is_av else 1
         limit = float(model.max_seconds())
         # whole tokens only: the model pads the upsampled input to a multiple of its stride
         token = model.total_stride / model.cfg.internal_rate
         max_chunk = int(math.floor(limit / token) * token * self.sample_rate)
         # the 16 k -> internal-rate upsampling rounds up: keep one token of margin
         max_chunk -= int(math.ceil(token * self.sample_rate))
+        max_chunk -= max_chunk % self.frame
         self.chunk = (
             max_chunk if chunk_seconds <= 0 else int(round(chunk_seconds * self.sample_rate))
         )
+        self.chunk -= self.chunk % self.frame
         if self.chunk > max_chunk or self.chunk <= 0:
             raise ConfigError(
                 f"chunk of {chunk_seconds} s: the model accepts at most {max_chunk} samples "
                 f"({max_chunk / self.sample_rate:.2f} s) per forward pass"
             )
         self.overlap = int(round(overlap_seconds * self.sample_rate))
+        self.overlap += -self.overlap % self.frame
         if self.overlap < 0 or 2 * self.overlap > self.chunk:
             raise ConfigError(
                 f"overlap of {overlap_seconds} s must be between 0 and half a chunk "
@@ -187,7 +217,8 @@ class Separator:
         if name not in SEPARATION_MODELS or (task and task not in SEPARATION_TASKS):
             raise CheckpointError(
                 f"{os.fspath(path)}: a {task or 'task-less'} checkpoint (model {name or '?'}); "
-                f"expected a target_speaker_separation checkpoint of {', '.join(SEPARATION_MODELS)}"
+                "expected a target_speaker_separation checkpoint of "
+                f"{', '.join(SEPARATION_MODELS)}"
             )
         model = MODEL_REGISTRY.build(model_cfg)
         model.load_state_dict(state["model"])
@@ -202,6 +233,11 @@ class Separator:
         Raises:
             ValueError: no positive vector, or a vector that is not (D,) with D = ``emb_dim``.
         """
+        if self.is_av:
+            raise ValueError(
+                "this is an audio-visual checkpoint (voicevector_av): it takes the target's lip "
+                "features, not enrolment vectors"
+            )
         if not positives:
             raise ValueError("at least one positive enrolment vector is needed")
         vectors = [*positives, *negatives]
@@ -215,65 +251,144 @@ class Separator:
         types = torch.tensor([1] * len(positives) + [0] * len(negatives), dtype=torch.long)
         return enrol, types
 
+    def load_lip(
+        self, path: str | os.PathLike, num_samples: int, tolerance: float = DEFAULT_TOLERANCE
+    ) -> torch.Tensor:
+        """The lip features of a ``.npy`` file ((F, lip_dim), 25 fps) fitted to a mixture of
+        ``num_samples`` samples at ``sample_rate``: ``(ceil(num_samples / 640), lip_dim)``
+        float32 (:func:`speechkit.data.lip_features.align_lip_features`).
+
+        Raises:
+            ConfigError: an audio-only checkpoint, or a model not at 640 samples per frame.
+            DataError: a missing / unreadable / non-finite file, another ``lip_dim``, or more
+                than ``tolerance`` frames away from the audio's length (file named).
+        """
+        if not self.is_av:
+            raise ConfigError(
+                f"{os.fspath(path)}: lip features given, but the checkpoint is audio-only "
+                "(voicevector_ae takes enrolment vectors)"
+            )
+        if self.frame != SAMPLES_PER_FRAME:
+            raise ConfigError(
+                f"{os.fspath(path)}: lip-feature files are 25 fps at 16 kHz ({SAMPLES_PER_FRAME} "
+                f"samples per frame); this model has {self.frame} samples per frame"
+            )
+        features = read_lip_features(path, dim=self.lip_dim)
+        return torch.from_numpy(align_lip_features(features, num_samples, path, tolerance))
+
+    def _check_inputs(
+        self, length: int, positives: Sequence, negatives: Sequence, lip: Any
+    ) -> torch.Tensor | None:
+        """The lip tensor (F, lip_dim) for AV, None for AE; ValueError on a wrong combination."""
+        if not self.is_av:
+            if lip is not None:
+                raise ValueError("lip features given to an audio-only (voicevector_ae) model")
+            return None
+        if positives or negatives:
+            raise ValueError(
+                "enrolment vectors given to an audio-visual (voicevector_av) model; it takes "
+                "the target's lip features"
+            )
+        if lip is None:
+            raise ValueError("an audio-visual (voicevector_av) model needs lip features")
+        lip = torch.as_tensor(lip, dtype=torch.float32)
+        frames = -(-length // self.frame)
+        if tuple(lip.shape) != (frames, self.lip_dim):
+            raise ValueError(
+                f"a {length}-sample mixture needs lip features ({frames}, {self.lip_dim}) "
+                f"({self.frame} samples per frame), got {tuple(lip.shape)}"
+            )
+        return lip
+
     @torch.no_grad()
     def separate(
         self,
         mixture: torch.Tensor | np.ndarray,
-        positives: Sequence[torch.Tensor],
+        positives: Sequence[torch.Tensor] = (),
         negatives: Sequence[torch.Tensor] = (),
+        lip: torch.Tensor | np.ndarray | None = None,
     ) -> torch.Tensor:
         """The target's estimate (T,) float32 from a mixture (T,) at ``sample_rate`` Hz.
 
-        Input up to one chunk long is separated in one pass; longer input in overlapping
-        chunks (module docstring), all with the same enrolment.
+        Audio enrolment models take ``positives`` (at least one) and ``negatives`` (D,)
+        vectors; audio-visual ones take ``lip`` (``ceil(T / 640)``, lip_dim) features instead
+        (:meth:`load_lip` fits a file to T). Input up to one chunk long is separated in one
+        pass; longer input in overlapping chunks (module docstring), all with the same
+        enrolment, or each with the lip frames of its own samples.
 
         Raises:
             ValueError: a mixture that is not a non-empty finite (T,) signal; bad vectors (see
-                :meth:`enrolment`).
+                :meth:`enrolment`); lip features of the wrong shape, missing for an AV model,
+                or given to an audio-only one (enrolment vectors likewise for AV).
         """
         wav = torch.as_tensor(mixture, dtype=torch.float32)
         if wav.dim() != 1 or wav.numel() == 0:
             raise ValueError(f"expected a non-empty mono mixture (T,), got {tuple(wav.shape)}")
         if not bool(torch.isfinite(wav).all()):
             raise ValueError("the mixture holds NaN/inf samples")
-        enrol, types = self.enrolment(positives, negatives)
         length = wav.shape[0]
-        size = min(self.chunk, length)
-        starts = chunk_starts(length, size, min(self.overlap, size // 2))
+        lip = self._check_inputs(length, positives, negatives, lip)
+        if lip is not None:
+            padded = lip.shape[0] * self.frame if length > self.chunk else length
+            wav = torch.nn.functional.pad(wav, (0, padded - length))
+        else:
+            enrol, types = self.enrolment(positives, negatives)
+        total = wav.shape[0]
+        size = min(self.chunk, total)
+        frame = self.frame
+        overlap = min(self.overlap, size // 2)
+        if lip is not None and total > size:
+            # whole lip frames: total, chunk and overlap are multiples of the frame here
+            grid = chunk_starts(total // frame, size // frame, overlap // frame)
+            starts = [s * frame for s in grid]
+        else:
+            starts = chunk_starts(total, size, overlap)
         outputs: list[torch.Tensor] = []
         for i in range(0, len(starts), self.batch_chunks):
             group = starts[i : i + self.batch_chunks]
             batch = torch.stack([wav[s : s + size] for s in group]).to(self.device)
             n = len(group)
-            e = enrol.to(self.device).expand(n, -1, -1)
-            t = types.to(self.device).expand(n, -1)
-            est = self.model(batch, e, t, torch.ones_like(t, dtype=torch.bool))
+            if lip is not None:
+                frames = -(-size // frame)
+                lips = torch.stack([lip[s // frame : s // frame + frames] for s in group])
+                est = self.model(batch, lips.to(self.device))
+            else:
+                e = enrol.to(self.device).expand(n, -1, -1)
+                t = types.to(self.device).expand(n, -1)
+                est = self.model(batch, e, t, torch.ones_like(t, dtype=torch.bool))
             outputs.extend(est.float().cpu())
         if len(outputs) == 1:
-            return outputs[0]
-        return overlap_add(outputs, starts, length)
+            return outputs[0][:length]
+        return overlap_add(outputs, starts, total)[:length]
 
     def separate_file(
         self,
         path: str | os.PathLike,
-        positives: Sequence[torch.Tensor],
+        positives: Sequence[torch.Tensor] = (),
         negatives: Sequence[torch.Tensor] = (),
+        lip: str | os.PathLike | None = None,
+        lip_tolerance: float = DEFAULT_TOLERANCE,
     ) -> tuple[np.ndarray, int]:
         """Separate an audio file: ``(estimate (T_in,) float32, input rate)`` at the FILE's rate
         and length.
 
         A file at another rate than the model's is resampled to it (soxr) and the estimate
         back; a multi-channel file is averaged to mono; both log a WARNING naming the file.
+        ``lip`` (AV models): a lip-feature ``.npy`` of the file, fitted to the resampled
+        length by :meth:`load_lip`.
 
         Raises:
-            DataError: missing / unreadable / empty file or NaN samples (file named).
+            DataError: missing / unreadable / empty file or NaN samples (file named); a bad lip
+                file (see :meth:`load_lip`).
+            ConfigError: ``lip`` for an audio-only model.
         """
         path = os.fspath(path)
         info = audio_info(path)
         if info.frames == 0:
             raise DataError(f"{path}: the audio file is empty")
         wav = read_audio(path, self.sample_rate)
-        est = self.separate(torch.from_numpy(wav), positives, negatives).numpy()
+        features = None if lip is None else self.load_lip(lip, wav.shape[0], lip_tolerance)
+        est = self.separate(torch.from_numpy(wav), positives, negatives, lip=features).numpy()
         est = resample_waveform(est, self.sample_rate, info.sample_rate)
         if est.shape[0] < info.frames:
             est = np.pad(est, (0, info.frames - est.shape[0]))

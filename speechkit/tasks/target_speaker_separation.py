@@ -26,6 +26,14 @@ summed logs (``waveform_l1`` logs ``loss``, ``si_sdr``, ``si_sdri``, ``sdr``, ``
 are all-reduced and passed to its ``reduce_metrics``, so the reported numbers are means over all
 mixtures whatever the world size. (The trainer's default loop would drop trailing batches to
 give each rank the same number, making the numbers depend on the world size.)
+
+With ``task.valid_extra_metrics=true``, :meth:`valid_step` also sums wide-band PESQ (ITU-T
+P.862.2), STOI (Taal et al. 2011) and BSS-Eval v4 SDR (``bss_sdr``, museval's framewise SDR over
+1 s windows) of the same forward pass's estimates and of the mixtures
+(:func:`speechkit.metrics.separation.sum_extra_scores`: an item whose metric is not finite, e.g.
+PESQ on a silent reference, is left out of that metric's sums and ``<m>_count``); the reported
+``pesq``, ``pesq_mix``, ``pesqi`` (and the same for ``stoi``, ``bss_sdr``) are means over the
+counted items, summed in global batch order like the criterion's logs.
 """
 
 from __future__ import annotations
@@ -38,9 +46,10 @@ import torch
 from torch import nn
 
 from speechkit.data.epoch_iterator import Batching
-from speechkit.data.separation_dataset import SeparationDataset
+from speechkit.data.separation_dataset import SAMPLE_RATE, SeparationDataset
 from speechkit.dataclass import SpeechkitDataclass
 from speechkit.errors import ConfigError
+from speechkit.metrics.separation import EXTRA_METRICS, reduce_extra_sums, sum_extra_scores
 from speechkit.registry import register_task
 from speechkit.tasks.base import Task
 
@@ -85,6 +94,10 @@ class TargetSpeakerSeparationConfig(SpeechkitDataclass):
     """Mixtures per batch when ``dataset.batch_size`` is null (the reference's 40)."""
     valid_batch_size: int = 0
     """Mixtures per validation batch; 0: the training batch size."""
+    valid_extra_metrics: bool = False
+    """Also report wide-band PESQ, STOI and BSS-Eval v4 SDR (1 s windows) at validation, for
+    the estimate (``pesq``), the mixture (``pesq_mix``) and their difference (``pesqi``); costly
+    (CPU, per item) and needs ``pip install 'speechkit[separation]'``."""
 
 
 @register_task(
@@ -100,8 +113,9 @@ class TargetSpeakerSeparationTask(Task):
     Raises (at construction, before any model is built):
         ConfigError: a required path not set (``embedding_dir`` unless ``lip_dir``), a
             ``segment`` not a multiple of 0.04 s with ``lip_dir``, bad ``segment`` / ``num_enrol`` /
-            ``num_positive`` / ``num_valid`` / SIR range, or ``emb_dim`` different from the
-            ``.npy`` files' dimension.
+            ``num_positive`` / ``num_valid`` / SIR range, ``emb_dim`` different from the
+            ``.npy`` files' dimension, or ``valid_extra_metrics`` without the ``pesq`` /
+            ``pystoi`` packages.
         DataError: see :mod:`speechkit.data.separation_dataset`.
     """
 
@@ -134,6 +148,15 @@ class TargetSpeakerSeparationTask(Task):
                 f"task.num_valid={cfg.num_valid} must be >= 0 and task.sir_low={cfg.sir_low} <= "
                 f"task.sir_high={cfg.sir_high}"
             )
+        if cfg.valid_extra_metrics:
+            for module in ("pesq", "pystoi"):
+                try:
+                    __import__(module)
+                except ImportError:
+                    raise ConfigError(
+                        f"task.valid_extra_metrics=true needs the '{module}' package: pip "
+                        "install 'speechkit[separation]' (or set task.valid_extra_metrics=false)"
+                    ) from None
         common = dict(
             root=cfg.root,
             embedding_dir=cfg.embedding_dir,
@@ -244,6 +267,47 @@ class TargetSpeakerSeparationTask(Task):
         return [order[i : i + size] for i in range(0, len(order), size)]
 
     # -- validation -----------------------------------------------------------------------------
+    def valid_step(
+        self, sample: Any, model: nn.Module, criterion: nn.Module
+    ) -> tuple[torch.Tensor, int, dict]:
+        """The criterion on one validation batch; with ``valid_extra_metrics`` its logs also
+        hold the sums of :func:`speechkit.metrics.separation.sum_extra_scores` (``pesq``,
+        ``pesqi``, ``pesq_count``, the same for ``stoi`` and ``bss_sdr``) of the estimate the
+        criterion's forward pass produced (the model runs once; the criterion's numbers are
+        unchanged). Scores are computed on the CPU in float64 from (B, T) 16 kHz signals.
+        """
+        if not self.cfg.valid_extra_metrics:
+            return criterion(model, sample)
+        estimates: list[torch.Tensor] = []
+
+        def forward(*args: Any, **kwargs: Any) -> torch.Tensor:
+            out = model(*args, **kwargs)
+            estimates.append(out)
+            return out
+
+        loss, sample_size, log = criterion(forward, sample)
+        sums = sum_extra_scores(
+            estimates[-1].detach().float().cpu(),
+            sample["mixture"].detach().float().cpu(),
+            sample["target"].detach().float().cpu(),
+            EXTRA_METRICS,
+            sample_rate=SAMPLE_RATE,
+        )
+        return loss, sample_size, {**log, **sums}
+
+    def reduce_metrics(self, sums: dict[str, float], criterion: nn.Module) -> dict[str, float]:
+        """The criterion's metrics, plus (with ``valid_extra_metrics``) the means ``m``,
+        ``m_mix`` and ``mi`` of each extra metric over the items where it is finite (NaN when
+        none is); ``m_mix = m - mi`` over the same items."""
+        out = criterion.reduce_metrics(sums)
+        extra = reduce_extra_sums(sums)
+        for name in EXTRA_METRICS:
+            if name in extra:
+                out[name] = extra[name]
+                out[f"{name}_mix"] = extra[name] - extra[f"{name}i"]
+                out[f"{name}i"] = extra[f"{name}i"]
+        return out
+
     @torch.no_grad()
     def validate(
         self,
@@ -255,7 +319,8 @@ class TargetSpeakerSeparationTask(Task):
     ) -> dict[str, float] | None:
         """Means over the fixed validation mixtures: ``loss`` and whatever the criterion's
         ``reduce_metrics`` reports (``waveform_l1``: ``si_sdr``, ``si_sdri``, ``sdr``,
-        ``sdri`` in dB); identical on every rank. ``None`` without ``valid_list``. Batches of
+        ``sdri`` in dB), with ``valid_extra_metrics`` also ``pesq``, ``stoi``, ``bss_sdr`` and
+        their ``_mix`` / ``i`` forms (:meth:`reduce_metrics`); identical on every rank. ``None`` without ``valid_list``. Batches of
         ``valid_batch_size`` mixtures (0: the training ``batch_size``)."""
         if self.valid_dataset is None:
             return None
