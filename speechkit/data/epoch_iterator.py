@@ -8,7 +8,16 @@ A task lists the *global* batches of an epoch (``Task.batches``, a deterministic
                    -> groups of ``update_freq`` micro-batches (one group per update)
 
 so every rank runs the same number of updates (DDP needs it) and a resumed epoch continues with
-the very batches an uninterrupted one would have run. Validation shards without dropping
+the very batches an uninterrupted one would have run.
+
+A streaming dataset (tar shards, ``speechkit.data.shard_dataset.ShardDataset``) has no batch
+list: its task's ``batches`` returns a :class:`StreamBatches` (batch size and collater) instead.
+The dataset is then placed on this rank (``equal_ranks``: the same item count everywhere), set
+to resume at item ``skip * batch_size`` of the rank's stream, loaded one item per fetch and
+collated in groups of ``batch_size`` (incomplete tail dropped): ``len(dataset) // batch_size``
+batches per rank and epoch. The stream's order depends on the world size, the loader workers and
+the shuffle buffer, so a mid-epoch resume needs the interrupted run's values
+(:func:`check_stream_resume` refuses others). Validation shards without dropping
 (``shard(..., drop_uneven=False)``): every batch is run by exactly one rank
 (``Task.validate_batches``). This follows fairseq's ``EpochBatchIterator``
 (``fairseq/data/iterators.py``), without its in-memory resume of a half-consumed loader.
@@ -17,14 +26,25 @@ the very batches an uninterrupted one would have run. Validation shards without 
 from __future__ import annotations
 
 import signal
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch.utils.data import DataLoader
 
-__all__ = ["Batching", "EpochIterator", "make_loader", "move_to_device", "shard"]
+from speechkit.data.shard_dataset import batched, make_shard_loader
+from speechkit.errors import ConfigError
+
+__all__ = [
+    "Batching",
+    "EpochIterator",
+    "StreamBatches",
+    "check_stream_resume",
+    "make_loader",
+    "move_to_device",
+    "shard",
+]
 
 
 def move_to_device(sample: Any, device: torch.device) -> Any:
@@ -101,6 +121,88 @@ def make_loader(dataset: Any, batches: list[Any], batching: Batching, seed: int)
     )
 
 
+@dataclass(frozen=True)
+class StreamBatches:
+    """The batches of one epoch of a streaming dataset (what ``Task.batches`` returns for one).
+
+    Attributes:
+        batch_size: items per batch and rank.
+        collater: ``collater(items) -> batch``.
+    """
+
+    batch_size: int
+    collater: Callable[[list[Any]], Any]
+
+
+def check_stream_resume(state: dict, current: dict[str, Any]) -> None:
+    """Refuse to resume a streaming epoch in the middle with another data layout.
+
+    Args:
+        state: the checkpoint (``Trainer.state_dict``): ``train_state`` (``iterations_in_epoch``,
+            ``world_size``) and ``cfg``.
+        current: this run's values by dotted name: ``world_size`` (from ``train_state``), other
+            names from the saved config (``dataset.num_workers``, ``task.shard_buffer`` ...).
+            The shard folder's path is not compared: shards copied elsewhere resume alike.
+
+    Raises:
+        ConfigError: the checkpoint stopped inside an epoch and one of the values differs
+            (all differences named); the run can restart its data with
+            ``checkpoint.reset_dataloader=true``.
+    """
+    ts = state.get("train_state") or {}
+    if not ts.get("iterations_in_epoch"):
+        return  # at an epoch boundary: any layout starts the next epoch afresh
+    cfg = state.get("cfg") or {}
+
+    def saved(name: str) -> Any:
+        if name == "world_size":
+            return ts.get("world_size", 1)
+        node: Any = cfg
+        for part in name.split("."):
+            node = node.get(part) if isinstance(node, dict) else None
+        return node
+
+    diff = [f"{k}={saved(k)!r} (now {v!r})" for k, v in current.items() if saved(k) != v]
+    if diff:
+        raise ConfigError(
+            f"the checkpoint stopped {ts['iterations_in_epoch']} batches into epoch "
+            f"{ts.get('epoch')} of a shard stream whose order depends on the layout: "
+            f"{', '.join(diff)}; resume with the saved values, or set "
+            "checkpoint.reset_dataloader=true to start the data over"
+        )
+
+
+def _stream_epoch(
+    dataset: Any,
+    plan: StreamBatches,
+    rank: int,
+    world_size: int,
+    skip: int,
+    batching: Batching,
+    seed: int,
+) -> tuple[int, DataLoader, Iterator[Any]]:
+    """(batches this rank runs in the epoch, the loader, its batches from ``skip`` on)."""
+    dataset.set_rank(rank, world_size)
+    dataset.equal_ranks = True  # DDP: the same number of updates on every rank
+    total = len(dataset) // plan.batch_size
+    if skip > total:
+        raise ConfigError(
+            f"resume position {skip} batches is beyond epoch {dataset.epoch}'s {total} batches "
+            f"of {plan.batch_size} items on rank {rank} (same data and batch size?)"
+        )
+    dataset.set_epoch(dataset.epoch, start=skip * plan.batch_size)
+    workers = batching.num_workers
+    loader = make_shard_loader(
+        dataset,
+        workers,
+        batching.prefetch_factor,
+        batching.pin_memory,
+        worker_init_fn=_ignore_signals_in_worker,
+        generator=torch.Generator().manual_seed(seed),
+    )
+    return total, loader, batched(loader, plan.batch_size, plan.collater, drop_last=True)
+
+
 class EpochIterator:
     """This rank's training batches of one epoch, in groups of ``update_freq``.
 
@@ -109,7 +211,8 @@ class EpochIterator:
     the loader's workers down (also when the epoch is left early).
 
     Args:
-        dataset: the split's dataset (``dataset[key]``, ``dataset.collater``).
+        dataset: the split's dataset (``dataset[key]``, ``dataset.collater``), or a streaming
+            one (``ShardDataset``, its epoch set) with ``batches`` a :class:`StreamBatches`.
         batches: the epoch's global batches (``Task.batches``).
         rank, world_size: this process's place; batches are sharded with ``drop_uneven``.
         skip: batches of this rank's share consumed before a resume (``iterations_in_epoch``).
@@ -129,12 +232,19 @@ class EpochIterator:
         batching: Batching,
         seed: int,
     ):
+        self.update_freq = update_freq
+        self._it: Any = None
+        if isinstance(batches, StreamBatches):
+            self.total, self._loader, self._batches = _stream_epoch(
+                dataset, batches, rank, world_size, skip, batching, seed
+            )
+            self.remaining = self.total - skip
+            return
         mine = shard(batches, rank, world_size, drop_uneven=True)[skip:]
         self.total = len(mine) + skip
         self.remaining = len(mine)
-        self.update_freq = update_freq
-        self._loader: DataLoader | None = make_loader(dataset, mine, batching, seed)
-        self._it: Any = None
+        self._loader = make_loader(dataset, mine, batching, seed)
+        self._batches = None
 
     def __iter__(self) -> EpochIterator:
         return self
@@ -143,12 +253,14 @@ class EpochIterator:
         if self.remaining == 0 or self._loader is None:
             raise StopIteration
         if self._it is None:
-            self._it = iter(self._loader)
+            self._it = iter(self._loader) if self._batches is None else self._batches
         group = [next(self._it) for _ in range(min(self.update_freq, self.remaining))]
         self.remaining -= len(group)
         return group
 
     def close(self) -> None:
         """Drop the loader and its iterator (worker processes end)."""
-        self._it = None
+        if self._batches is not None:
+            self._batches.close()  # the generator drops its loader iterator (workers end)
+        self._it = self._batches = None
         self._loader = None

@@ -39,7 +39,14 @@ from speechkit.data.manifest import Manifest, PackedStrings, read_manifest
 from speechkit.data.samplers import batch_by_size
 from speechkit.errors import ConfigError, DataError
 
-__all__ = ["BATCH_STREAM", "COLLATE_STREAM", "ITEM_STREAM", "WINDOW_STREAM", "HubertDataset"]
+__all__ = [
+    "BATCH_STREAM",
+    "COLLATE_STREAM",
+    "ITEM_STREAM",
+    "WINDOW_STREAM",
+    "HubertCollater",
+    "HubertDataset",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -62,8 +69,153 @@ def _as_list(value: Any, n: int, name: str) -> list:
     return list(value)
 
 
-class HubertDataset(Dataset):
+class HubertCollater:
+    """fairseq ``HubertDataset.collater`` without a manifest: crop (or pad) a batch of items
+    ``{"id": int, "source": (L,) float32, "label_list": [(T_i,) int64]}`` and their labels
+    alike. ``HubertDataset`` inherits it; a streaming dataset (tar shards) uses it alone.
+
+    Args:
+        label_rates: labels per second of each stream (negative: sequence labels).
+        sample_rate: audio rate in Hz.
+        max_sample_size: longest crop in samples (``None``: no limit).
+        random_crop: random crop starts (else 0).
+        pad_audio: pad to the longest item instead of cropping to the shortest.
+        seed: base seed of the crop starts; ``epoch`` (attribute, default 1) is the other.
+    """
+
+    def __init__(
+        self,
+        label_rates: Sequence[float],
+        sample_rate: int = 16000,
+        max_sample_size: int | None = 250000,
+        random_crop: bool = True,
+        pad_audio: bool = False,
+        seed: int = 1,
+    ):
+        self.label_rates = [float(r) for r in label_rates]
+        self.sample_rate = sample_rate
+        self.max_sample_size = max_sample_size if max_sample_size is not None else 2**62
+        self.random_crop = random_crop
+        self.pad_audio = pad_audio
+        self.seed = seed
+        self.epoch = 1
+
+    def set_epoch(self, epoch: int) -> None:
+        """Select the epoch whose crop starts the next batches get."""
+        self.epoch = int(epoch)
+
+    def crop_starts(self, lengths: Sequence[int], audio_size: int, ids: Sequence[int]) -> list[int]:
+        """Crop start (samples) of each item: uniform in ``[0, length - audio_size]`` when
+        ``random_crop`` (0 otherwise and for items not longer than ``audio_size``), drawn from
+        ``default_rng([seed, epoch, 1, *ids])``."""
+        rng = np.random.default_rng([self.seed, self.epoch, COLLATE_STREAM, *map(int, ids)])
+        starts = []
+        for length in lengths:
+            diff = int(length) - audio_size
+            starts.append(int(rng.integers(0, diff + 1)) if diff > 0 and self.random_crop else 0)
+        return starts
+
+    @staticmethod
+    def collate_audio(
+        sources: Sequence[torch.Tensor], audio_size: int, starts: Sequence[int]
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Crop or zero-pad each (L_b,) source to ``audio_size``.
+
+        Returns:
+            ``(audio (B, audio_size) float32, padding_mask (B, audio_size) bool)``; the mask is
+            True on padded samples.
+        """
+        audio = sources[0].new_zeros(len(sources), audio_size)
+        padding_mask = torch.zeros(len(sources), audio_size, dtype=torch.bool)
+        for b, (source, start) in enumerate(zip(sources, starts)):
+            n = min(len(source) - start, audio_size)
+            audio[b, :n] = source[start : start + n]
+            padding_mask[b, n:] = True
+        return audio, padding_mask
+
+    def collate_labels(
+        self,
+        targets: Sequence[torch.Tensor],
+        label_rate: float,
+        audio_size: int,
+        starts: Sequence[int],
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Crop the labels of one stream like the audio and pad them with index 1.
+
+        Frame start ``round(start * label_rate / sr)``, frame count
+        ``round(audio_size * label_rate / sr)``, limited to the shortest remainder when not
+        padding audio. Sequence labels (``label_rate < 0``) are kept whole.
+
+        Returns:
+            ``(targets (B, T) int64, lengths (B,) int64)``.
+        """
+        if label_rate > 0:
+            s2f = label_rate / self.sample_rate
+            frame_starts = [int(round(s * s2f)) for s in starts]
+            frame_size = int(round(audio_size * s2f))
+            if not self.pad_audio:
+                frame_size = min(frame_size, *(len(t) - s for t, s in zip(targets, frame_starts)))
+            frame_size = max(frame_size, 0)
+            targets = [t[s : s + frame_size] for t, s in zip(targets, frame_starts)]
+        lengths = torch.tensor([len(t) for t in targets], dtype=torch.long)
+        out = torch.full((len(targets), int(lengths.max())), PAD, dtype=torch.long)
+        for b, t in enumerate(targets):
+            out[b, : len(t)] = t
+        return out, lengths
+
+    def collate(
+        self, items: Sequence[dict[str, Any]], source_keys: Sequence[str] = ("source",)
+    ) -> dict[str, Any]:
+        """Collate items whose ``source_keys`` hold equally long waveforms, cropped alike."""
+        items = [s for s in items if s.get(source_keys[0]) is not None]
+        if not items:
+            return {}
+        ids = [s["id"] for s in items]
+        lengths = [len(s[source_keys[0]]) for s in items]
+        longest_or_shortest = max(lengths) if self.pad_audio else min(lengths)
+        audio_size = int(min(longest_or_shortest, self.max_sample_size))
+        starts = self.crop_starts(lengths, audio_size, ids)
+        net_input: dict[str, torch.Tensor] = {}
+        for key in source_keys:
+            net_input[key], padding_mask = self.collate_audio(
+                [s[key] for s in items], audio_size, starts
+            )
+        net_input["padding_mask"] = padding_mask
+        targets, target_lengths = [], []
+        for i, rate in enumerate(self.label_rates):
+            t, n = self.collate_labels(
+                [s["label_list"][i] for s in items], rate, audio_size, starts
+            )
+            targets.append(t)
+            target_lengths.append(n)
+        ntokens = [int(n.sum()) for n in target_lengths]
+        return {
+            "id": torch.tensor(ids, dtype=torch.long),
+            "net_input": net_input,
+            "target_list": targets,
+            "target_lengths_list": target_lengths,
+            "ntokens_list": ntokens,
+            "ntokens": ntokens[0],
+            "nsentences": len(items),
+            "crop_starts": torch.tensor(starts, dtype=torch.long),
+        }
+
+    def collater(self, items: Sequence[dict[str, Any]]) -> dict[str, Any]:
+        """Batch items (fairseq ``HubertDataset.collater``).
+
+        Returns:
+            ``{"id": (B,), "net_input": {"source": (B, L) float32, "padding_mask": (B, L) bool},
+            "target_list": [(B, T_i) int64], "target_lengths_list": [(B,)], "ntokens_list":
+            [int], "ntokens": int (first stream), "nsentences": B, "crop_starts": (B,)}`` with
+            ``L = min(shortest, max_sample_size)`` (``pad_audio``: longest); ``{}`` for no items.
+        """
+        return self.collate(items, ("source",))
+
+
+class HubertDataset(HubertCollater, Dataset):
     """Audio + unit labels for masked prediction (fairseq ``HubertDataset`` semantics).
+
+    Collation is :class:`HubertCollater`'s (the attributes it reads are set here).
 
     Args:
         manifest: a ``Manifest`` or the path of a ``.tsv`` manifest.
@@ -292,114 +444,6 @@ class HubertDataset(Dataset):
             "source": self.postprocess(self.load_audio(index)),
             "label_list": self.get_labels(index),
         }
-
-    # -- collation -----------------------------------------------------------------------------
-    def crop_starts(self, lengths: Sequence[int], audio_size: int, ids: Sequence[int]) -> list[int]:
-        """Crop start (samples) of each item: uniform in ``[0, length - audio_size]`` when
-        ``random_crop`` (0 otherwise and for items not longer than ``audio_size``), drawn from
-        ``default_rng([seed, epoch, 1, *ids])``."""
-        rng = np.random.default_rng([self.seed, self.epoch, COLLATE_STREAM, *map(int, ids)])
-        starts = []
-        for length in lengths:
-            diff = int(length) - audio_size
-            starts.append(int(rng.integers(0, diff + 1)) if diff > 0 and self.random_crop else 0)
-        return starts
-
-    @staticmethod
-    def collate_audio(
-        sources: Sequence[torch.Tensor], audio_size: int, starts: Sequence[int]
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Crop or zero-pad each (L_b,) source to ``audio_size``.
-
-        Returns:
-            ``(audio (B, audio_size) float32, padding_mask (B, audio_size) bool)``; the mask is
-            True on padded samples.
-        """
-        audio = sources[0].new_zeros(len(sources), audio_size)
-        padding_mask = torch.zeros(len(sources), audio_size, dtype=torch.bool)
-        for b, (source, start) in enumerate(zip(sources, starts)):
-            n = min(len(source) - start, audio_size)
-            audio[b, :n] = source[start : start + n]
-            padding_mask[b, n:] = True
-        return audio, padding_mask
-
-    def collate_labels(
-        self,
-        targets: Sequence[torch.Tensor],
-        label_rate: float,
-        audio_size: int,
-        starts: Sequence[int],
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Crop the labels of one stream like the audio and pad them with index 1.
-
-        Frame start ``round(start * label_rate / sr)``, frame count
-        ``round(audio_size * label_rate / sr)``, limited to the shortest remainder when not
-        padding audio. Sequence labels (``label_rate < 0``) are kept whole.
-
-        Returns:
-            ``(targets (B, T) int64, lengths (B,) int64)``.
-        """
-        if label_rate > 0:
-            s2f = label_rate / self.sample_rate
-            frame_starts = [int(round(s * s2f)) for s in starts]
-            frame_size = int(round(audio_size * s2f))
-            if not self.pad_audio:
-                frame_size = min(frame_size, *(len(t) - s for t, s in zip(targets, frame_starts)))
-            frame_size = max(frame_size, 0)
-            targets = [t[s : s + frame_size] for t, s in zip(targets, frame_starts)]
-        lengths = torch.tensor([len(t) for t in targets], dtype=torch.long)
-        out = torch.full((len(targets), int(lengths.max())), PAD, dtype=torch.long)
-        for b, t in enumerate(targets):
-            out[b, : len(t)] = t
-        return out, lengths
-
-    def collate(
-        self, items: Sequence[dict[str, Any]], source_keys: Sequence[str] = ("source",)
-    ) -> dict[str, Any]:
-        """Collate items whose ``source_keys`` hold equally long waveforms, cropped alike."""
-        items = [s for s in items if s.get(source_keys[0]) is not None]
-        if not items:
-            return {}
-        ids = [s["id"] for s in items]
-        lengths = [len(s[source_keys[0]]) for s in items]
-        longest_or_shortest = max(lengths) if self.pad_audio else min(lengths)
-        audio_size = int(min(longest_or_shortest, self.max_sample_size))
-        starts = self.crop_starts(lengths, audio_size, ids)
-        net_input: dict[str, torch.Tensor] = {}
-        for key in source_keys:
-            net_input[key], padding_mask = self.collate_audio(
-                [s[key] for s in items], audio_size, starts
-            )
-        net_input["padding_mask"] = padding_mask
-        targets, target_lengths = [], []
-        for i, rate in enumerate(self.label_rates):
-            t, n = self.collate_labels(
-                [s["label_list"][i] for s in items], rate, audio_size, starts
-            )
-            targets.append(t)
-            target_lengths.append(n)
-        ntokens = [int(n.sum()) for n in target_lengths]
-        return {
-            "id": torch.tensor(ids, dtype=torch.long),
-            "net_input": net_input,
-            "target_list": targets,
-            "target_lengths_list": target_lengths,
-            "ntokens_list": ntokens,
-            "ntokens": ntokens[0],
-            "nsentences": len(items),
-            "crop_starts": torch.tensor(starts, dtype=torch.long),
-        }
-
-    def collater(self, items: Sequence[dict[str, Any]]) -> dict[str, Any]:
-        """Batch items (fairseq ``HubertDataset.collater``).
-
-        Returns:
-            ``{"id": (B,), "net_input": {"source": (B, L) float32, "padding_mask": (B, L) bool},
-            "target_list": [(B, T_i) int64], "target_lengths_list": [(B,)], "ntokens_list":
-            [int], "ntokens": int (first stream), "nsentences": B, "crop_starts": (B,)}`` with
-            ``L = min(shortest, max_sample_size)`` (``pad_audio``: longest); ``{}`` for no items.
-        """
-        return self.collate(items, ("source",))
 
     # -- batching ------------------------------------------------------------------------------
     def ordered_indices(self, seed: int, epoch: int, shuffle: bool = True) -> np.ndarray:

@@ -238,19 +238,11 @@ class ShardDataset(IterableDataset):
         resample: bool = False,
     ):
         self.index = shards if isinstance(shards, ShardIndex) else ShardIndex.load(shards)
-        if not 0 <= rank < world_size:
-            raise ConfigError(f"ShardDataset: rank {rank} outside world size {world_size}")
         if buffer_size < 0:
             raise ConfigError(f"ShardDataset: buffer_size must be >= 0, got {buffer_size}")
-        if len(self.index.shards) < world_size:
-            raise ConfigError(
-                f"{self.index.path}: {len(self.index.shards)} shards for {world_size} ranks; every "
-                "rank needs at least one (pack with a smaller --shard-size)"
-            )
+        self.set_rank(rank, world_size)
         self.index.check_files()
         self.make_item = make_item
-        self.rank = rank
-        self.world_size = world_size
         self.shuffle = shuffle
         self.buffer_size = buffer_size if shuffle else 0
         self.seed = seed
@@ -262,6 +254,23 @@ class ShardDataset(IterableDataset):
         self._counts = np.array([s.samples for s in self.index.shards], dtype=np.int64)
 
     # -- the plan of an epoch -----------------------------------------------------------------
+    def set_rank(self, rank: int, world_size: int) -> None:
+        """Place the dataset among ``world_size`` data-parallel ranks (the trainer's epoch
+        iterator does this: a task builds its dataset before it knows the rank).
+
+        Raises:
+            ConfigError: ``rank`` outside ``0 .. world_size - 1``, or fewer shards than ranks.
+        """
+        if not 0 <= rank < world_size:
+            raise ConfigError(f"ShardDataset: rank {rank} outside world size {world_size}")
+        if len(self.index.shards) < world_size:
+            raise ConfigError(
+                f"{self.index.path}: {len(self.index.shards)} shards for {world_size} ranks; every "
+                "rank needs at least one (pack with a smaller --shard-size)"
+            )
+        self.rank = int(rank)
+        self.world_size = int(world_size)
+
     def set_epoch(self, epoch: int, start: int = 0) -> None:
         """Select the epoch, and the number of items this rank has already consumed in it.
 
@@ -493,12 +502,16 @@ def make_shard_loader(
     prefetch_factor: int = 2,
     pin_memory: bool = False,
     worker_init_fn: Callable[[int], None] | None = None,
+    generator: torch.Generator | None = None,
 ) -> DataLoader:
     """A DataLoader that returns the dataset's items one at a time, in the order the resume
     position assumes (``batch_size=None``, no persistent workers). Collate with :func:`batched`.
 
     Args:
         worker_init_fn: run in each worker at start (e.g. to ignore SIGUSR1/SIGTERM).
+        generator: draws the workers' base seed when an iterator is made (``None``: the global
+            RNG; a training loop passes a private one, so that making the loader draws nothing
+            from the RNG that dropout uses and a resumed run stays exact).
     """
     return DataLoader(
         dataset,
@@ -508,6 +521,7 @@ def make_shard_loader(
         pin_memory=pin_memory,
         persistent_workers=False,
         worker_init_fn=worker_init_fn if num_workers > 0 else None,
+        generator=generator,
     )
 
 

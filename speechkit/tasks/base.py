@@ -121,6 +121,16 @@ class Task:
         drawn. Tasks whose datasets draw per-epoch randomness (crops, augmentation) pass the
         epoch on; the default does nothing."""
 
+    def check_resume(self, state: dict, env: Any, batching: Batching) -> None:
+        """Called with a checkpoint's ``state`` before a mid-epoch resume (unless
+        ``checkpoint.reset_dataloader``). Tasks that stream their data (``task.shards``) refuse
+        a resume whose world size, workers or buffer differ from the checkpoint's, since the
+        position would then name other items; the default accepts every resume.
+
+        Raises:
+            ConfigError: the resume position cannot be honoured with these settings.
+        """
+
     def batches(
         self,
         split: str,

@@ -16,6 +16,13 @@ samples per batch and rank, ``required_batch_size_multiple``); the crop starts a
 (``common.seed``, epoch, item ids). Masks: ``train_step`` / ``valid_step`` put a ``mask_seed``
 derived from (``common.seed``, update number, item ids) into the sample, and the criterion seeds
 the model's mask generator with it, so a resumed run draws the same masks as an uninterrupted one.
+
+``task.shards=DIR`` streams the training split from tar shards packed from the train manifest
+and its label files (``speechkit-pack-shards --manifest``; wespeaker's shard pipeline) instead of
+``{data}/train.tsv``: ``dataset.batch_size`` utterances per batch and rank (a stream cannot be
+sorted by length, so ``max_tokens`` is refused), collated as above (``HubertCollater``);
+``min_sample_size`` / ``max_keep_size`` apply at packing (``--min-samples``, ``--max-samples``).
+``task.data`` / ``label_dir`` still hold the dictionaries (and the ``valid`` split).
 """
 
 from __future__ import annotations
@@ -30,8 +37,11 @@ import torch
 from omegaconf import DictConfig, OmegaConf, open_dict
 from torch import nn
 
-from speechkit.data.hubert_dataset import HubertDataset
+from speechkit.data.epoch_iterator import Batching, StreamBatches, check_stream_resume
+from speechkit.data.hubert_dataset import HubertCollater, HubertDataset
 from speechkit.data.labels import LabelDictionary
+from speechkit.data.shard_dataset import HubertItems, ShardDataset
+from speechkit.data.shards import ShardIndex
 from speechkit.dataclass import SpeechkitDataclass
 from speechkit.errors import ConfigError, DataError
 from speechkit.registry import MODEL_REGISTRY, ChoiceEnum, register_task
@@ -99,6 +109,11 @@ class HubertPretrainingConfig(SpeechkitDataclass):
     default_max_tokens: int = 1400000
     """Samples per batch and rank when ``dataset.max_tokens`` and ``batch_size`` are null
     (fairseq Base: 1,400,000 = 87.5 s)."""
+    shards: str | None = None
+    """Folder of tar shards packed from the train manifest and label files, streamed instead
+    of ``{data}/train.tsv`` (task ``hubert`` only; needs ``dataset.batch_size``)."""
+    shard_buffer: int = 1000
+    """Shuffling-buffer size in utterances, per DataLoader worker (``shards`` only)."""
 
 
 @register_task(
@@ -108,8 +123,10 @@ class HubertPretrainingTask(Task):
     """HuBERT pretraining: manifests + frame labels -> masked prediction.
 
     Raises (at construction):
-        ConfigError: ``task.data`` not set, no label stream, or a bad ``label_rate``.
-        DataError: missing ``train.tsv``, label file or dictionary (the path is named).
+        ConfigError: ``task.data`` not set, no label stream, a bad ``label_rate``, or
+            ``shards`` whose label streams are not ``task.labels``.
+        DataError: missing ``train.tsv``, label file or dictionary (the path is named), or a
+            bad shard index.
     """
 
     required = ("data",)
@@ -126,6 +143,13 @@ class HubertPretrainingTask(Task):
             raise ConfigError("task.label_rate must be > 0 (or < 0 for sequence labels)")
         self.data_dir = Path(cfg.data)
         self.label_dir = Path(cfg.label_dir) if cfg.label_dir else self.data_dir
+        self.shard_index = self._load_shard_index() if cfg.shards else None
+        self.collater: HubertCollater | None = None
+        if self.shard_index is not None:
+            self.dictionaries = [
+                LabelDictionary.load(self.label_dir / f"dict.{label}.txt") for label in cfg.labels
+            ]
+            return
         if not self.manifest_path("train").is_file():
             raise DataError(f"{self.manifest_path('train')}: training manifest not found")
         self.dictionaries = [
@@ -135,6 +159,52 @@ class HubertPretrainingTask(Task):
             path = self.label_dir / f"train.{label}"
             if not path.is_file():
                 raise DataError(f"{path}: label file not found (one line per train.tsv entry)")
+
+    def _load_shard_index(self) -> ShardIndex:
+        """The checked index of ``task.shards`` (a manifest pack with ``task.labels``)."""
+        cfg = self.cfg
+        if type(self) is not HubertPretrainingTask:
+            name = getattr(type(self), "__speechkit_name__", type(self).__name__)
+            raise ConfigError(f"task.shards is supported by task hubert, not {name}")
+        if cfg.shard_buffer < 0:
+            raise ConfigError(f"task.shard_buffer must be >= 0, got {cfg.shard_buffer}")
+        index = ShardIndex.load(cfg.shards)
+        if index.kind != "manifest":
+            raise DataError(
+                f"{index.path}: packed from a {index.kind} list; task hubert needs shards "
+                "packed from a manifest and its label files (--manifest --labels)"
+            )
+        if list(index.label_streams) != list(cfg.labels):
+            raise ConfigError(
+                f"{index.path}: label streams {index.label_streams}, but task.labels="
+                f"{list(cfg.labels)}; set task.labels to the packed streams, in their order"
+            )
+        if index.sample_rate != cfg.sample_rate and not cfg.resample:
+            raise ConfigError(
+                f"{index.path}: packed at {index.sample_rate} Hz, task.sample_rate="
+                f"{cfg.sample_rate}; set task.sample_rate or task.resample=true"
+            )
+        index.check_files()
+        return index
+
+    def check_resume(self, state: dict, env: Any, batching: Batching) -> None:
+        """Called by the trainer with the checkpoint it resumes from: with ``shards``, refuse a
+        mid-epoch resume under another world size, worker count, buffer or batch size
+        (:func:`speechkit.data.epoch_iterator.check_stream_resume`).
+
+        Raises:
+            ConfigError: naming the values that differ.
+        """
+        if self.cfg.shards:
+            check_stream_resume(
+                state,
+                {
+                    "world_size": env.world_size,
+                    "dataset.num_workers": batching.num_workers,
+                    "dataset.batch_size": batching.batch_size,
+                    "task.shard_buffer": self.cfg.shard_buffer,
+                },
+            )
 
     # -- building -------------------------------------------------------------------------------
     @property
@@ -183,6 +253,8 @@ class HubertPretrainingTask(Task):
         return [self.label_dir / f"{split}.{label}" for label in self.cfg.labels]
 
     def has_split(self, split: str) -> bool:
+        if split == "train" and self.shard_index is not None:
+            return True
         return self.manifest_path(split).is_file() and all(
             p.is_file() for p in self.label_paths(split)
         )
@@ -211,7 +283,27 @@ class HubertPretrainingTask(Task):
             if not path.is_file():
                 raise DataError(f"{path}: not found (split {split!r})")
 
-    def load_dataset(self, split: str) -> HubertDataset:
+    def load_dataset(self, split: str) -> HubertDataset | ShardDataset:
+        cfg = self.cfg
+        if split == "train" and self.shard_index is not None:  # placed by the epoch iterator
+            n = len(cfg.labels)
+            self.collater = HubertCollater(
+                [cfg.label_rate] * n,
+                cfg.sample_rate,
+                cfg.max_sample_size,
+                cfg.random_crop,
+                cfg.pad_audio,
+                self.seed,
+            )
+            items = HubertItems(self.dictionaries, cfg.normalize)
+            return ShardDataset(
+                self.shard_index,
+                items,
+                buffer_size=cfg.shard_buffer,
+                seed=self.seed,
+                sample_rate=cfg.sample_rate,
+                resample=cfg.resample,
+            )
         self.check_split(split)
         return HubertDataset(
             self.manifest_path(split),
@@ -223,6 +315,8 @@ class HubertPretrainingTask(Task):
 
     def set_epoch(self, split: str, epoch: int) -> None:
         self.dataset(split).set_epoch(epoch)
+        if split == "train" and self.collater is not None:
+            self.collater.set_epoch(epoch)
 
     def batches(
         self,
@@ -230,8 +324,22 @@ class HubertPretrainingTask(Task):
         epoch: int,
         batch_size: int | None = None,
         max_tokens: int | None = None,
-    ) -> list[list[Any]]:
-        """fairseq batches of ``split`` (shuffled for ``train``)."""
+    ) -> list[list[Any]] | StreamBatches:
+        """fairseq batches of ``split`` (shuffled for ``train``); with ``shards`` the train
+        split is a :class:`StreamBatches` of ``batch_size`` utterances.
+
+        Raises:
+            ConfigError: ``shards`` with ``max_tokens`` set or no ``batch_size``.
+        """
+        if split == "train" and self.shard_index is not None:
+            if max_tokens is not None or not batch_size:
+                raise ConfigError(
+                    f"task.shards streams utterances unsorted, so batches have a fixed size: set "
+                    f"dataset.batch_size (got {batch_size}) and dataset.max_tokens=null (got "
+                    f"{max_tokens})"
+                )
+            self.dataset(split)  # builds the collater
+            return StreamBatches(batch_size, self.collater.collater)
         if max_tokens is None and batch_size is None:
             max_tokens = self.cfg.default_max_tokens
         return self.dataset(split).batches(

@@ -9,10 +9,17 @@ when most speakers have fewer than ``n_per_speaker`` utterances (never sampled, 
 reference; ``repeat_short_speakers`` fills their groups with crops of what they have).
 Validation embeds every file of ``test_list`` once (sharded over ranks) and reports EER (%) and
 minDCF at p_target 0.05 and 0.01.
+
+``task.shards=DIR`` trains from tar shards packed from a train list (``speechkit-pack-shards``;
+wespeaker's shard pipeline) instead of ``task.train_list``: the utterances are streamed through
+a shuffling buffer (``speechkit.data.shard_dataset``), one crop per item (``n_per_speaker`` must
+be 1: a stream cannot form speaker-balanced groups), labels from the index's sorted speakers (the
+labels the list would give), ``dataset.batch_size`` utterances per batch and rank.
 """
 
 from __future__ import annotations
 
+import functools
 import logging
 from dataclasses import dataclass, field
 from typing import Any
@@ -23,9 +30,11 @@ from torch import nn
 
 from speechkit import distributed as dist_utils
 from speechkit.data.augment import AugmentConfig, build_augmenter
-from speechkit.data.epoch_iterator import Batching
+from speechkit.data.epoch_iterator import Batching, StreamBatches, check_stream_resume
 from speechkit.data.lists import read_train_list, speaker_to_label
 from speechkit.data.samplers import speaker_balanced_batches, speaker_coverage
+from speechkit.data.shard_dataset import ShardDataset, SpeakerItems
+from speechkit.data.shards import ShardIndex
 from speechkit.data.speaker_dataset import SpeakerTrainDataset
 from speechkit.dataclass import SpeechkitDataclass
 from speechkit.errors import ConfigError, DataError
@@ -50,8 +59,13 @@ class SpeakerScoring(ChoiceEnum):
 class SpeakerVerificationConfig(SpeechkitDataclass):
     root: str = "."
     """Folder the train-list paths are relative to (the reference's ``--train_path``)."""
-    train_list: str = "???"
-    """``speaker_id relative/path.wav`` per line."""
+    train_list: str | None = None
+    """``speaker_id relative/path.wav`` per line (this or ``shards``)."""
+    shards: str | None = None
+    """Folder of tar shards packed from a train list (``speechkit-pack-shards --train-list``),
+    read instead of ``train_list`` (set that to null)."""
+    shard_buffer: int = 1000
+    """Shuffling-buffer size in utterances, per DataLoader worker (``shards`` only)."""
     test_list: str | None = None
     """Trial list ``label path1 path2`` for validation (EER, minDCF); null: no validation."""
     test_root: str | None = None
@@ -100,13 +114,14 @@ class SpeakerVerificationTask(Task):
     Raises (at construction, before any model is built):
         DataError: missing or malformed lists, or listed audio files that do not exist (all
             are checked; the count and the first paths are reported).
-        ConfigError: an unknown scoring, or ``n_per_speaker < 1``.
+        ConfigError: an unknown scoring, ``n_per_speaker < 1``, neither or both of
+            ``train_list`` and ``shards``, or ``shards`` with ``n_per_speaker > 1``.
     """
 
-    required = ("train_list",)
     needs = (
         "task.train_list=FILE with 'speaker_id relative/path.wav' lines (paths relative to "
-        "task.root) and optionally task.test_list=FILE with 'label path1 path2' trials"
+        "task.root) or task.shards=DIR packed from one, and optionally task.test_list=FILE with "
+        "'label path1 path2' trials"
     )
 
     def __init__(self, cfg: SpeakerVerificationConfig, seed: int = 1):
@@ -114,17 +129,29 @@ class SpeakerVerificationTask(Task):
         SpeakerScoring.check(cfg.scoring, "task.scoring")  # for configs built in Python
         if cfg.n_per_speaker < 1:
             raise ConfigError(f"task.n_per_speaker must be >= 1, got {cfg.n_per_speaker}")
-        if cfg.train_list in ("???", "", None):
-            raise ConfigError("task.train_list is required (a 'speaker_id path' list)")
-        self.train_items = read_train_list(cfg.train_list, cfg.root, check_exists=cfg.check_files)
-        self.label_of_speaker = speaker_to_label(s for s, _ in self.train_items)
-        self.coverage = speaker_coverage(
-            [self.label_of_speaker[s] for s, _ in self.train_items],
-            cfg.n_per_speaker,
-            cfg.max_seg_per_spk,
-            repeat_short=cfg.repeat_short_speakers,
-        )
-        self._log_coverage()
+        has_list = cfg.train_list not in ("???", "", None)
+        if cfg.shards:
+            if has_list:
+                raise ConfigError(
+                    f"task.train_list={cfg.train_list} and task.shards={cfg.shards} are both "
+                    "set; train from one (e.g. add task.train_list=null)"
+                )
+            self._init_shards()
+        elif not has_list:
+            raise self.missing_config_error(["train_list"])
+        else:
+            self.shard_index = None
+            self.train_items = read_train_list(
+                cfg.train_list, cfg.root, check_exists=cfg.check_files
+            )
+            self.label_of_speaker = speaker_to_label(s for s, _ in self.train_items)
+            self.coverage = speaker_coverage(
+                [self.label_of_speaker[s] for s, _ in self.train_items],
+                cfg.n_per_speaker,
+                cfg.max_seg_per_spk,
+                repeat_short=cfg.repeat_short_speakers,
+            )
+            self._log_coverage()
         self.trials: TrialList | None = None
         if cfg.test_list:
             test_root = cfg.test_root if cfg.test_root is not None else cfg.root
@@ -139,6 +166,55 @@ class SpeakerVerificationTask(Task):
                         f"{cfg.test_list}: {len(missing)} of {len(files)} trial files not found "
                         f"under {test_root} (first: {', '.join(missing[:3])})"
                     )
+
+    def _init_shards(self) -> None:
+        """Read and check the shard index; labels from its sorted speakers (``speaker_to_label``
+        of the packed list)."""
+        cfg = self.cfg
+        if cfg.n_per_speaker > 1:
+            raise ConfigError(
+                f"task.shards streams single utterances, but task.n_per_speaker="
+                f"{cfg.n_per_speaker}: speaker-balanced groups (which metric losses such as "
+                "angleproto need) cannot be drawn from a stream; use task.train_list, or "
+                "task.n_per_speaker=1 with a classification loss (criterion=aamsoftmax or softmax)"
+            )
+        if cfg.shard_buffer < 0:
+            raise ConfigError(f"task.shard_buffer must be >= 0, got {cfg.shard_buffer}")
+        self.shard_index = ShardIndex.load(cfg.shards)
+        if self.shard_index.kind != "speaker":
+            raise DataError(
+                f"{self.shard_index.path}: packed from a {self.shard_index.kind}; "
+                "speaker_verification needs shards packed from a train list (--train-list)"
+            )
+        self.shard_index.check_files()
+        self.train_items, self.coverage = [], None  # no list: the sampler's coverage is moot
+        self.label_of_speaker = speaker_to_label(self.shard_index.speakers)
+        logger.info(
+            "%s: %d utterances of %d speakers in %d shards",
+            self.shard_index.path,
+            self.shard_index.num_samples,
+            len(self.label_of_speaker),
+            len(self.shard_index.shards),
+        )
+
+    def check_resume(self, state: dict, env: Any, batching: Batching) -> None:
+        """Called by the trainer with the checkpoint it resumes from: with ``shards``, refuse a
+        mid-epoch resume under another world size, worker count, buffer or batch size (the
+        stream's order depends on them; :func:`check_stream_resume`).
+
+        Raises:
+            ConfigError: naming the values that differ.
+        """
+        if self.cfg.shards:
+            check_stream_resume(
+                state,
+                {
+                    "world_size": env.world_size,
+                    "dataset.num_workers": batching.num_workers,
+                    "dataset.batch_size": batching.batch_size,
+                    "task.shard_buffer": self.cfg.shard_buffer,
+                },
+            )
 
     def _log_coverage(self) -> None:
         """Log how much of the train list the sampler uses; WARN when most speakers are unused."""
@@ -177,13 +253,18 @@ class SpeakerVerificationTask(Task):
     def has_split(self, split: str) -> bool:
         return split == "train"
 
-    def load_dataset(self, split: str) -> SpeakerTrainDataset:
+    def load_dataset(self, split: str) -> SpeakerTrainDataset | ShardDataset:
         if split != "train":
             raise ValueError(
                 f"speaker_verification has no '{split}' dataset (validation uses the trial list)"
             )
         cfg = self.cfg
         augment = build_augmenter(cfg.augmentation, cfg.root) if cfg.augment else None
+        if self.shard_index is not None:  # placed on its rank by the epoch iterator
+            items = SpeakerItems(self.label_of_speaker, cfg.max_frames, augment)
+            return ShardDataset(
+                self.shard_index, items, buffer_size=cfg.shard_buffer, seed=self.seed
+            )
         return SpeakerTrainDataset(
             self.train_items,
             self.label_of_speaker,
@@ -203,8 +284,16 @@ class SpeakerVerificationTask(Task):
         epoch: int,
         batch_size: int | None = None,
         max_tokens: int | None = None,
-    ) -> list[list[Any]]:
+    ) -> list[list[Any]] | StreamBatches:
+        """The epoch's speaker-balanced batches; with ``shards`` a :class:`StreamBatches` of
+        ``batch_size`` utterances collated like the list dataset's groups of one."""
         dataset = self.dataset(split)
+        if self.shard_index is not None:
+            # SpeakerTrainDataset.collater uses nothing of its instance
+            return StreamBatches(
+                batch_size or self.cfg.default_batch_size,
+                functools.partial(SpeakerTrainDataset.collater, None),
+            )
         batches = speaker_balanced_batches(
             dataset.labels,
             n_per_speaker=self.cfg.n_per_speaker,
