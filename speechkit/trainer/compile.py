@@ -13,6 +13,9 @@ Shapes: with ``dynamic=None`` (torch's default) the first call specialises on th
 and a later call with a new shape recompiles once with the changing dimensions marked dynamic.
 Length-bucketed batches (HuBERT / ContentVec: ``batch_by_size`` with ``dataset.max_tokens``)
 keep the set of shapes small; tasks with fixed crops (speaker verification) have one shape.
+Integer attributes of modules (``num_updates``, read by schedules in a forward pass) are
+symbolic, not constants, so a per-update counter does not recompile the graph; this sets
+``torch._dynamo.config.allow_unspec_int_on_nn_module`` for the whole process.
 """
 
 from __future__ import annotations
@@ -59,4 +62,8 @@ def maybe_compile(module: nn.Module, common: object, device: torch.device) -> nn
                 "common.compile=true on the CPU needs a C++ compiler for Inductor's kernels; "
                 f"none of {candidates} is on PATH (install g++ or set common.compile=false)"
             )
+    # an int attribute that changes every update (``set_num_updates``: ContentVec's loss weight,
+    # AAM margin ramps) would otherwise be a constant of the graph: one recompilation per update
+    # until torch's recompile limit, then eager. As a symbolic input it costs one recompilation.
+    torch._dynamo.config.allow_unspec_int_on_nn_module = True
     return torch.compile(module, mode=mode, dynamic=None)

@@ -113,9 +113,7 @@ class Trainer:
         self._model_set_num_updates = getattr(self.model, "set_num_updates", None)
         self.guard = NonFiniteGuard(self.module, c.common.max_nonfinite_steps)
 
-        self.epoch = 1
-        self.num_updates = 0
-        self.iterations_in_epoch = 0
+        self.epoch, self.num_updates, self.iterations_in_epoch = 1, 0, 0
         self.best_metric: float | None = None
         self._stop_signal: int | None = None  # a signal seen by this rank or, via the flag, another
         self._stop_agreed = False  # set by _train_update from the all-reduced flag
@@ -164,6 +162,7 @@ class Trainer:
         self.num_updates = ts["num_updates"]
         if not ccfg.reset_dataloader:
             self.epoch, self.iterations_in_epoch = ts["epoch"], ts["iterations_in_epoch"]
+            self.task.check_resume(state, self.env, self.batching)
         if not ccfg.reset_meters:
             self.best_metric, self.guard.streak = ts["best_metric"], ts["nonfinite_streak"]
         if ccfg.reset_lr_scheduler:
