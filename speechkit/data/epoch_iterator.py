@@ -134,6 +134,16 @@ class StreamBatches:
     collater: Callable[[list[Any]], Any]
 
 
+def stream_layout(world_size: int, batching: Batching, shard_buffer: int) -> dict[str, Any]:
+    """What a streamed epoch's order depends on, by dotted name (for :func:`check_stream_resume`)."""
+    return {
+        "world_size": world_size,
+        "dataset.num_workers": batching.num_workers,
+        "dataset.batch_size": batching.batch_size,
+        "task.shard_buffer": shard_buffer,
+    }
+
+
 def check_stream_resume(state: dict, current: dict[str, Any]) -> None:
     """Refuse to resume a streaming epoch in the middle with another data layout.
 

@@ -37,7 +37,12 @@ import torch
 from omegaconf import DictConfig, OmegaConf, open_dict
 from torch import nn
 
-from speechkit.data.epoch_iterator import Batching, StreamBatches, check_stream_resume
+from speechkit.data.epoch_iterator import (
+    Batching,
+    StreamBatches,
+    check_stream_resume,
+    stream_layout,
+)
 from speechkit.data.hubert_dataset import HubertCollater, HubertDataset
 from speechkit.data.labels import LabelDictionary
 from speechkit.data.shard_dataset import HubertItems, ShardDataset
@@ -196,15 +201,8 @@ class HubertPretrainingTask(Task):
             ConfigError: naming the values that differ.
         """
         if self.cfg.shards:
-            check_stream_resume(
-                state,
-                {
-                    "world_size": env.world_size,
-                    "dataset.num_workers": batching.num_workers,
-                    "dataset.batch_size": batching.batch_size,
-                    "task.shard_buffer": self.cfg.shard_buffer,
-                },
-            )
+            layout = stream_layout(env.world_size, batching, self.cfg.shard_buffer)
+            check_stream_resume(state, layout)
 
     # -- building -------------------------------------------------------------------------------
     @property

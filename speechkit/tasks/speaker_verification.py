@@ -30,7 +30,12 @@ from torch import nn
 
 from speechkit import distributed as dist_utils
 from speechkit.data.augment import AugmentConfig, build_augmenter
-from speechkit.data.epoch_iterator import Batching, StreamBatches, check_stream_resume
+from speechkit.data.epoch_iterator import (
+    Batching,
+    StreamBatches,
+    check_stream_resume,
+    stream_layout,
+)
 from speechkit.data.lists import read_train_list, speaker_to_label
 from speechkit.data.samplers import speaker_balanced_batches, speaker_coverage
 from speechkit.data.shard_dataset import ShardDataset, SpeakerItems
@@ -206,15 +211,8 @@ class SpeakerVerificationTask(Task):
             ConfigError: naming the values that differ.
         """
         if self.cfg.shards:
-            check_stream_resume(
-                state,
-                {
-                    "world_size": env.world_size,
-                    "dataset.num_workers": batching.num_workers,
-                    "dataset.batch_size": batching.batch_size,
-                    "task.shard_buffer": self.cfg.shard_buffer,
-                },
-            )
+            layout = stream_layout(env.world_size, batching, self.cfg.shard_buffer)
+            check_stream_resume(state, layout)
 
     def _log_coverage(self) -> None:
         """Log how much of the train list the sampler uses; WARN when most speakers are unused."""
