@@ -14,6 +14,25 @@ from typing import Any
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING
 
+from speechkit.registry import ChoiceEnum
+
+
+def _choices(name: str, values: tuple[str, ...], doc: str) -> type[ChoiceEnum]:
+    """A choice field's enum (functional form: ``none`` and dashed values are valid names)."""
+    enum_type = ChoiceEnum(name, [(v, v) for v in values])
+    enum_type.__doc__ = doc
+    return enum_type
+
+
+Precision = _choices("Precision", ("fp32", "bf16", "fp16"), "``common.precision``.")
+LogFormat = _choices("LogFormat", ("tqdm", "simple", "none"), "``common.log_format``.")
+CompileMode = _choices(
+    "CompileMode",
+    ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"),
+    "``common.compile_mode`` (``torch.compile``'s ``mode``).",
+)
+Backend = _choices("Backend", ("auto", "nccl", "gloo"), "``distributed.backend``.")
+
 
 @dataclass
 class CommonConfig:
@@ -21,12 +40,12 @@ class CommonConfig:
     """Seed of every random number generator (python, numpy, torch); data order uses seed+epoch."""
     cpu: bool = False
     """Train on the CPU even when a GPU is available."""
-    precision: str = "fp32"
+    precision: Precision = "fp32"
     """``fp32``, ``bf16`` (autocast) or ``fp16`` (autocast + GradScaler)."""
     fp16_init_scale: float = 2.0**15
     log_interval: int = 10
     """Log (console, TensorBoard) every N updates."""
-    log_format: str = "tqdm"
+    log_format: LogFormat = "tqdm"
     """``tqdm`` (progress bar on rank 0), ``simple`` (one line per log interval) or ``none``."""
     tensorboard_logdir: str | None = ""
     """TensorBoard event folder; empty: ``<save_dir>/tensorboard``; null: no TensorBoard."""
@@ -43,7 +62,7 @@ class CommonConfig:
     """Run the training forward/backward through ``torch.compile`` (``speechkit.trainer.compile``:
     the DDP-wrapped model + criterion; checkpoints hold the plain modules' weights, validation
     is eager). The first updates pay the compile time; the CPU needs a C++ compiler."""
-    compile_mode: str = "default"
+    compile_mode: CompileMode = "default"
     """``torch.compile`` mode: ``default``, ``reduce-overhead`` (CUDA graphs), ``max-autotune``
     or ``max-autotune-no-cudagraphs``."""
 
@@ -110,7 +129,7 @@ class DistributedConfig:
     world_size: int | None = None
     """Expected number of processes; null: whatever the launcher (torchrun / srun) started.
     A mismatch with the launcher is an error."""
-    backend: str = "auto"
+    backend: Backend = "auto"
     """``auto`` (nccl on GPU, gloo on CPU), ``nccl`` or ``gloo``."""
     find_unused_parameters: bool = False
     gradient_as_bucket_view: bool = True

@@ -132,7 +132,7 @@ def _start(cfg: DictConfig, env: DistributedEnv):
     device = init_distributed(
         env,
         expected_world_size=cfg.distributed.world_size,
-        backend=cfg.distributed.backend,
+        backend=str(cfg.distributed.backend),
         use_cuda=not cfg.common.cpu,
         timeout_minutes=cfg.distributed.timeout_minutes,
     )

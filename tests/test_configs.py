@@ -234,6 +234,21 @@ def test_task_choice_fields_fail_at_composition(overrides, allowed):
     assert f"expected one of {allowed}" in msg and overrides[1].split("=")[0] in msg
 
 
+@pytest.mark.parametrize(
+    ("override", "allowed"),
+    [
+        ("common.precision=fp8", "[fp32, bf16, fp16]"),
+        ("common.log_format=json", "[tqdm, simple, none]"),
+        ("distributed.backend=mpi", "[auto, nccl, gloo]"),
+    ],
+)
+def test_top_level_choice_fields_fail_at_composition(override, allowed):
+    with pytest.raises(ConfigCompositionException) as e:
+        compose_cfg(["task=speaker_verification", override])
+    msg = str(e.value) + str(e.value.__cause__)
+    assert f"expected one of {allowed}" in msg and override.split("=")[0] in msg
+
+
 def test_task_choice_fields_reach_the_task_as_strings():
     from speechkit.registry import TASK_REGISTRY
 

@@ -52,7 +52,7 @@ def maybe_compile(module: nn.Module, common: object, device: torch.device) -> nn
     """
     if not common.compile:
         return module
-    mode = common.compile_mode
+    mode = str(common.compile_mode)
     if mode not in COMPILE_MODES:
         raise ConfigError(f"common.compile_mode must be one of {COMPILE_MODES}, got {mode!r}")
     if device.type == "cpu":
