@@ -1,6 +1,7 @@
 """VoiceVector reference checkpoints (``ae.ckpt`` Lightning file, raw ``.pth``, composite
-``avem``-style file) -> speechkit ``voicevector_ae``: same outputs, strict key checks, and the
-converted file runs through ``speechkit-separate`` on a real mixture."""
+``avem``-style file, the ``voicevectorav`` net) -> speechkit ``voicevector_ae`` /
+``voicevector_av``: same outputs, strict key checks, and the converted file runs through
+``speechkit-separate`` on a real mixture."""
 
 from __future__ import annotations
 
@@ -31,8 +32,9 @@ SPEECH = "speech/librispeech_test_other"
 
 
 def reference_layout(model: torch.nn.Module) -> dict[str, torch.Tensor]:
-    """speechkit weights under the reference ``VoiceFormerAE`` names (written independently of
-    the converter: decoder levels in the reference's front-inserted order, PE table included)."""
+    """speechkit weights under the reference ``VoiceFormerAE`` / ``VoiceFormerAV`` names (written
+    independently of the converter: decoder levels in the reference's front-inserted order, PE
+    tables included)."""
     depth = model.cfg.depth
     out = {}
     for key, value in model.state_dict().items():
@@ -42,6 +44,7 @@ def reference_layout(model: torch.nn.Module) -> dict[str, torch.Tensor]:
         key = key.replace("input_conv.", "norm_layers.0.0.").replace(
             "input_norm.", "norm_layers.0.1."
         )
+        key = key.replace("bottleneck_norm.", "norm_layers.0.0.")  # AV: bottleneck GroupNorm
         key = key.replace("enrol_adapter.conv1.", "adaptive_layer.0.0.")
         key = key.replace("enrol_adapter.norm.", "adaptive_layer.0.1.")
         key = key.replace("enrol_adapter.conv2.", "adaptive_layer.0.2.")
@@ -54,7 +57,9 @@ def reference_layout(model: torch.nn.Module) -> dict[str, torch.Tensor]:
     pe = model.pos_enc.pe[:, None, :].clone()  # (max_len, 1, d_model), persistent upstream
     if isinstance(model, VoiceVectorAV):
         out["transformer.pos_encoder_aud.pe"] = pe
-        out["transformer.pos_encoder_vid.pe"] = pe.repeat_interleave(2, 0)[: len(pe)]
+        # PositionalEncoding2(resample=2): the table upsampled x2 along time, 2 max_len rows
+        up = torch.nn.functional.interpolate(pe.permute(2, 1, 0), scale_factor=2, mode="nearest")
+        out["transformer.pos_encoder_vid.pe"] = up.permute(2, 1, 0).contiguous()
     else:
         out["transformer.pos_encoder.pe"] = pe
     return out
@@ -184,17 +189,49 @@ def test_bad_keys_and_shapes_are_named(source, tmp_path, capsys):
     assert "not a torch checkpoint" in capsys.readouterr().err
 
 
-def test_reference_av_net_is_refused_with_the_reason(tmp_path, capsys):
+TINY_AV = dict({k: v for k, v in TINY.items() if k != "emb_dim"}, lip_dim=6)
+
+
+def av_outputs(model: torch.nn.Module) -> torch.Tensor:
+    g = torch.Generator().manual_seed(2)
+    mix = torch.randn(2, 3000, generator=g)
+    with torch.no_grad():
+        return model(mix, torch.randn(2, 5, 6, generator=g))
+
+
+def test_reference_av_net_converts_to_identical_outputs(tmp_path, capsys):
     torch.manual_seed(0)
-    av = VoiceVectorAV(VoiceVectorAVConfig(**{k: v for k, v in TINY.items() if k != "emb_dim"}))
+    av = VoiceVectorAV(VoiceVectorAVConfig(**TINY_AV)).eval()
+    with torch.no_grad():  # non-trivial bottleneck GroupNorm affine, so a wrong map shows
+        av.bottleneck_norm.weight.uniform_(0.5, 1.5)
+        av.bottleneck_norm.bias.uniform_(-0.5, 0.5)
     ref = reference_layout(av)
-    ref["norm_layers.0.0.weight"] = torch.ones(av.d_model)  # bottleneck GroupNorm upstream
-    ref["norm_layers.0.0.bias"] = torch.zeros(av.d_model)
+    assert tuple(ref["norm_layers.0.0.weight"].shape) == (av.d_model,)
+    assert tuple(ref["adaptive_layer.0.0.weight"].shape) == (av.d_model, 6, 1)
+    assert len(ref["transformer.pos_encoder_vid.pe"]) == 2 * TINY["max_len"]
+    assert not any(k.startswith(("positive_negative", "norm_layers.0.1")) for k in ref)
     torch.save({"state_dict": {"net." + k: v for k, v in ref.items()}}, tmp_path / "av.ckpt")
-    argv = ["--input", str(tmp_path / "av.ckpt"), "--output", str(tmp_path / "av.pt")]
+    out = tmp_path / "av.pt"
+    argv = ["--input", str(tmp_path / "av.ckpt"), "--output", str(out), "--heads", "2"]
+    assert convert_voicevector.main(argv) == 0
+    printed = capsys.readouterr().out
+    assert "VoiceVector av separation net -> voicevector_av" in printed
+    assert "to voicevector_av: hidden=4 depth=3" in printed
+    state = torch.load(out, weights_only=True)
+    cfg = dict(state["cfg"]["model"])
+    assert cfg.pop("_name") == "voicevector_av" and cfg["lip_dim"] == 6
+    converted = VoiceVectorAV(VoiceVectorAVConfig(**cfg)).eval()
+    converted.load_state_dict(state["model"])
+    assert torch.equal(av_outputs(converted), av_outputs(av))
+    # a video table that is not the x2 nearest-upsampled sinusoid (frame j at pe[2j]) is refused
+    bad = dict(
+        ref, **{"transformer.pos_encoder_vid.pe": ref["transformer.pos_encoder_aud.pe"][::2]}
+    )
+    torch.save(bad, tmp_path / "bad.pth")
+    argv = ["--input", str(tmp_path / "bad.pth"), "--output", str(tmp_path / "bad.pt")]
     assert convert_voicevector.main(argv) == 2
     err = capsys.readouterr().err
-    assert "VoiceVector AV net" in err and "norm_layers.0.0.bias, norm_layers.0.0.weight" in err
+    assert "transformer.pos_encoder_vid.pe is not the standard sinusoidal table upsampled x2" in err
 
 
 def test_converted_checkpoint_runs_through_speechkit_separate(source, shared_data, tmp_path):

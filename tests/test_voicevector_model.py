@@ -305,7 +305,8 @@ def test_av_size_registry_and_layout() -> None:
     assert not any(k.startswith(("enrol", "input_conv", "input_norm")) for k in keys)
     assert {"video_adapter.conv.weight", "video_adapter.norm.weight"} <= keys
     assert full.transformer.layers[0].norm_first and full.num_frames(16000) == 25
-    assert full.tokens_per_frame == 2  # 50 audio tokens/s, 25 lip frames/s
+    assert "bottleneck_norm.weight" in keys and full.bottleneck_norm.num_groups == 1
+    assert full.max_seconds() == pytest.approx(30.0)  # 1500 audio tokens; video allows 120 s
 
 
 def test_av_output_shape_and_lip_conditioning(av_model: VoiceVectorAV) -> None:
@@ -336,3 +337,54 @@ def test_av_gradients_reach_every_parameter() -> None:
     (y * torch.randn_like(y)).sum().backward()
     missing = [n for n, p in m.named_parameters() if p.grad is None or p.grad.abs().sum() == 0]
     assert not missing, missing
+
+
+def test_av_positions_and_bottleneck_norm_follow_upstream(av_model: VoiceVectorAV) -> None:
+    """Upstream voiceFormerAV: GroupNorm(1, d) on the bottleneck, then audio token i + pe[i] and
+    lip frame j + pe[j // 2] (PositionalEncoding2 with resample=2 upsamples the table x2)."""
+    seen = {}
+
+    def keep(name):
+        return lambda mod, args, out: seen.__setitem__(name, out)
+
+    hooks = [
+        av_model.encoder[-1].register_forward_hook(keep("enc")),
+        av_model.bottleneck_norm.register_forward_hook(keep("norm")),
+        av_model.video_adapter.register_forward_hook(keep("video")),
+        av_model.transformer.register_forward_pre_hook(lambda mod, args: seen.update(src=args[0])),
+    ]
+    g = torch.Generator().manual_seed(3)
+    x = torch.randn(2, 6400, generator=g)  # 0.4 s: 10 lip frames, 320 audio tokens (depth 3)
+    try:
+        with torch.no_grad():
+            av_model(x, torch.randn(2, 10, 16, generator=g))
+    finally:
+        for h in hooks:
+            h.remove()
+    enc, norm, src = seen["enc"], seen["norm"], seen["src"]
+    tokens = norm.shape[-1]
+    flat = enc.flatten(1)
+    expected = (flat - flat.mean(1, keepdim=True)) / (
+        flat.var(1, unbiased=False, keepdim=True) + 1e-5
+    ).sqrt()
+    torch.testing.assert_close(norm.flatten(1), expected, atol=1e-4, rtol=1e-4)
+    pe = av_model.pos_enc.pe
+    torch.testing.assert_close(
+        src[:, :tokens] - norm.transpose(1, 2), pe[:tokens].expand(2, -1, -1)
+    )
+    video_pe = pe[torch.arange(10) // 2]
+    torch.testing.assert_close(src[:, tokens:] - seen["video"], video_pe.expand(2, -1, -1))
+
+
+def test_av_length_limit_counts_video_positions() -> None:
+    """A U-Net with under half a token per lip frame is limited by the video table (2 max_len
+    frames), not the audio one; the message gives the limit in seconds."""
+    cfg = VoiceVectorAVConfig(
+        hidden=1, depth=7, heads=2, transformer_layers=1, ffn_dim=8, lip_dim=4, max_len=10
+    )
+    m = VoiceVectorAV(cfg).eval()  # 51200 / 4**7 = 3.125 tokens/s: audio limit 3.2 s
+    assert m.max_seconds() == pytest.approx(0.8)  # 20 frames of 40 ms
+    with torch.no_grad():
+        assert m(torch.randn(1, 12800), torch.randn(1, 20, 4)).shape == (1, 12800)
+        with pytest.raises(ValueError, match="at most 0.80 s"):
+            m(torch.randn(1, 12801), torch.randn(1, 21, 4))

@@ -23,7 +23,7 @@ import sys
 from pathlib import Path
 
 from speechkit.errors import SpeechkitError
-from speechkit.interop.voicevector import MODEL_NAME, convert_voicevector_file, save_converted
+from speechkit.interop.voicevector import convert_voicevector_file, save_converted
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -47,7 +47,9 @@ def run(args: argparse.Namespace) -> int:
         print(line)
     keys = ("hidden", "depth", "growth", "kernel_size", "transformer_layers", "ffn_dim", "max_len")
     arch = " ".join(f"{k}={cfg[k]}" for k in keys)
-    print(f"converted {len(checkpoint['model'])} tensors (all keys mapped) to {MODEL_NAME}: {arch}")
+    print(
+        f"converted {len(checkpoint['model'])} tensors (all keys mapped) to {cfg['_name']}: {arch}"
+    )
     print(f"wrote {output} ({n_params / 1e6:.2f} M parameters)")
     return 0
 

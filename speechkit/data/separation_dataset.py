@@ -36,6 +36,31 @@ One item (``index`` = the target utterance, ``index % num_utterances`` in eval m
    when its speaker has no other). Positives come first; the model's enrolment tokens carry no
    position, so the order does not matter. ``enrol_type`` is 1 = positive, 0 = negative.
 
+More speakers (``speakers`` > 2): ``speakers - 1`` interferers, each of a different speaker
+(from the target's and each other's), each scaled with its own ``r``; the item's ``interferer``
+is their float32 sum, ``sir_db`` the first one's ``r`` and ``meta["sir_db"]`` all of them. The
+``N`` negatives are shared out round-robin over the interferers (the first gets the most). The
+reference also requires a different LRS "YouTube folder"; speechkit only knows speaker ids.
+
+Mixture augmentations (training items only; the reference's ``transform`` and
+``add_background_noise``, applied to the mixture only, so the target stays clean and aligned to
+the unshifted speech), in this order:
+
+1. background noise (``noise_files`` set), with probability ``noise_prob`` (reference 0.5): a
+   uniformly drawn noise file, cropped at a uniform sample offset (a file shorter than ``S`` is
+   wrap-repeated; a file not at 16 kHz is resampled on every read), scaled so ``10 log10(||mixture||^2 / ||noise||^2)`` equals an SNR drawn
+   uniformly in ``[noise_snr_low, noise_snr_high]`` dB (reference [8, 10]), and added;
+2. gain, with probability ``gain_prob`` (the reference's transform: 0.3): the mixture times
+   ``10 ** (g / 20)``, ``g`` uniform in ``[-4, 5]`` dB;
+3. shift, with probability ``shift_prob`` (reference 0.2): the mixture rolled later by a uniform
+   integer in ``[500, 1500]`` samples (the wrapped tail re-enters at the start, as
+   torch_audiomentations' ``Shift`` with its default rollover).
+
+Their draws come from a second generator ``[seed, epoch, index, AUGMENT_STREAM]``, so switching
+an augmentation on or off leaves the item's mixing and enrolment unchanged, and a resumed run
+rebuilds the same items. ``meta`` records ``noise`` (file index or -1), ``noise_snr_db``,
+``gain_db`` and ``shift`` (0.0 / 0 when not applied).
+
 Lip features (the audio-visual ``voicevector_av`` variant, ``lip_dir`` set): one ``(F, D)``
 ``.npy`` per utterance at ``<lip_dir>/relative/path.npy`` (25 fps, 640 samples per frame; see
 :mod:`speechkit.data.lip_features`). Every file's header is checked against its audio length
@@ -100,6 +125,12 @@ SHORT_MARGIN = 4000
 """Files with fewer than ``S + SHORT_MARGIN`` samples are cropped at offset 0 (the reference)."""
 EVAL_STREAM = 0x5E9A
 """Extra seed word of eval items, so they never coincide with a training epoch's stream."""
+AUGMENT_STREAM = 0xA06
+"""Extra seed word of an item's augmentation generator."""
+GAIN_DB = (-4.0, 5.0)
+"""Mixture gain range in dB (the reference's transform)."""
+SHIFT_SAMPLES = (500, 1500)
+"""Mixture shift range in samples (the reference's transform)."""
 
 LIST_LAYOUT = "speaker_id relative/path.wav"
 
@@ -171,16 +202,26 @@ class SeparationDataset(Dataset):
         lip_dir: folder of per-utterance lip features (same relative layout); ``None``: none.
         lip_dim: expected lip feature size; ``None``: taken from the first file, then enforced.
         lip_tolerance: largest accepted ``|frames - samples / 640|`` per file, in frames.
+        entries: the utterances as ``(speaker_id, relative_path, absolute_path, number)`` rows
+            (e.g. :func:`speechkit.data.voicevector_metadata.separation_entries`) instead of
+            reading ``list_path`` as a speechkit list; ``list_path`` then only names the source.
+        speakers: speakers per mixture (the target and ``speakers - 1`` interferers; >= 2).
+        noise_files: absolute paths of background noise files; ``None``: no noise.
+        noise_prob: probability of adding noise to a training mixture.
+        noise_snr_low, noise_snr_high: SNR range in dB (uniform, real-valued).
+        gain_prob, shift_prob: probabilities of the mixture gain and shift (0: off).
 
     Item (``dataset[i]``): ``mixture``, ``target``, ``interferer`` (S,) float32 tensors;
     ``enrol`` (K, D) float32; ``enrol_type`` (K,) int64; ``sir_db`` float; ``id`` int;
     ``meta``: dict of utterance indices and offsets (``target``, ``interferer``,
-    ``target_offset``, ``interferer_offset``, ``positives``, ``negatives``). With ``lip_dir``:
+    ``target_offset``, ``interferer_offset``, ``interferers``, ``interferer_offsets``,
+    ``sir_db`` (list), ``positives``, ``negatives``, and the augmentation record ``noise``,
+    ``noise_snr_db``, ``gain_db``, ``shift``). With ``lip_dir``:
     ``lip`` (S / 640, lip_dim) float32; without ``embedding_dir``: no ``enrol`` / ``enrol_type``.
 
     Raises:
         DataError: see the module docstring. ValueError: bad ``segment``, ``num_enrol``,
-            ``num_positive`` or SIR range.
+            ``num_positive``, SIR range, ``speakers``, probabilities or noise SNR range.
     """
 
     def __init__(
@@ -201,6 +242,14 @@ class SeparationDataset(Dataset):
         lip_dir: str | os.PathLike | None = None,
         lip_dim: int | None = None,
         lip_tolerance: float = DEFAULT_TOLERANCE,
+        entries: Sequence[tuple[str, str, str, int]] | None = None,
+        speakers: int = 2,
+        noise_files: Sequence[str] | None = None,
+        noise_prob: float = 0.5,
+        noise_snr_low: float = 8.0,
+        noise_snr_high: float = 10.0,
+        gain_prob: float = 0.0,
+        shift_prob: float = 0.0,
     ):
         if embedding_dir is None and lip_dir is None:
             raise ValueError("a separation dataset needs embedding_dir, lip_dir or both")
@@ -216,6 +265,25 @@ class SeparationDataset(Dataset):
             raise ValueError(f"empty SIR range [{sir_low}, {sir_high}] dB")
         if num_items < 0:
             raise ValueError(f"num_items must be >= 0, got {num_items}")
+        if speakers < 2:
+            raise ValueError(f"speakers must be >= 2 (target + interferers), got {speakers}")
+        for name, p in (
+            ("noise_prob", noise_prob),
+            ("gain_prob", gain_prob),
+            ("shift_prob", shift_prob),
+        ):
+            if not 0.0 <= p <= 1.0:
+                raise ValueError(f"{name} must be a probability in [0, 1], got {p}")
+        if noise_snr_low > noise_snr_high:
+            raise ValueError(f"empty noise SNR range [{noise_snr_low}, {noise_snr_high}] dB")
+        if noise_files is not None and len(noise_files) == 0:
+            raise ValueError("noise_files is empty; pass None for no background noise")
+        self.speakers_per_mixture = int(speakers)
+        self.noise_files = None if noise_files is None else [os.fspath(p) for p in noise_files]
+        self.noise_prob = float(noise_prob)
+        self.noise_snr = (float(noise_snr_low), float(noise_snr_high))
+        self.gain_prob = float(gain_prob)
+        self.shift_prob = float(shift_prob)
         self.list_path = os.fspath(list_path)
         self.num_samples = int(round(segment * SAMPLE_RATE))
         self.num_enrol = num_enrol
@@ -226,7 +294,8 @@ class SeparationDataset(Dataset):
         self.sir_low, self.sir_high = int(sir_low), int(sir_high)
         self.resample = resample
 
-        entries = read_separation_list(list_path, root)
+        if entries is None:
+            entries = read_separation_list(list_path, root)
         self.speakers = [e[0] for e in entries]
         self.rel_paths = [e[1] for e in entries]
         self.paths = [e[2] for e in entries]
@@ -236,6 +305,11 @@ class SeparationDataset(Dataset):
             raise DataError(
                 f"{self.list_path}: mixing needs utterances of at least 2 speakers, got "
                 f"{len(speaker_ids)} ({', '.join(speaker_ids)})"
+            )
+        if len(speaker_ids) < self.speakers_per_mixture:
+            raise DataError(
+                f"{self.list_path}: mixtures of {self.speakers_per_mixture} speakers need at "
+                f"least as many speakers in the list, got {len(speaker_ids)}"
             )
         self.vectors: np.ndarray | None = None
         self.emb_dim = 0
@@ -310,11 +384,19 @@ class SeparationDataset(Dataset):
         """Select the epoch's random stream (training items only)."""
         self.epoch = int(epoch)
 
+    def _seed_words(self, index: int) -> list[int]:
+        if self.eval_mode:
+            return [self.seed, EVAL_STREAM, index]
+        return [self.seed, self.epoch, index]
+
     def rng(self, index: int) -> np.random.Generator:
         """The generator of item ``index``: ``[seed, epoch, index]`` (eval: epoch-free)."""
-        if self.eval_mode:
-            return np.random.default_rng([self.seed, EVAL_STREAM, index])
-        return np.random.default_rng([self.seed, self.epoch, index])
+        return np.random.default_rng(self._seed_words(index))
+
+    def augment_rng(self, index: int) -> np.random.Generator:
+        """The augmentation generator of item ``index``: the item's seed words plus
+        ``AUGMENT_STREAM``."""
+        return np.random.default_rng([*self._seed_words(index), AUGMENT_STREAM])
 
     def utterances_of(self, utt: int) -> np.ndarray:
         """Indices of all utterances of ``utt``'s speaker (list order)."""
@@ -331,6 +413,11 @@ class SeparationDataset(Dataset):
             j += b - a
         return int(self.order[j])
 
+    def _more_interferers(self, used: list[int], rng: np.random.Generator) -> int:
+        """A uniform utterance among those of speakers not in ``used`` (speaker labels)."""
+        candidates = np.flatnonzero(~np.isin(self.labels, used))
+        return int(candidates[int(rng.integers(0, len(candidates)))])
+
     def _enrolment(self, utt: int, count: int, rng: np.random.Generator) -> np.ndarray:
         """``count`` utterances of ``utt``'s speaker other than ``utt`` (see module doc)."""
         if count == 0:
@@ -340,6 +427,45 @@ class SeparationDataset(Dataset):
         if len(others) == 0:
             return np.full(count, utt, dtype=np.int64)
         return rng.choice(others, size=count, replace=len(others) < count).astype(np.int64)
+
+    def _noise(
+        self, mixture: np.ndarray, rng: np.random.Generator
+    ) -> tuple[np.ndarray, int, float]:
+        """(S,) float32 noise for ``mixture`` at a drawn SNR, the file index and the SNR (dB);
+        a zero noise crop or mixture gives zeros."""
+        k = int(rng.integers(0, len(self.noise_files)))
+        snr = float(rng.uniform(*self.noise_snr))
+        path = self.noise_files[k]
+        try:
+            info = audio_info(path)
+            if info.sample_rate == SAMPLE_RATE:
+                offset = int(rng.integers(0, max(info.frames - self.num_samples, 0) + 1))
+                wav = read_audio(path, SAMPLE_RATE, start=offset, frames=self.num_samples)
+            else:
+                wav = read_audio(path, SAMPLE_RATE)
+                offset = int(rng.integers(0, max(len(wav) - self.num_samples, 0) + 1))
+                wav = wav[offset:]
+        except DataError as e:
+            raise DataError(f"noise file {path}: {e}") from None
+        noise = _fit(wav, self.num_samples).astype(np.float64)
+        n_norm = float(np.linalg.norm(noise))
+        m_norm = float(np.linalg.norm(mixture.astype(np.float64)))
+        scale = m_norm * 10.0 ** (-snr / 20.0) / n_norm if n_norm > 0 else 0.0
+        return (noise * scale).astype(np.float32), k, snr
+
+    def _augment(self, mixture: np.ndarray, index: int, meta: dict[str, Any]) -> np.ndarray:
+        """The training mixture augmentations (module docstring), recorded in ``meta``."""
+        rng = self.augment_rng(index)
+        if self.noise_files is not None and rng.random() < self.noise_prob:
+            noise, meta["noise"], meta["noise_snr_db"] = self._noise(mixture, rng)
+            mixture = mixture + noise
+        if self.gain_prob > 0 and rng.random() < self.gain_prob:
+            meta["gain_db"] = float(rng.uniform(*GAIN_DB))
+            mixture = (mixture * 10.0 ** (meta["gain_db"] / 20.0)).astype(np.float32)
+        if self.shift_prob > 0 and rng.random() < self.shift_prob:
+            meta["shift"] = int(rng.integers(SHIFT_SAMPLES[0], SHIFT_SAMPLES[1] + 1))
+            mixture = np.roll(mixture, meta["shift"])
+        return mixture
 
     def _read_crop(self, utt: int, rng: np.random.Generator) -> tuple[np.ndarray, int]:
         """(S,) float32 crop of utterance ``utt`` and its offset (16 kHz samples)."""
@@ -373,35 +499,57 @@ class SeparationDataset(Dataset):
         utt = index % len(self.paths)
         other = self._other_speaker_utterance(utt, rng)
         target, t_off = self._read_crop(utt, rng)
-        interferer, i_off = self._read_crop(other, rng)
-        sir = int(rng.integers(self.sir_low, self.sir_high + 1))
         t_norm = float(np.linalg.norm(target.astype(np.float64)))
-        i_norm = float(np.linalg.norm(interferer.astype(np.float64)))
-        gain = t_norm * 10.0 ** (sir / 20.0) / i_norm if i_norm > 0 else 0.0
-        interferer = (interferer.astype(np.float64) * gain).astype(np.float32)
+        others, offsets, sirs = [other], [], []
+        interferer = np.zeros(self.num_samples, dtype=np.float32)
+        for j in range(self.speakers_per_mixture - 1):
+            if j > 0:
+                others.append(self._more_interferers([self.labels[u] for u in [utt, *others]], rng))
+            wav, off = self._read_crop(others[j], rng)
+            sir = int(rng.integers(self.sir_low, self.sir_high + 1))
+            i_norm = float(np.linalg.norm(wav.astype(np.float64)))
+            gain = t_norm * 10.0 ** (sir / 20.0) / i_norm if i_norm > 0 else 0.0
+            interferer = interferer + (wav.astype(np.float64) * gain).astype(np.float32)
+            offsets.append(off)
+            sirs.append(sir)
         mixture = target + interferer
         item: dict[str, Any] = {
             "id": index,
             "mixture": torch.from_numpy(mixture),
             "target": torch.from_numpy(target),
             "interferer": torch.from_numpy(interferer),
-            "sir_db": float(sir),
+            "sir_db": float(sirs[0]),
             "meta": {
                 "target": utt,
                 "interferer": other,
                 "target_offset": t_off,
-                "interferer_offset": i_off,
+                "interferer_offset": offsets[0],
+                "interferers": others,
+                "interferer_offsets": offsets,
+                "sir_db": [float(r) for r in sirs],
                 "positives": [],
                 "negatives": [],
+                "noise": -1,
+                "noise_snr_db": 0.0,
+                "gain_db": 0.0,
+                "shift": 0,
             },
         }
+        if not self.eval_mode:
+            item["mixture"] = torch.from_numpy(self._augment(mixture, index, item["meta"]))
         if self.lip_dir is not None:
             item["lip"] = torch.from_numpy(self._lip_crop(utt, t_off))
         if self.vectors is None:
             return item
         num_pos = self.num_positive if self.eval_mode else int(rng.integers(1, self.num_enrol + 1))
         positives = self._enrolment(utt, num_pos, rng)
-        negatives = self._enrolment(other, self.num_enrol - num_pos, rng)
+        num_neg = self.num_enrol - num_pos
+        negatives = np.concatenate(
+            [
+                self._enrolment(o, len(range(j, num_neg, len(others))), rng)
+                for j, o in enumerate(others)
+            ]
+        )
         chosen = np.concatenate([positives, negatives])
         enrol_type = np.concatenate(
             [np.ones(len(positives), dtype=np.int64), np.zeros(len(negatives), dtype=np.int64)]

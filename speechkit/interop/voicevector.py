@@ -1,4 +1,5 @@
-"""Convert the VoiceVector reference's separation weights to speechkit ``voicevector_ae``.
+"""Convert the VoiceVector reference's separation weights to speechkit ``voicevector_ae`` /
+``voicevector_av``.
 
 Upstream: ``akamrahimi/VoiceVector`` (Rahimi, Afouras, Zisserman, "VoiceVector: multimodal
 enrolment vectors for speaker separation", ICASSP 2024), ``src/models/components/
@@ -29,9 +30,17 @@ The config is read from the weights: ``hidden``, ``growth`` and ``depth`` (encod
 ``kernel_size``, ``ffn_dim``, ``transformer_layers``, ``max_len`` (the PE table), ``emb_dim`` and
 ``enrol_hidden``. ``heads`` leaves no trace in the weights (the reference uses 8).
 
-The reference's ``VoiceFormerAV`` (``voicevectorav``; no released weights) is recognised by its
-lip projection, but it applies a GroupNorm(1, d_model) to the bottleneck (``norm_layers.0.0``)
-that speechkit's ``voicevector_av`` does not have, so such a file is refused with the keys named.
+The reference's ``VoiceFormerAV`` (``voicevectorav``, ``src/models/components/voiceFormerAV.py``;
+no released weights) is recognised by its video PE table ``transformer.pos_encoder_vid.pe`` and
+converts to ``voicevector_av`` with a map of its own:
+
+- ``norm_layers.0.0.*`` (the bottleneck GroupNorm(1, d_model)) -> ``bottleneck_norm.*``
+- ``adaptive_layer.0.{0,1}.*`` (lip 1x1 conv, GroupNorm) -> ``video_adapter.{conv,norm}.*``
+- encoder, decoder, transformer layers and head as above
+- ``transformer.pos_encoder_aud.pe`` (the sinusoid) and ``transformer.pos_encoder_vid.pe`` (the
+  sinusoid upsampled x2 along time, nearest: row k = ``pe[k // 2]``) are checked and dropped.
+
+``lip_dim`` is read from ``adaptive_layer.0.0.weight`` and ``max_len`` from the audio PE table.
 
 Example::
 
@@ -58,6 +67,7 @@ import torch
 from speechkit.errors import CheckpointError
 
 __all__ = [
+    "AV_MODEL_NAME",
     "ENROLMENT_NAMESPACES",
     "ConversionReport",
     "load_voicevector_state_dict",
@@ -68,17 +78,12 @@ __all__ = [
 ]
 
 MODEL_NAME = "voicevector_ae"
+AV_MODEL_NAME = "voicevector_av"
 ENROLMENT_NAMESPACES = ("av_speaker_embedding", "v_speaker_embedding", "iv_speaker_embedding")
 """Enrolment-net namespaces of the composite models (avem / vem / ivem); not converted."""
 SEPARATION_NAMESPACE = "speaker_separation"
 
-_FIXED = [
-    (re.compile(r"norm_layers\.0\.0\.(weight|bias)$"), r"input_conv.\1"),
-    (re.compile(r"norm_layers\.0\.1\.(weight|bias)$"), r"input_norm.\1"),
-    (re.compile(r"adaptive_layer\.0\.0\.(weight|bias)$"), r"enrol_adapter.conv1.\1"),
-    (re.compile(r"adaptive_layer\.0\.1\.(weight|bias)$"), r"enrol_adapter.norm.\1"),
-    (re.compile(r"adaptive_layer\.0\.2\.(weight|bias)$"), r"enrol_adapter.conv2.\1"),
-    (re.compile(r"positive_negative_embedding\.weight$"), "enrol_type_embed.weight"),
+_SHARED = [  # the same in the reference's AE and AV nets
     (
         re.compile(r"transformer\.transformer_encoder\.layers\.(\d+)\.(.+)$"),
         r"transformer.layers.\1.\2",
@@ -86,20 +91,38 @@ _FIXED = [
     (re.compile(r"transformer\.decoder\.(weight|bias)$"), r"head.\1"),
     (re.compile(r"encoder\.(\d+)\.([02])\.(weight|bias)$"), r"encoder.\1.\2.\3"),
 ]
+_FIXED = [
+    (re.compile(r"norm_layers\.0\.0\.(weight|bias)$"), r"input_conv.\1"),
+    (re.compile(r"norm_layers\.0\.1\.(weight|bias)$"), r"input_norm.\1"),
+    (re.compile(r"adaptive_layer\.0\.0\.(weight|bias)$"), r"enrol_adapter.conv1.\1"),
+    (re.compile(r"adaptive_layer\.0\.1\.(weight|bias)$"), r"enrol_adapter.norm.\1"),
+    (re.compile(r"adaptive_layer\.0\.2\.(weight|bias)$"), r"enrol_adapter.conv2.\1"),
+    (re.compile(r"positive_negative_embedding\.weight$"), "enrol_type_embed.weight"),
+    *_SHARED,
+]
+_FIXED_AV = [
+    (re.compile(r"norm_layers\.0\.0\.(weight|bias)$"), r"bottleneck_norm.\1"),
+    (re.compile(r"adaptive_layer\.0\.0\.(weight|bias)$"), r"video_adapter.conv.\1"),
+    (re.compile(r"adaptive_layer\.0\.1\.(weight|bias)$"), r"video_adapter.norm.\1"),
+    *_SHARED,
+]
 _DECODER = re.compile(r"decoder\.(\d+)\.([02])\.(weight|bias)$")
+_AUD_PE, _VID_PE = "transformer.pos_encoder_aud.pe", "transformer.pos_encoder_vid.pe"
 _DROPPED = ("transformer.pos_encoder.pe", "upsample.kernel", "downsample.kernel")
+_DROPPED_AV = (_AUD_PE, _VID_PE, "upsample.kernel", "downsample.kernel")
 
 
 @dataclasses.dataclass
 class ConversionReport:
     """What a conversion did: the variant found, the keys left out and why."""
 
-    variant: str = "ae"  # "ae" (ae.ckpt) or the composite's enrolment namespace
+    variant: str = "ae"  # "ae" (ae.ckpt), "av" (voicevectorav) or the composite's namespace
+    model: str = MODEL_NAME  # the speechkit model converted to
     ignored: list[str] = dataclasses.field(default_factory=list)  # enrolment-net keys
     dropped: list[str] = dataclasses.field(default_factory=list)  # PE table / resample kernels
 
     def lines(self) -> list[str]:
-        out = [f"source: VoiceVector {self.variant} separation net -> {MODEL_NAME}"]
+        out = [f"source: VoiceVector {self.variant} separation net -> {self.model}"]
         if self.ignored:
             spaces = sorted({k.split(".", 1)[0] for k in self.ignored})
             out.append(
@@ -266,7 +289,7 @@ def _infer_config(state: Mapping[str, torch.Tensor], where: str) -> dict[str, An
     if [widths[0] * growth**i for i in range(len(widths))] != widths:
         raise CheckpointError(
             f"{where}: encoder widths {widths} do not grow by a constant integer factor "
-            "(speechkit's voicevector_ae needs hidden * growth ** i)"
+            "(speechkit's VoiceVector nets need hidden * growth ** i)"
         )
     layers = 0
     while f"transformer.transformer_encoder.layers.{layers}.linear1.weight" in state:
@@ -274,43 +297,48 @@ def _infer_config(state: Mapping[str, torch.Tensor], where: str) -> dict[str, An
     if not layers:
         raise CheckpointError(f"{where}: no transformer.transformer_encoder.layers.0.* weights")
     ffn = _shape(state, "transformer.transformer_encoder.layers.0.linear1.weight", 2, where)[0]
-    emb = _shape(state, "adaptive_layer.0.0.weight", 3, where)
-    pe = _shape(state, "transformer.pos_encoder.pe", 3, where)
-    return {
+    adapt = _shape(state, "adaptive_layer.0.0.weight", 3, where)
+    fields = {
         "hidden": widths[0],
         "depth": len(widths),
         "growth": growth,
         "kernel_size": kernel,
         "transformer_layers": layers,
         "ffn_dim": ffn,
-        "max_len": pe[0],
-        "emb_dim": emb[1],
-        "enrol_hidden": emb[0],
     }
+    if _VID_PE in state:  # voicevectorav: the adaptive layer is the lip projection
+        fields["max_len"] = _shape(state, _AUD_PE, 3, where)[0]
+        fields["lip_dim"] = adapt[1]
+    else:
+        fields["max_len"] = _shape(state, "transformer.pos_encoder.pe", 3, where)[0]
+        fields["emb_dim"], fields["enrol_hidden"] = adapt[1], adapt[0]
+    return fields
 
 
-def _check_pe(pe: torch.Tensor, where: str) -> None:
-    """The reference's PE buffer must be the fixed sinusoid speechkit recomputes."""
+def _check_pe(pe: torch.Tensor, where: str, key: str, upsample: int = 1) -> None:
+    """The reference's PE buffer (n, 1, d) must be the fixed sinusoid speechkit recomputes,
+    upsampled ``upsample`` x along time (nearest: row k = sinusoid[k // upsample])."""
     n, _, d = pe.shape
-    pos = torch.arange(n, dtype=torch.float64)[:, None]
+    pos = (torch.arange(n) // upsample).to(torch.float64)[:, None]
     freq = torch.exp(torch.arange(0, d, 2, dtype=torch.float64) * (-math.log(1e4) / d))
     ref = torch.zeros(n, d, dtype=torch.float64)
     ref[:, 0::2] = torch.sin(pos * freq)
     ref[:, 1::2] = torch.cos(pos * freq)
     err = (pe[:, 0].double() - ref).abs().max().item()
     if err > 1e-3:
+        kind = "sinusoidal table" + (f" upsampled x{upsample} (nearest)" if upsample > 1 else "")
         raise CheckpointError(
-            f"{where}: transformer.pos_encoder.pe is not the standard sinusoidal table "
-            f"(max deviation {err:.3g}); speechkit's voicevector_ae recomputes it"
+            f"{where}: {key} is not the standard {kind} (max deviation {err:.3g}); speechkit "
+            "recomputes it"
         )
 
 
-def _speechkit_key(key: str, depth: int) -> str | None:
+def _speechkit_key(key: str, depth: int, av: bool = False) -> str | None:
     m = _DECODER.match(key)
     if m:
         j = int(m.group(1))
         return f"decoder.{depth - 1 - j}.{m.group(2)}.{m.group(3)}" if j < depth else None
-    for pattern, repl in _FIXED:
+    for pattern, repl in _FIXED_AV if av else _FIXED:
         if pattern.match(key):
             return pattern.sub(repl, key)
     return None
@@ -321,29 +349,32 @@ def convert_voicevector(
     where: str = "checkpoint",
     model_overrides: Mapping[str, Any] | None = None,
 ) -> tuple[dict[str, torch.Tensor], dict[str, Any], ConversionReport]:
-    """Reference state dict (``net.`` already removed) -> (speechkit state dict, ``voicevector_ae``
-    model config with ``_name``, :class:`ConversionReport`).
+    """Reference state dict (``net.`` already removed) -> (speechkit state dict, model config
+    with ``_name`` (``voicevector_ae``, or ``voicevector_av`` for the reference's AV net),
+    :class:`ConversionReport`).
 
     ``model_overrides`` sets config fields the weights do not fix (``heads``, ``dropout``,
     ``sample_rate`` ...).
 
     Raises:
-        CheckpointError: not a VoiceVector separation net; the reference's AV net (its
-            bottleneck GroupNorm has no speechkit counterpart) or ``voicevectorave`` (no type
-            embedding); keys that map to nothing, speechkit keys left unfilled, or shape
-            mismatches (all named).
+        CheckpointError: not a VoiceVector separation net; ``voicevectorave`` (no type
+            embedding); a PE table that is not the (upsampled) sinusoid; keys that map to
+            nothing, speechkit keys left unfilled, or shape mismatches (all named).
     """
-    from speechkit.models.voicevector import VoiceVectorAE, VoiceVectorConfig
+    from speechkit.models.voicevector import (
+        VoiceVectorAE,
+        VoiceVectorAV,
+        VoiceVectorAVConfig,
+        VoiceVectorConfig,
+    )
 
     sep, report = _split(dict(state), where)
-    if "transformer.pos_encoder_vid.pe" in sep:
-        extra = sorted(k for k in sep if k.startswith("norm_layers."))
-        raise CheckpointError(
-            f"{where}: a VoiceVector AV net (voicevectorav: lip projection and video PE); its "
-            f"bottleneck GroupNorm {_first(extra) or 'norm_layers.0.0.*'} has no counterpart in "
-            "speechkit's voicevector_av, so it cannot be converted faithfully"
-        )
-    if "positive_negative_embedding.weight" not in sep and "adaptive_layer.0.0.weight" in sep:
+    av = _VID_PE in sep
+    if av:
+        report.model = AV_MODEL_NAME
+        if report.variant == "ae":
+            report.variant = "av"
+    elif "positive_negative_embedding.weight" not in sep and "adaptive_layer.0.0.weight" in sep:
         raise CheckpointError(
             f"{where}: no positive_negative_embedding.weight: a voicevectorave net (no "
             "positive / negative type embedding), which speechkit's voicevector_ae does not build"
@@ -351,17 +382,24 @@ def convert_voicevector(
     fields = _infer_config(sep, where)
     fields.update(model_overrides or {})
     try:
-        model = VoiceVectorAE(VoiceVectorConfig(**fields))
+        if av:
+            model = VoiceVectorAV(VoiceVectorAVConfig(**fields))
+        else:
+            model = VoiceVectorAE(VoiceVectorConfig(**fields))
     except (TypeError, ValueError) as e:
         raise CheckpointError(f"{where}: inferred config {fields} is invalid: {e}") from None
-    _check_pe(sep["transformer.pos_encoder.pe"], where)
+    if av:
+        _check_pe(sep[_AUD_PE], where, _AUD_PE)
+        _check_pe(sep[_VID_PE], where, _VID_PE, upsample=VoiceVectorAV.video_pe_upsample)
+    else:
+        _check_pe(sep["transformer.pos_encoder.pe"], where, "transformer.pos_encoder.pe")
     target = model.state_dict()
     out, unmapped, mismatched = {}, [], []
     for key, value in sep.items():
-        if key in _DROPPED:
+        if key in (_DROPPED_AV if av else _DROPPED):
             report.dropped.append(key)
             continue
-        new = _speechkit_key(key, model.cfg.depth)
+        new = _speechkit_key(key, model.cfg.depth, av)
         if new is None or new not in target:
             unmapped.append(key)
         elif tuple(value.shape) != tuple(target[new].shape):
@@ -378,11 +416,11 @@ def convert_voicevector(
         problems.append(f"shape mismatches {_first(mismatched, 3)}")
     if problems:
         raise CheckpointError(
-            f"{where}: not a VoiceVector separation net matching {MODEL_NAME} ({fields}): "
+            f"{where}: not a VoiceVector separation net matching {report.model} ({fields}): "
             + "; ".join(problems)
         )
     cfg = dataclasses.asdict(model.cfg)
-    cfg["_name"] = MODEL_NAME
+    cfg["_name"] = report.model
     return out, cfg, report
 
 

@@ -19,14 +19,18 @@ Enrolment tokens: each 192-d vector -> 1x1 conv 192->384 -> GroupNorm -> 1x1 con
 ReLU, plus a learned type vector (``nn.Embedding(2, 768)``: 0 negative, 1 positive). They carry
 no positional encoding, so the output does not depend on their order.
 
-``voicevector_av`` (the reference's ``voicevectorav``) differs only where section 1.3 says so:
-no enrolment vector; the mixture is divided by its standard deviation (+ 1e-3) instead of the
-1x1 conv / GroupNorm / ReLU input stage, and the estimate multiplied back by it; the transformer
-is pre-norm; the target's lip features (25 fps, ``lip_dim`` = 512) go through a 1x1 conv to
-``d_model`` + GroupNorm + dropout 0.1, receive the positional encoding of the audio token at
-the frame's start (the reference's nearest x2 upsampling: with the default 50 tokens/s, frame j
-sits at audio token 2j; a smaller U-Net with more tokens per frame scales the same way) and are
-appended after the audio tokens; their output positions are dropped.
+``voicevector_av`` (the reference's ``voicevectorav``, upstream
+``src/models/components/voiceFormerAV.py``, class ``VoiceFormerAV``) differs as follows: no
+enrolment vector; the mixture is divided by its standard deviation (+ 1e-3) instead of the
+1x1 conv / GroupNorm / ReLU input stage, and the estimate multiplied back by it; the bottleneck
+tokens go through ``bottleneck_norm`` (GroupNorm(1, d_model) over each item's channels and
+tokens; the encoder skips are taken before it) before their positional encoding; the
+transformer is pre-norm; the target's lip features (25 fps, ``lip_dim`` = 512) go through a 1x1
+conv to ``d_model`` + GroupNorm + dropout 0.1 and are appended after the audio tokens; their
+output positions are dropped. Positions follow upstream's ``PositionalEncoding2``: audio token i
+gets ``pe[i]``; the video table is the sinusoid table upsampled x2 along time (nearest), so lip
+frame j gets ``pe[j // 2]`` (frames 2k and 2k + 1 share position k). The factor 2 is a constant
+upstream, not derived from the frame rates, and stays 2 for smaller U-Nets.
 """
 
 from __future__ import annotations
@@ -195,6 +199,7 @@ class VoiceVectorUNet(nn.Module):
     name = "voicevector"
     learned_input_norm = True  # 1x1 conv + GroupNorm + ReLU (AE); else divide by std (AV)
     norm_first = False  # post-norm transformer (AE); pre-norm (AV)
+    bottleneck_groupnorm = False  # GroupNorm(1, d_model) on the bottleneck before the PE (AV)
 
     def __init__(self, cfg: VoiceVectorNetConfig):
         super().__init__()
@@ -244,6 +249,8 @@ class VoiceVectorUNet(nn.Module):
             self.decoder.append(nn.Sequential(*dec))
             c_in = c
 
+        if self.bottleneck_groupnorm:
+            self.bottleneck_norm = nn.GroupNorm(1, d_model)
         self.pos_enc = SinusoidalPositionalEncoding(d_model, cfg.max_len)
         layer = nn.TransformerEncoderLayer(
             d_model,
@@ -275,7 +282,8 @@ class VoiceVectorUNet(nn.Module):
 
     def encode(self, mixture: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor], int]:
         """(B, T) mixture -> (audio tokens (B, L, d_model) with PE, encoder skips, ``up_len``
-        = samples at ``internal_rate``).
+        = samples at ``internal_rate``). With ``bottleneck_groupnorm`` (AV) the last level's
+        output is normalised by ``bottleneck_norm`` before the PE; its skip is not.
 
         Raises:
             ValueError: a mixture longer than ``max_len`` tokens allow (limit in seconds).
@@ -297,6 +305,8 @@ class VoiceVectorUNet(nn.Module):
         for level in self.encoder:
             x = level(x)
             skips.append(x)
+        if self.bottleneck_groupnorm:
+            x = self.bottleneck_norm(x)
         return self.pos_enc(x.transpose(1, 2)), skips, up_len
 
     def decode(
@@ -402,9 +412,12 @@ class VoiceVectorAV(VoiceVectorUNet):
     synchronised lip features, not an enrolment vector, tell it whom to extract.
 
     Same U-Net and transformer as :class:`VoiceVectorAE` (shared code), with the differences of
-    section 1.3 listed in the module docstring: std input normalisation, pre-norm transformer,
-    video tokens appended after the audio tokens with x2-upsampled positions. The reference
-    trains it with Adam at 6.4e-5 (``configs/experiment/tss_voicevector_av.yaml``).
+    the module docstring (upstream ``voiceFormerAV.py``): std input normalisation, a
+    GroupNorm(1, d_model) on the bottleneck (``bottleneck_norm``, upstream ``norm_layers.0.0``),
+    pre-norm transformer, video tokens appended after the audio tokens, lip frame j at
+    position ``pe[j // 2]`` (upstream's x2 nearest-upsampled video PE), audio token i at
+    ``pe[i]``. The reference trains it with Adam at 6.4e-5
+    (``configs/experiment/tss_voicevector_av.yaml``).
 
     Shapes:
         forward(mixture (B, T) float32 at ``sample_rate`` Hz, lip (B, F, lip_dim) float32 at
@@ -415,13 +428,16 @@ class VoiceVectorAV(VoiceVectorUNet):
         ConfigError: as :class:`VoiceVectorUNet`, or ``sample_rate`` not a multiple of
             ``video_fps``.
         ValueError: wrong input ranks / shapes, ``F`` that does not match ``T``, or a mixture
-            longer than ``max_len`` tokens allow.
+            longer than :meth:`max_seconds` (``max_len`` audio tokens, and
+            ``video_pe_upsample * max_len`` lip frames).
     """
 
     name = "voicevector_av"
     learned_input_norm = False
     norm_first = True
+    bottleneck_groupnorm = True
     std_floor = 1e-3  # the reference's: mixture / (std + 1e-3)
+    video_pe_upsample = 2  # upstream PositionalEncoding2(resample=2): frame j -> pe[j // 2]
 
     def __init__(self, cfg: VoiceVectorAVConfig):
         super().__init__(cfg)
@@ -431,14 +447,17 @@ class VoiceVectorAV(VoiceVectorUNet):
                 f"video_fps {cfg.video_fps}"
             )
         self.samples_per_frame = cfg.sample_rate // cfg.video_fps
-        # audio tokens per lip frame: 640 * 51200 / (16000 * 1024) = 2 with the defaults
-        self.tokens_per_frame = (
-            self.samples_per_frame * cfg.internal_rate / (cfg.sample_rate * self.total_stride)
-        )
         self.video_adapter = VideoAdapter(
             cfg.lip_dim, self.d_model, cfg.video_norm_groups, cfg.video_dropout
         )
         self._init_weights()
+
+    def max_seconds(self) -> float:
+        """Longest mixture accepted, in seconds: the audio limit of :class:`VoiceVectorUNet`
+        (30 s with the defaults) or ``video_pe_upsample * max_len`` lip frames, whichever is
+        shorter (the video one binds only for U-Nets with under 1/2 token per frame)."""
+        video = self.video_pe_upsample * self.cfg.max_len * self.samples_per_frame
+        return min(super().max_seconds(), video / self.cfg.sample_rate)
 
     def num_frames(self, num_samples: int) -> int:
         """Lip frames that go with ``num_samples`` mixture samples: ``ceil(T / 640)``."""
@@ -459,12 +478,18 @@ class VoiceVectorAV(VoiceVectorUNet):
                 f"voicevector_av: a {length}-sample mixture needs {frames} lip frames "
                 f"({self.samples_per_frame} samples each), got {lip.shape[1]}"
             )
+        if frames > self.video_pe_upsample * self.pos_enc.max_len:
+            raise ValueError(
+                f"voicevector_av: the mixture is {length / self.cfg.sample_rate:.2f} s long "
+                f"({frames} lip frames); the video positional encoding allows at most "
+                f"{self.max_seconds():.2f} s. Split longer audio into chunks."
+            )
         std = mixture.std(dim=-1, keepdim=True) + self.std_floor
         h, skips, up_len = self.encode(mixture / std)
         tokens = h.shape[1]
         v = self.video_adapter(lip.to(h.dtype))
-        # frame j takes the position of the audio token at its start (2j with the defaults)
-        positions = (torch.arange(frames, dtype=torch.float64) * self.tokens_per_frame).long()
-        v = v + self.pos_enc.pe[positions.clamp(max=self.pos_enc.max_len - 1)].to(v.dtype)
+        # upstream's nearest x2 upsampled video table: frame j -> pe[j // 2]
+        positions = torch.arange(frames, device=v.device) // self.video_pe_upsample
+        v = v + self.pos_enc.pe[positions].to(v.dtype)
         h = self.transformer(torch.cat([h, v], dim=1))[:, :tokens]
         return self.decode(h, skips, up_len, length) * std.float()

@@ -15,6 +15,31 @@ a folder of per-utterance lip features (``<rel path>.npy``, (frames, lip_dim) at
 from ``speechkit-dump-lip-features``) and each batch carries the target crop's frames as
 ``lip``; ``task.embedding_dir`` may then be null (``experiment=tss_voicevector_av``).
 
+VoiceVector reference metadata (``task.metadata_format``): ``lrs_json`` reads
+``train_list`` / ``valid_list`` as LRS2/LRS3 ``data.json`` files (``[relative_id, frames,
+speaker]``, audio at ``<root>/<relative_id>.wav``), ``librispeech_json`` as LibriSpeech ones
+(``[relative/path.flac, samples, speaker]``); they are converted to speaker-list rows by
+:func:`speechkit.data.voicevector_metadata.separation_entries` (errors name the file and the
+entry index). The embedding and lip folders keep the same relative layout
+(``<relative path>.npy``).
+
+Mixture augmentations (training only; see :mod:`speechkit.data.separation_dataset`):
+``task.noise_list`` (a ``DNS.json`` ``[noise_file.wav, n_samples]`` list, or a text noise list
+``[category] relative/path.wav``; paths relative to ``task.noise_root``, default ``task.root``)
+adds background noise with probability ``noise_prob`` at an SNR uniform in
+``[noise_snr_low, noise_snr_high]`` dB (the reference's 0.5 and [8, 10] dB); ``gain_prob`` and
+``shift_prob`` (the reference's transform: 0.3 and 0.2; off by default) apply a -4..+5 dB gain and
+a 500..1500-sample shift to the mixture only. ``task.speakers`` is the number of speakers per
+mixture (the reference's ``speakers``: the target plus ``speakers - 1`` interferers).
+
+Deviations from the reference: a file shorter than the crop is wrap-repeated from its start
+(the reference pads with the file's last samples); interferers need only a different speaker
+id (the reference also requires a different LRS YouTube folder); augmentations are drawn from a
+separate per-item generator and are not applied to the validation mixtures; with several
+interferers the negatives are shared out over all of them; the order noise, gain, shift is
+speechkit's (not checked against the reference). The JSON lengths are checked to be positive
+integers but not used: crops use each file's own header.
+
 Mixing and enrolment: :mod:`speechkit.data.separation_dataset` (training: P uniform in [1, K];
 validation: ``num_positive`` positives and ``num_enrol - num_positive`` negatives, fixed
 mixtures seeded by ``valid_seed``). Every audio file is stat-ed and every ``.npy`` read when
@@ -38,6 +63,7 @@ counted items, summed in global batch order like the criterion's logs.
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from typing import Any
 
@@ -45,10 +71,12 @@ import numpy as np
 import torch
 from torch import nn
 
+from speechkit.data.augment import read_noise_list
 from speechkit.data.epoch_iterator import Batching
 from speechkit.data.separation_dataset import SAMPLE_RATE, SeparationDataset
+from speechkit.data.voicevector_metadata import MetadataFormat, read_dns_json, separation_entries
 from speechkit.dataclass import SpeechkitDataclass
-from speechkit.errors import ConfigError
+from speechkit.errors import ConfigError, DataError
 from speechkit.metrics.separation import EXTRA_METRICS, reduce_extra_sums, sum_extra_scores
 from speechkit.registry import register_task
 from speechkit.tasks.base import Task
@@ -59,9 +87,30 @@ class TargetSpeakerSeparationConfig(SpeechkitDataclass):
     root: str = "???"
     """Folder the list paths are relative to."""
     train_list: str = "???"
-    """``speaker_id relative/path.wav`` lines (at least 2 speakers)."""
+    """``speaker_id relative/path.wav`` lines (at least 2 speakers), or a reference JSON data
+    file (``metadata_format``)."""
     valid_list: str | None = None
     """Same format, for the fixed validation mixtures; null: no validation."""
+    metadata_format: MetadataFormat = "speechkit"
+    """Layout of ``train_list`` / ``valid_list``: ``speechkit`` (speaker list),
+    ``librispeech_json`` (``[path, samples, speaker]``) or ``lrs_json`` (``[id, frames,
+    speaker]``, audio ``<id>.wav``), the last two as in the VoiceVector reference."""
+    speakers: int = 2
+    """Speakers per mixture: the target and ``speakers - 1`` interferers (the reference's 2)."""
+    noise_list: str | None = None
+    """Background noise for training mixtures: a ``DNS.json`` (``[noise_file.wav, n_samples]``)
+    or a text noise list (``[category] relative/path.wav``); null: no noise."""
+    noise_root: str | None = None
+    """Folder the noise paths are relative to; null: ``task.root``."""
+    noise_prob: float = 0.5
+    """Probability of adding noise to a training mixture (the reference's 0.5)."""
+    noise_snr_low: float = 8.0
+    noise_snr_high: float = 10.0
+    """Noise SNR range in dB (uniform; the reference's [8, 10]), relative to the mixture."""
+    gain_prob: float = 0.0
+    """Probability of a -4..+5 dB mixture gain (the reference's transform: 0.3)."""
+    shift_prob: float = 0.0
+    """Probability of a 500..1500-sample mixture shift (the reference's transform: 0.2)."""
     embedding_dir: str | None = None
     """``scripts/dump_embeddings.py --out`` folder: ``<rel path>.npy`` (num_crops, D) per
     utterance of both lists. Required unless ``lip_dir`` is set (the AV variant)."""
@@ -113,7 +162,8 @@ class TargetSpeakerSeparationTask(Task):
     Raises (at construction, before any model is built):
         ConfigError: a required path not set (``embedding_dir`` unless ``lip_dir``), a
             ``segment`` not a multiple of 0.04 s with ``lip_dir``, bad ``segment`` / ``num_enrol`` /
-            ``num_positive`` / ``num_valid`` / SIR range, ``emb_dim`` different from the
+            ``num_positive`` / ``num_valid`` / SIR range / ``speakers`` / augmentation
+            probabilities or SNR range, ``emb_dim`` different from the
             ``.npy`` files' dimension, or ``valid_extra_metrics`` without the ``pesq`` /
             ``pystoi`` packages.
         DataError: see :mod:`speechkit.data.separation_dataset`.
@@ -148,6 +198,18 @@ class TargetSpeakerSeparationTask(Task):
                 f"task.num_valid={cfg.num_valid} must be >= 0 and task.sir_low={cfg.sir_low} <= "
                 f"task.sir_high={cfg.sir_high}"
             )
+        if cfg.speakers < 2:
+            raise ConfigError(
+                f"task.speakers must be >= 2 (target + interferers), got {cfg.speakers}"
+            )
+        for name in ("noise_prob", "gain_prob", "shift_prob"):
+            if not 0.0 <= getattr(cfg, name) <= 1.0:
+                raise ConfigError(f"task.{name} must be in [0, 1], got {getattr(cfg, name)}")
+        if cfg.noise_snr_low > cfg.noise_snr_high:
+            raise ConfigError(
+                f"task.noise_snr_low={cfg.noise_snr_low} must be <= "
+                f"task.noise_snr_high={cfg.noise_snr_high}"
+            )
         if cfg.valid_extra_metrics:
             for module in ("pesq", "pystoi"):
                 try:
@@ -172,7 +234,19 @@ class TargetSpeakerSeparationTask(Task):
         )
         if common["embedding_dir"] in ("???", ""):
             common["embedding_dir"] = None
-        self.train_dataset = SeparationDataset(cfg.train_list, seed=self.seed, **common)
+        common["speakers"] = cfg.speakers
+        self.train_dataset = SeparationDataset(
+            cfg.train_list,
+            seed=self.seed,
+            entries=self._entries(cfg.train_list),
+            noise_files=self._noise_files(),
+            noise_prob=cfg.noise_prob,
+            noise_snr_low=cfg.noise_snr_low,
+            noise_snr_high=cfg.noise_snr_high,
+            gain_prob=cfg.gain_prob,
+            shift_prob=cfg.shift_prob,
+            **common,
+        )
         dim = self.train_dataset.emb_dim
         if self.train_dataset.vectors is not None and cfg.emb_dim > 0 and dim != cfg.emb_dim:
             raise ConfigError(
@@ -192,8 +266,32 @@ class TargetSpeakerSeparationTask(Task):
                 num_items=cfg.num_valid,
                 emb_dim=dim or None,
                 seed=cfg.valid_seed,
+                entries=self._entries(cfg.valid_list),
                 **common,
             )
+
+    def _entries(self, path: str) -> list[tuple[str, str, str, int]] | None:
+        """The list's rows for a JSON ``metadata_format``; ``None``: a speechkit list."""
+        if self.cfg.metadata_format == "speechkit":
+            return None
+        return separation_entries(path, self.cfg.root, str(self.cfg.metadata_format))
+
+    def _noise_files(self) -> list[str] | None:
+        """Absolute noise paths of ``task.noise_list`` (checked to exist); ``None``: none."""
+        path = self.cfg.noise_list
+        if not path:
+            return None
+        root = self.cfg.noise_root or self.cfg.root
+        if path.endswith(".json"):
+            return [p for p, _ in read_dns_json(path, root, check_files=True)]
+        files = [p for paths in read_noise_list(path, root).values() for p in paths]
+        missing = [p for p in files if not os.path.isfile(p)]
+        if missing:
+            raise DataError(
+                f"{path}: {len(missing)} noise file(s) not found under {root} (is "
+                f"task.noise_root right?), e.g. {missing[0]}"
+            )
+        return files
 
     # -- building -------------------------------------------------------------------------------
     def build_model(self, cfg: Any) -> nn.Module:
