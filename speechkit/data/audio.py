@@ -16,7 +16,7 @@ from __future__ import annotations
 import logging
 import os
 import uuid
-from typing import NamedTuple
+from typing import BinaryIO, NamedTuple
 
 import numpy as np
 import soundfile as sf
@@ -202,28 +202,51 @@ def read_audio(
             ``resample=False``. The message names the file.
     """
     path = check_media_file(path)
+    return decode_audio(
+        path, path, sample_rate, mono, resample, start, frames, warn=warn, convert_hint=convert_hint
+    )
+
+
+def decode_audio(
+    source: str | os.PathLike | BinaryIO,
+    where: str,
+    sample_rate: int | None = 16000,
+    mono: bool = True,
+    resample: bool = True,
+    start: int = 0,
+    frames: int = -1,
+    *,
+    warn: bool = True,
+    convert_hint: str = "",
+) -> np.ndarray:
+    """:func:`read_audio` for an already checked path or a file object (e.g. the bytes of a tar
+    member in a ``BytesIO``); ``where`` names the source in messages and warnings. Same
+    arguments, returns and errors as :func:`read_audio` (without the missing-file check).
+    """
     try:
-        wav, file_rate = sf.read(path, dtype="float32", always_2d=True, start=start, frames=frames)
+        wav, file_rate = sf.read(
+            source, dtype="float32", always_2d=True, start=start, frames=frames
+        )
     except _DECODE_ERRORS as e:
         raise DataError(
-            f"{path}: cannot decode audio ({e}); expected an audio file libsndfile can decode "
+            f"{where}: cannot decode audio ({e}); expected an audio file libsndfile can decode "
             "(WAV, FLAC, OGG ...)"
         ) from e
     if wav.shape[0] == 0:
-        where = "" if start == 0 and frames < 0 else f" from sample {start} (frames={frames})"
-        raise DataError(f"{path}: the audio file holds no samples{where}")
-    check_finite(wav, path, file_rate, offset=start)
+        part = "" if start == 0 and frames < 0 else f" from sample {start} (frames={frames})"
+        raise DataError(f"{where}: the audio file holds no samples{part}")
+    check_finite(wav, where, file_rate, offset=start)
     if sample_rate is not None and file_rate != sample_rate and not resample:
         raise DataError(
-            f"{path}: sample rate is {file_rate} Hz, expected {sample_rate} Hz"
+            f"{where}: sample rate is {file_rate} Hz, expected {sample_rate} Hz"
             + (convert_hint or " (resampling is disabled)")
         )
     if mono and wav.shape[1] > 1:
         if warn:
             _warn_conversion(
                 "channels",
-                path,
-                f"{path}: {wav.shape[1]} channels, averaged to mono (expected mono audio)",
+                where,
+                f"{where}: {wav.shape[1]} channels, averaged to mono (expected mono audio)",
             )
         wav = wav.mean(axis=1, dtype=np.float32)
     elif mono:
@@ -232,8 +255,8 @@ def read_audio(
         if warn:
             _warn_conversion(
                 "rate",
-                path,
-                f"{path}: sample rate {file_rate} Hz, resampled to {sample_rate} Hz with soxr "
+                where,
+                f"{where}: sample rate {file_rate} Hz, resampled to {sample_rate} Hz with soxr "
                 "(convert the data once to avoid this cost on every read)",
             )
         wav = resample_waveform(wav, file_rate, sample_rate)

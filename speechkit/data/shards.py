@@ -50,7 +50,7 @@ import numpy as np
 import soundfile as sf
 
 from speechkit.atomic import atomic_open, atomic_write_text
-from speechkit.data.audio import check_finite, resample_waveform
+from speechkit.data.audio import decode_audio
 from speechkit.data.labels import LabelFile, check_lengths
 from speechkit.data.lists import check_files_exist, read_list_fields
 from speechkit.data.manifest import read_manifest
@@ -746,31 +746,12 @@ def decode_audio_bytes(
     Raises:
         DataError: undecodable bytes, no samples, NaN/inf samples, or a wrong rate.
     """
-    try:
-        wav, file_rate = sf.read(
-            io.BytesIO(data), dtype="float32", always_2d=True, start=start, frames=frames
-        )
-    except _DECODE_ERRORS as e:
-        raise DataError(
-            f"{where}: cannot decode audio ({e}); expected a file libsndfile can decode "
-            "(WAV, FLAC, OGG ...)"
-        ) from e
-    if wav.shape[0] == 0:
-        part = "" if start == 0 and frames < 0 else f" from sample {start} (frames={frames})"
-        raise DataError(f"{where}: the audio file holds no samples{part}")
-    check_finite(wav, where, file_rate, offset=start)
-    if sample_rate is not None and file_rate != sample_rate and not resample:
-        raise DataError(
-            f"{where}: sample rate is {file_rate} Hz, expected {sample_rate} Hz"
-            + (convert_hint or " (resampling is disabled)")
-        )
-    if wav.shape[1] > 1:
-        logger.warning(
-            "%s: %d channels, averaged to mono (expected mono audio)", where, wav.shape[1]
-        )
-        wav = wav.mean(axis=1, dtype=np.float32)
-    else:
-        wav = wav[:, 0]
-    if sample_rate is not None and file_rate != sample_rate:
-        wav = resample_waveform(wav, file_rate, sample_rate)
-    return np.ascontiguousarray(wav, dtype=np.float32)
+    return decode_audio(
+        io.BytesIO(data),
+        where,
+        sample_rate,
+        resample=resample,
+        start=start,
+        frames=frames,
+        convert_hint=convert_hint,
+    )
