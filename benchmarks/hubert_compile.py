@@ -31,29 +31,11 @@ from types import SimpleNamespace
 
 import torch
 from _report import device_label, log, report
+from hubert_step import build_pair
 
-from speechkit.interop.hf_hubert import to_transformers_model
-from speechkit.models.hubert import HubertModel, hubert_base_config
 from speechkit.trainer.compile import COMPILE_MODES, maybe_compile
 
 SAMPLE_RATE = 16000
-
-
-def build(seed: int = 0) -> tuple[HubertModel, torch.nn.Module]:
-    """speechkit HuBERT Base (dropout, LayerDrop, masking off) and its transformers twin."""
-    torch.manual_seed(seed)
-    cfg = hubert_base_config(
-        dropout=0.0,
-        attention_dropout=0.0,
-        activation_dropout=0.0,
-        encoder_layerdrop=0.0,
-        dropout_input=0.0,
-        dropout_features=0.0,
-        feature_grad_mult=1.0,
-        mask_prob=0.0,
-    )
-    ours = HubertModel(cfg)
-    return ours, to_transformers_model(ours)
 
 
 def main() -> None:
@@ -71,7 +53,7 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
 
-    ours, hf = build()
+    ours, hf = build_pair()
     common = SimpleNamespace(compile=True, compile_mode=args.mode)
     compiled = maybe_compile(ours, common, torch.device("cpu"))
     x = torch.randn(args.batch, int(args.seconds * SAMPLE_RATE))

@@ -51,22 +51,28 @@ def _time(fn, iters: int, sync=lambda: None) -> list[float]:
     return out
 
 
-def cpu_comparison(args) -> None:
-    """Time speechkit vs transformers HuBERT Base on the CPU and report fwd+bwd audio-s/s."""
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    torch.manual_seed(0)
+def build_pair(seed: int = 0) -> tuple[HubertModel, torch.nn.Module]:
+    """speechkit HuBERT Base (dropout, LayerDrop, masking off) and its transformers twin."""
+    torch.manual_seed(seed)
     cfg = hubert_base_config(
         dropout=0.0,
         attention_dropout=0.0,
         activation_dropout=0.0,
         encoder_layerdrop=0.0,
         dropout_input=0.0,
+        dropout_features=0.0,
         feature_grad_mult=1.0,
         mask_prob=0.0,
     )
     ours = HubertModel(cfg)
-    hf = to_transformers_model(ours)
+    return ours, to_transformers_model(ours)
+
+
+def cpu_comparison(args) -> None:
+    """Time speechkit vs transformers HuBERT Base on the CPU and report fwd+bwd audio-s/s."""
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    ours, hf = build_pair()
     run = torch.compile(ours) if args.compile else ours
     x = torch.randn(args.cpu_batch, int(args.cpu_seconds * SAMPLE_RATE))
 
