@@ -87,3 +87,18 @@ def read_metrics(save_dir: Path, split: str = "valid") -> dict[int, dict]:
     lines = (Path(save_dir) / "metrics.jsonl").read_text().splitlines()
     records = [json.loads(line) for line in lines if line.strip()]
     return {r["update"]: r for r in records if r["split"] == split}
+
+
+def run_torchrun(*overrides: str, nproc: int = 2, timeout: float = 300):
+    """``torchrun --nproc_per_node=N -m speechkit.train ...`` on one node (gloo on the CPU);
+    returns the finished process (the caller checks its status)."""
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nnodes=1"]
+    cmd += [f"--nproc_per_node={nproc}", f"--master_port={free_port()}"]
+    return subprocess.run(
+        [*cmd, "-m", "speechkit.train", *overrides],
+        cwd=REPO_ROOT,
+        env=clean_env(),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )

@@ -9,8 +9,6 @@ uninterrupted compiled run ends. A second (slow) test trains compiled DDP on two
 
 from __future__ import annotations
 
-import subprocess
-import sys
 from types import SimpleNamespace
 
 import pytest
@@ -21,12 +19,10 @@ from speechkit.trainer.compile import maybe_compile
 from speechkit.trainer.rng import seed_everything
 from speechkit.trainer.trainer import Trainer
 from tests.helpers import (
-    REPO_ROOT,
     TOY,
-    clean_env,
     compose_cfg,
-    free_port,
     load_model_weights,
+    run_torchrun,
     run_train,
 )
 
@@ -123,23 +119,12 @@ def test_compiled_ddp_equals_one_eager_process(tmp_path):
     no_sync reached through the compiled wrapper), ends where one eager process ends."""
     common = [*RUN, "optimization.max_update=6", "optimization.update_freq=2"]
     run_train(*common, "dataset.batch_size=16", f"checkpoint.save_dir={tmp_path / 'one'}")
-    cmd = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--nnodes=1",
-        "--nproc_per_node=2",
-        f"--master_port={free_port()}",
-        "-m",
-        "speechkit.train",
+    proc = run_torchrun(
         *common,
         "dataset.batch_size=8",
         "distributed.world_size=2",
         "common.compile=true",
         f"checkpoint.save_dir={tmp_path / 'two'}",
-    ]
-    proc = subprocess.run(
-        cmd, cwd=REPO_ROOT, env=clean_env(), capture_output=True, text=True, timeout=300
     )
     assert proc.returncode == 0, proc.stderr[-4000:]
     a = load_model_weights(tmp_path / "one" / "checkpoint_last.pt")

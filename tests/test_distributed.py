@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
-
 import pytest
 import torch
 
 from speechkit.distributed import detect_env, expand_slurm_nodelist
-from tests.helpers import REPO_ROOT, TOY, clean_env, free_port, load_model_weights, run_train
+from tests.helpers import (
+    TOY,
+    load_model_weights,
+    run_torchrun,
+    run_train,
+)
 
 pytestmark = pytest.mark.slow
 
@@ -24,22 +26,8 @@ def test_two_processes_equal_one_process(tmp_path):
     ]
     run_train(*common, "dataset.batch_size=16", f"checkpoint.save_dir={tmp_path / 'one'}")
     two = tmp_path / "two"
-    cmd = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--nnodes=1",
-        "--nproc_per_node=2",
-        f"--master_port={free_port()}",
-        "-m",
-        "speechkit.train",
-        *common,
-        "dataset.batch_size=8",
-        "distributed.world_size=2",
-        f"checkpoint.save_dir={two}",
-    ]
-    proc = subprocess.run(
-        cmd, cwd=REPO_ROOT, env=clean_env(), capture_output=True, text=True, timeout=300
+    proc = run_torchrun(
+        *common, "dataset.batch_size=8", "distributed.world_size=2", f"checkpoint.save_dir={two}"
     )
     assert proc.returncode == 0, proc.stderr[-4000:]
     assert "2 process(es) via torchrun" in proc.stderr

@@ -21,7 +21,14 @@ import torch
 from speechkit.cli import hubert_labels, prepare_contentvec_demo
 from speechkit.data.manifest import read_manifest
 from speechkit.inference.hubert_features import HubertFeatureExtractor
-from tests.helpers import REPO_ROOT, clean_env, free_port, read_metrics, run_train, train_cmd
+from tests.helpers import (
+    REPO_ROOT,
+    clean_env,
+    read_metrics,
+    run_torchrun,
+    run_train,
+    train_cmd,
+)
 
 pytestmark = pytest.mark.slow
 
@@ -177,11 +184,7 @@ def test_contentvec_demo_trains_on_two_processes(prepared, tmp_path):
     run_dir = tmp_path / "ddp"
     args = overrides("contentvec_demo", prepared, run_dir, 6)
     args += ["model.encoder_layerdrop=0.5", "distributed.world_size=2"]
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nnodes=1", "--nproc_per_node=2"]
-    cmd += [f"--master_port={free_port()}", "-m", "speechkit.train", *args]
-    proc = subprocess.run(
-        cmd, cwd=REPO_ROOT, env=clean_env(), capture_output=True, text=True, timeout=600
-    )
+    proc = run_torchrun(*args, timeout=600)
     assert proc.returncode == 0, proc.stderr[-4000:]
     assert "2 process(es) via torchrun" in proc.stderr
     assert np.isfinite(read_metrics(run_dir)[6]["loss_m_0"])
