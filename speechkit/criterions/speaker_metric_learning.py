@@ -55,7 +55,23 @@ def _cosine_matrix(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
 # heads (nn.Modules on embeddings)
 
 
-class AngleProtoHead(nn.Module):
+class _ScaledCosineHead(nn.Module):
+    """Shared part of the angular prototypical and GE2E heads: learned scale ``w`` and bias
+    ``b`` (0-dim, voxceleb_trainer's names and initial values) and M >= 2 utterances."""
+
+    test_normalize = True
+    loss_name = ""
+
+    def __init__(self, init_w: float = 10.0, init_b: float = -5.0):
+        super().__init__()
+        self.w = nn.Parameter(torch.tensor(float(init_w)))
+        self.b = nn.Parameter(torch.tensor(float(init_b)))
+
+    def check_utterances_per_speaker(self, m: int) -> None:
+        require_utterances(self.loss_name, m, minimum=2)
+
+
+class AngleProtoHead(_ScaledCosineHead):
     """Angular prototypical loss (voxceleb_trainer ``angleproto``).
 
     Query ``q_i`` = utterance 0 of speaker i; anchor ``a_j`` = mean of utterances 1..M-1 of
@@ -69,16 +85,7 @@ class AngleProtoHead(nn.Module):
         ConfigError: M < 2.
     """
 
-    test_normalize = True
     loss_name = "angleproto"
-
-    def __init__(self, init_w: float = 10.0, init_b: float = -5.0):
-        super().__init__()
-        self.w = nn.Parameter(torch.tensor(float(init_w)))
-        self.b = nn.Parameter(torch.tensor(float(init_b)))
-
-    def check_utterances_per_speaker(self, m: int) -> None:
-        require_utterances(self.loss_name, m, minimum=2)
 
     def forward(self, x: torch.Tensor, label: torch.Tensor | None = None) -> LossOutput:
         self.check_utterances_per_speaker(x.shape[1])
@@ -88,7 +95,7 @@ class AngleProtoHead(nn.Module):
         return classification_output(logits, _speaker_targets(x))
 
 
-class GE2EHead(nn.Module):
+class GE2EHead(_ScaledCosineHead):
     """Generalised end-to-end loss, softmax variant (voxceleb_trainer ``ge2e``).
 
     Centroid ``c_j`` = mean of speaker j's M utterances; for utterance ``x_ki`` its own
@@ -103,16 +110,7 @@ class GE2EHead(nn.Module):
         ConfigError: M < 2.
     """
 
-    test_normalize = True
     loss_name = "ge2e"
-
-    def __init__(self, init_w: float = 10.0, init_b: float = -5.0):
-        super().__init__()
-        self.w = nn.Parameter(torch.tensor(float(init_w)))
-        self.b = nn.Parameter(torch.tensor(float(init_b)))
-
-    def check_utterances_per_speaker(self, m: int) -> None:
-        require_utterances(self.loss_name, m, minimum=2)
 
     def forward(self, x: torch.Tensor, label: torch.Tensor | None = None) -> LossOutput:
         self.check_utterances_per_speaker(x.shape[1])
