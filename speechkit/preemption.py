@@ -146,7 +146,7 @@ def requeue_slurm_job() -> bool:
     import subprocess
 
     # from here on slurm's SIGTERM to the requeued job's steps is expected: only record it
-    _state.deferred = _state.leaving = True
+    _state.leaving = True
     try:
         done = subprocess.run(
             ["scontrol", "requeue", job], capture_output=True, text=True, timeout=60
