@@ -7,7 +7,8 @@ Run from the repository root::
         [--checkpoint sv.pt | --sv-updates 100] [--epochs 20] [--batch-size 64] [--lr 1e-3] \\
         [--models enhancement_residual,...] [--criterions enh_cosine,...] [--threads 1] [--quick]
 
-Pipeline (the speaker-embedding enhancement system, research/sv_syncnet_enh.md section 3):
+Pipeline (the speaker-embedding enhancement system of Dorika0203/proj_2022NC, ``m_gen_embs.py``,
+``m_comb_embs.py``, ``m_trainer.py``):
 
 1. a small ECAPA-TDNN speaker model is trained for ``--sv-updates`` updates on the 6 speakers
    of ``lists/split_train_list.txt`` (or ``--checkpoint`` is used);

@@ -1,6 +1,7 @@
 """``contentvec``: HuBERT's loss plus ContentVec's contrastive loss with a linear weight ramp
-(reference ``contentvec/criterions/contentvec_criterion.py``; research/hubert_contentvec.md
-section 2.1, item 5).
+(reference auspicious3000/contentvec ``contentvec/criterions/contentvec_criterion.py``; Qian et
+al., "ContentVec: An Improved Self-Supervised Speech Representation by Disentangling Speakers",
+ICML 2022).
 
 ``loss = hubert_loss + (loss_weights[-1] * num_updates) * ctr_loss``, where ``hubert_loss`` is
 the ``hubert`` criterion's (``loss_weights[:-1]`` weigh the model's extra losses, i.e.

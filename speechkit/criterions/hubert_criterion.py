@@ -1,5 +1,6 @@
-"""``hubert``: HuBERT's masked-prediction loss (fairseq ``criterions/hubert_criterion.py``; Hsu et
-al. 2021; research/hubert_contentvec.md section 1.2).
+"""``hubert``: HuBERT's masked-prediction loss (facebookresearch/fairseq
+``fairseq/criterions/hubert_criterion.py``; Hsu et al., "HuBERT: Self-Supervised Speech
+Representation Learning by Masked Prediction of Hidden Units", IEEE/ACM TASLP 2021).
 
 ``loss = pred_masked_weight * sum_masked CE + pred_nomask_weight * sum_unmasked CE
 + sum_i loss_weights[i] * extra_i * sample_size``, where CE is the cross-entropy of the model's

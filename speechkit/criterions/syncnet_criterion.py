@@ -6,8 +6,8 @@ References:
       (joonson/syncnet_trainer), which uses scaled cosine similarities instead of the paper's
       Euclidean distances.
     * Chung & Zisserman, "Out of time: automated lip sync in the wild", ACCV 2016 workshops.
-    * Facts used here: ``research/sv_syncnet_enh.md`` section 2.4 (losses) and 2.6 (the
-      ``__L__.{wI,bI,wC,bC}`` keys).
+    * joonson/syncnet_trainer ``SyncNetDist.py``: ``SyncNet.sync_loss`` and
+      ``train_network`` (losses) and ``LossScale`` (the ``__L__.{wI,bI,wC,bC}`` keys).
 """
 
 from __future__ import annotations

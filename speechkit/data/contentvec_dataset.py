@@ -1,5 +1,5 @@
 """ContentVec pretraining dataset: two speaker-perturbed views of each utterance plus the
-speaker's embedding (research/hubert_contentvec.md section 2.2).
+speaker's embedding (auspicious3000/contentvec ``contentvec/data/audio/contentvec_dataset.py``).
 
 * The speaker id is component ``speaker_path_index`` of the manifest entry's path (1 in the
   reference's LibriSpeech layout ``subset/speaker/chapter/file``; 2 for the shared test manifest

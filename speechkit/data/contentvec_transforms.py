@@ -1,5 +1,6 @@
 """ContentVec's speaker perturbations: Praat "Change gender" (formant shift, pitch shift, pitch
-range change) and a random 10-band parametric EQ (research/hubert_contentvec.md section 2.2).
+range change) and a random 10-band parametric EQ (auspicious3000/contentvec
+``contentvec/data/audio/audio_utils_1.py`` and ``contentvec_dataset.py``).
 
 Training views (each drawn independently):
 

@@ -1,5 +1,5 @@
-"""Frame-aligned label files for HuBERT / ContentVec pretraining (research/hubert_contentvec.md
-section 1.3).
+"""Frame-aligned label files for HuBERT / ContentVec pretraining (facebookresearch/fairseq
+``fairseq/data/audio/hubert_dataset.py`` and ``fairseq/tasks/hubert_pretraining.py``).
 
 * A label file (``train.km``) has one line per MANIFEST entry, in manifest order, each holding
   the space-separated unit ids of that utterance at ``label_rate`` Hz (50 Hz for labels from

@@ -1,5 +1,5 @@
 """fairseq audio manifests (``.tsv``): a root folder, then one ``relative/path<TAB>num_samples``
-line per utterance (research/hubert_contentvec.md section 1.3).
+line per utterance (read as in facebookresearch/fairseq ``fairseq/data/audio/hubert_dataset.py``).
 
 Example (``train.tsv``)::
 
@@ -159,7 +159,7 @@ class PackedStrings:
 
     DataLoader workers share a forked dataset copy-on-write; touching the items of a Python list
     updates their reference counts, so every worker gradually copies the whole list (the RAM
-    growth reported for huge fairseq manifests, research/hubert_contentvec.md section 6, item 9).
+    growth reported for huge fairseq manifests, facebookresearch/fairseq issue #5640).
     Two numpy arrays are never written to, so they stay shared.
 
     Args:

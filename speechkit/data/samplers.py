@@ -116,7 +116,7 @@ def speaker_balanced_batches(
     world_size: int = 1,
     repeat_short: bool = False,
 ) -> list[list[list[int]]]:
-    """voxceleb_trainer's ``train_dataset_sampler`` (research/sv_syncnet_enh.md section 1.7).
+    """voxceleb_trainer's ``train_dataset_sampler`` (clovaai/voxceleb_trainer ``DatasetLoader.py``).
 
     1. A ``torch.Generator`` seeded with ``seed + epoch`` permutes all utterance indices; they
        are bucketed by speaker in that order.

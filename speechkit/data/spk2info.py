@@ -1,6 +1,7 @@
 """ContentVec speaker table (``spk2info.dict``): speaker embedding and pitch range per speaker.
 
-Two file formats are read (research/hubert_contentvec.md section 2.2):
+Two file formats are read (the reference one as auspicious3000/contentvec
+``contentvec/data/audio/contentvec_dataset.py`` loads it):
 
 * the reference's pickle ``{"train": {spk: (spk_emb (D,), (lo, hi, x))}, "valid": {...}}``, read
   with a RESTRICTED unpickler that only rebuilds numpy arrays, numpy scalars and builtin

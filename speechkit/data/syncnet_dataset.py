@@ -1,8 +1,8 @@
 """SyncNet audio-visual training data: lists of talking-face clips and aligned audio/video crops.
 
-Follows joonson/syncnet_trainer (DatasetLoader.py / dataLoader.py; research/sv_syncnet_enh.md
-section 2.1-2.2). A list line is ``<video.mp4> <audio.wav> <offset> <num_frames>`` as written by
-``scripts/make_syncnet_list.py``: paths relative to a root folder (or absolute), ``offset`` the
+Follows joonson/syncnet_trainer (``DatasetLoader.py`` / ``dataLoader.py``; list format of
+``makeFileList.py``). A list line is ``<video.mp4> <audio.wav> <offset> <num_frames>`` as written
+by ``scripts/make_syncnet_list.py``: paths relative to a root folder (or absolute), ``offset`` the
 audio-visual offset in video frames (VoxCeleb2's ``Offset : N``) and ``num_frames`` the video's
 frame count at 25 fps. A two-field line ``<video.mp4> <audio.wav>`` is also accepted: offset 0
 and the frames counted when the list is read (a few milliseconds per clip: fine for demos, use

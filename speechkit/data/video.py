@@ -1,6 +1,6 @@
 """Video file I/O with PyAV (FFmpeg): frame counts, frame rate and BGR frame crops.
 
-The SyncNet trainer (joonson/syncnet_trainer, research/sv_syncnet_enh.md section 2) decodes its
+The SyncNet trainer (joonson/syncnet_trainer ``dataLoader.py::get_frames``) decodes its
 VoxCeleb2 face crops with OpenCV, which yields BGR uint8 frames; ``read_video_frames`` returns
 the same layout (``(T, H, W, 3)`` uint8, channels B, G, R) so a model trained here sees what the
 reference's saw. VoxCeleb2 clips are 224x224 at 25 fps, and the list maker pairs each frame with

@@ -1,11 +1,11 @@
 """Read and write fairseq HuBERT / ContentVec checkpoints without fairseq.
 
-Layout (fairseq ``trainer.py::state_dict``, see ``research/hubert_contentvec.md`` 1.6): a dict
-with ``args`` (argparse.Namespace in pre-2021 files, else None), ``cfg`` (plain dict of config
-groups; pickled omegaconf containers in some older files), ``model`` (state dict),
-``criterion``, ``optimizer_history``, ``task_state`` (``{"dictionaries": [Dictionary, ...]}``,
-pickled ``fairseq.data.dictionary.Dictionary`` instances), ``extra_state`` and optionally
-``last_optimizer_state``.
+Layout (facebookresearch/fairseq ``fairseq/trainer.py::state_dict`` and
+``fairseq/checkpoint_utils.py``): a dict with ``args`` (argparse.Namespace in pre-2021 files, else
+None), ``cfg`` (plain dict of config groups; pickled omegaconf containers in some older files),
+``model`` (state dict), ``criterion``, ``optimizer_history``, ``task_state``
+(``{"dictionaries": [Dictionary, ...]}``, pickled ``fairseq.data.dictionary.Dictionary``
+instances), ``extra_state`` and optionally ``last_optimizer_state``.
 
 Reading never executes pickled code: ``torch.load(weights_only=True)`` first, and if the file
 holds fairseq objects, a restricted unpickler that admits an explicit allow-list of globals

@@ -1,11 +1,11 @@
 """Convert HuBERT weights between fairseq/speechkit names and Hugging Face ``transformers``.
 
 The name mapping is the one of ``transformers``' own fairseq converter
-(``convert_hubert_original_pytorch_checkpoint_to_pytorch.py``, classic revision; see
-``research/hubert_contentvec.md`` 3.1), written here as a table of name templates. HF has no
-prediction head: ``final_proj`` and ``label_embs_concat`` travel in ``final_proj.pt`` next to the
-``save_pretrained`` files. ``transformers`` is only a development dependency and is imported
-lazily by the functions that need it.
+(huggingface/transformers ``src/transformers/models/hubert/
+convert_hubert_original_pytorch_checkpoint_to_pytorch.py``, classic revision), written here as a
+table of name templates. HF has no prediction head: ``final_proj`` and ``label_embs_concat``
+travel in ``final_proj.pt`` next to the ``save_pretrained`` files. ``transformers`` is only a
+development dependency and is imported lazily by the functions that need it.
 
 Note: for pre-LN (Large) models HF's last ``hidden_states`` entry has the final encoder
 LayerNorm applied; fairseq's ``output_layer=L`` output does not.

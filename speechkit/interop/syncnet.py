@@ -1,6 +1,6 @@
 """Read joonson/syncnet_trainer checkpoints into speechkit's ``syncnet_fbank`` + ``syncnet``.
 
-syncnet_trainer saves ``SyncNet.state_dict()`` bare (research/sv_syncnet_enh.md section 2.6):
+syncnet_trainer saves ``SyncNet.state_dict()`` bare (``SyncNetDist.py::saveParameters``):
 ``__S__.netcnnaud.*``, ``__S__.netcnnlip.*``, ``__S__.netfc{aud,spk,lip,face}.*``, the torchaudio
 front-end buffers ``__S__.torchfb.*`` and the loss scales ``__L__.{wI,bI,wC,bC}``. speechkit's
 model and criterion use the same names without the prefixes; the front-end buffers are dropped

@@ -2,7 +2,7 @@
 
 voxceleb_trainer's top-level ``SpeakerNet`` has two children, ``__S__`` (the embedding model) and
 ``__L__`` (the loss), so its state_dict keys are ``__S__.<name>`` and ``__L__.<name>``
-(research/sv_syncnet_enh.md section 1.0). Three file layouts exist:
+(clovaai/voxceleb_trainer ``SpeakerNet.py``). Three file layouts exist:
 
 * **legacy** (every published ``baseline_*.model``): ``torch.save`` of that bare state_dict;
   some copies carry ``module.`` prefixes from ``DataParallel`` / DDP wrappers;
@@ -94,7 +94,8 @@ class KnownCheckpoint:
     note: str
 
 
-#: published checkpoints by file name (research/sv_syncnet_enh.md sections 1.0 and 1.11)
+#: published checkpoints by file name (EERs from clovaai/voxceleb_trainer ``README.md``;
+#: input scales from its issue #144)
 KNOWN_CHECKPOINTS: dict[str, KnownCheckpoint] = {
     "baseline_lite_ap.model": KnownCheckpoint(
         "resnet_se34l",

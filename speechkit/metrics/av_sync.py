@@ -2,8 +2,8 @@
 
 References:
     * Chung & Zisserman, "Out of time: automated lip sync in the wild", ACCV 2016 workshops.
-    * joonson/syncnet_python ``SyncNetInstance.evaluate`` as described in
-      ``research/sv_syncnet_enh.md`` section 2.7.
+    * joonson/syncnet_python ``SyncNetInstance.py`` (``SyncNetInstance.evaluate``) and
+      ``SyncNetModel.py``.
 """
 
 from __future__ import annotations

@@ -11,7 +11,7 @@ and averages the two:
   normalization in multilingual speaker recognition", Interspeech) uses, for each side, only its
   ``top_k`` highest cohort scores (the cohort members most similar to that side). wespeaker's
   VoxCeleb recipe uses ``top_k = 300`` with per-speaker mean embeddings of VoxCeleb2-dev as the
-  cohort (research spec section 4.1).
+  cohort (wenet-e2e/wespeaker ``examples/voxceleb/v2/run.sh``).
 
 The statistics of one embedding do not depend on the trial, so for a trial list where each file
 occurs in many trials, call ``cohort_stats`` once per unique file and ``normalize_scores`` per

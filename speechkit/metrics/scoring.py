@@ -1,13 +1,15 @@
 """Trial scoring and the trial-list / score-file formats of speaker verification.
 
 - ``cosine_scores``: cosine similarity of paired embeddings (wespeaker, SpeechBrain).
-- ``mean_crop_distance_score``: voxceleb_trainer's score (research spec section 1.8): minus the
-  mean Euclidean distance between all crop embeddings of the two files (10 x 10 by default),
-  L2-normalising the crops first when the training loss sets ``test_normalize``.
+- ``mean_crop_distance_score``: voxceleb_trainer's score (clovaai/voxceleb_trainer
+  ``SpeakerNet.py``, ``evaluateFromList``): minus the mean Euclidean distance between all crop
+  embeddings of the two files (10 x 10 by default), L2-normalising the crops first when the
+  training loss sets ``test_normalize``.
 - ``mean_crop_cosine_score``: syncnet_trainer's speaker-verification score (``scoring=
-  syncnet_reference``; research spec section 2.5): the mean cosine similarity over all crop
-  pairs of the two files, each crop embedding normalised on its own. This is the rule that
-  reproduces the released ``voxsrc2020_baseline.model`` EER 20.4348.
+  syncnet_reference``; joonson/syncnet_trainer ``SyncNetDist.py``, ``evaluateFromListSave``): the
+  mean cosine similarity over all crop pairs of the two files, each crop embedding normalised on
+  its own. This is the rule that reproduces the released ``voxsrc2020_baseline.model`` EER
+  20.4348.
 - Trial list (voxceleb_trainer's ``veri_test.txt`` format): one trial per line,
   ``label path1 path2`` with label 1 = same speaker, 0 = different speakers; paths relative to
   a root folder. A list of ``path1 path2`` lines (no labels, e.g. a challenge's blind list) is

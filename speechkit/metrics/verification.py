@@ -10,11 +10,12 @@ Conventions (those of scikit-learn's ``roc_curve``): a trial is accepted when
 FPR 0, FNR 1) through every distinct score in decreasing order to the lowest score (accept
 everything: FPR 1, FNR 0). Tied scores form one operating point.
 
-- EER follows voxceleb_trainer (research spec section 1.8): among the ROC points, take the one
-  minimising ``|FNR - FPR|`` (the first one on a tie) and report ``max(FPR, FNR) * 100``. By default
-  the ROC keeps only the corner points, exactly like ``sklearn.metrics.roc_curve`` with its default
-  ``drop_intermediate=True`` that the reference calls, so published numbers are reproduced
-  bit for bit.
+- EER follows voxceleb_trainer (clovaai/voxceleb_trainer ``tuneThreshold.py``,
+  ``tuneThresholdfromScore``): among the ROC points, take the one minimising ``|FNR - FPR|`` (the
+  first one on a tie) and report ``max(FPR, FNR) * 100``. By default the ROC keeps only the
+  corner points, exactly like ``sklearn.metrics.roc_curve`` with its default
+  ``drop_intermediate=True`` that the reference calls, so published numbers are reproduced bit for
+  bit.
 - minDCF is the normalised detection cost of NIST SRE 2016 (evaluation plan, eq. 2-4):
   ``C_det = c_miss * p_target * FNR + c_fa * (1 - p_target) * FPR``, minimised over all operating
   points and divided by ``min(c_miss * p_target, c_fa * (1 - p_target))``. voxceleb_trainer's

@@ -2,9 +2,9 @@
 (Qian et al. 2022, "ContentVec: An Improved Self-Supervised Speech Representation by
 Disentangling Speakers", ICML).
 
-Follows the reference (auspicious3000/contentvec, ``models/hubert/contentvec.py`` and
-``models/wav2vec/wav2vec2_1.py``; research/hubert_contentvec.md section 2.1) with its full
-checkpoint layout, so speechkit and reference state dicts share their names:
+Follows the reference (auspicious3000/contentvec, ``contentvec/models/hubert/contentvec.py`` and
+``contentvec/models/wav2vec/wav2vec2_1.py``) with its full checkpoint layout, so speechkit and
+reference state dicts share their names:
 
 * ``encoder.layers.0 .. encoder_layers - 1``: ordinary HuBERT layers (LayerDrop applies, their
   outputs form ``layer_results``);

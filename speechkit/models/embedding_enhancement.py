@@ -1,7 +1,7 @@
 """Speaker-embedding enhancement networks: (B, D) single-utterance embedding -> (B, D).
 
-The three MLPs of Dorika0203/proj_2022NC ``models/m_Models.py`` (research/sv_syncnet_enh.md
-section 3.3), renamed for what they are, plus a residual variant:
+The three MLPs of Dorika0203/proj_2022NC ``models/m_Models.py``, renamed for what they are, plus
+a residual variant:
 
 =============================  ==============  ===============================================
 speechkit name                 reference       layers (D = embed_dim, reference D = 512)

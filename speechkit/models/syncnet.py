@@ -6,8 +6,8 @@ References:
     * Nagrani, Chung, Albanie & Zisserman, "Disentangled speech embeddings using cross-modal
       self-supervision", ICASSP 2020; the VoxSRC 2020 self-supervised baseline
       (joonson/syncnet_trainer): separate content (sync) and identity heads per modality.
-    * Facts used here: ``research/sv_syncnet_enh.md`` section 2.3 (layers, shapes) and 2.6
-      (checkpoint keys).
+    * joonson/syncnet_trainer ``models/SyncNetModelFBank.py`` (layers, shapes) and
+      ``SyncNetDist.py`` (checkpoint keys).
 
 ``netcnnaud`` / ``netcnnlip`` are ``nn.Sequential`` with the reference indices (convs at
 0/4/8/11/14/18, BNs at 1/5/9/12/15/19) and the heads ``netfcaud`` / ``netfcspk`` / ``netfclip``

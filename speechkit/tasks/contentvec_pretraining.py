@@ -1,5 +1,7 @@
-"""``contentvec``: ContentVec pretraining (reference task ``contentvec_pretraining``;
-research/hubert_contentvec.md sections 2.1-2.3).
+"""``contentvec``: ContentVec pretraining (reference task ``contentvec_pretraining``,
+auspicious3000/contentvec ``contentvec/tasks/contentvec_pretraining.py`` and
+``run_pretrain_single.sh``; Qian et al., "ContentVec: An Improved Self-Supervised Speech
+Representation by Disentangling Speakers", ICML 2022).
 
 The ``hubert`` task's files, plus ``task.spk2info``: the speaker table (``spk2info.dict``, the
 reference's pickle or speechkit's format; ``scripts/make_spk2info.py`` writes it) with a

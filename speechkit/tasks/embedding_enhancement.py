@@ -1,6 +1,6 @@
 """``embedding_enhancement``: train a network that maps a single-utterance speaker embedding
-towards its speaker's multi-utterance embedding (Dorika0203/proj_2022NC, research/
-sv_syncnet_enh.md section 3), on embeddings dumped by ``scripts/dump_embeddings.py``.
+towards its speaker's multi-utterance embedding (Dorika0203/proj_2022NC ``m_trainer.py``), on
+embeddings dumped by ``scripts/dump_embeddings.py``.
 
 Pipeline::
 

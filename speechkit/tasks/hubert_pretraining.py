@@ -1,5 +1,7 @@
-"""``hubert``: HuBERT pretraining on k-means labels (fairseq ``tasks/hubert_pretraining.py``;
-research/hubert_contentvec.md section 1.3).
+"""``hubert``: HuBERT pretraining on k-means labels (facebookresearch/fairseq
+``fairseq/tasks/hubert_pretraining.py`` and ``fairseq/data/audio/hubert_dataset.py``; Hsu et al.,
+"HuBERT: Self-Supervised Speech Representation Learning by Masked Prediction of Hidden Units",
+IEEE/ACM TASLP 2021).
 
 Files (fairseq's layout): ``{data}/{split}.tsv`` manifests (root folder on line 1, then
 ``relative/path<TAB>num_samples``), ``{label_dir}/{split}.{label}`` label files (one line per

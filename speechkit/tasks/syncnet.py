@@ -1,5 +1,6 @@
 """``syncnet``: self-supervised audio-visual training (joonson/syncnet_trainer, the VoxSRC 2020
-self-supervised baseline; research/sv_syncnet_enh.md section 2) on speechkit's trainer.
+self-supervised baseline, ``trainSyncNet.py`` / ``SyncNetDist.py``; Nagrani et al., "Disentangled
+speech embeddings using cross-modal self-supervision", ICASSP 2020) on speechkit's trainer.
 
 Data: lists of ``video.mp4 audio.wav offset num_frames`` lines (``scripts/make_syncnet_list.py``;
 two-field ``video audio`` lines also work, see ``speechkit.data.syncnet_dataset``), paths
