@@ -1,6 +1,6 @@
 """Default folders of the data-preparation commands.
 
-Outputs default to ``demo_data/`` under the current directory, where the demo presets of
+Outputs default to ``$SPEECHKIT_DEMO_DATA``, else ``demo_data/`` under the current directory, where the demo presets of
 ``configs/experiment/`` read them (``task.train_list=demo_data/...``, relative to the folder
 training starts in). The shared test data is looked up in ``--shared``/``--data``, then
 ``$SPEECHKIT_SHARED_DATA``, then ``../shared/data`` beside the current directory and beside the
@@ -14,8 +14,10 @@ from pathlib import Path
 
 __all__ = ["DEMO_DATA", "find_shared_data", "shared_data_candidates"]
 
-DEMO_DATA = Path("demo_data")
-"""Default output folder of the demo-data commands (relative to the current directory)."""
+DEMO_DATA = Path(os.environ.get("SPEECHKIT_DEMO_DATA") or "demo_data")
+"""Default output folder of the demo-data commands: ``$SPEECHKIT_DEMO_DATA`` when set (the
+presets' ``paths.demo_root`` reads the same variable), else ``demo_data`` relative to the current
+directory."""
 
 _CHECKOUT = Path(__file__).resolve().parents[2]
 

@@ -5,8 +5,9 @@ lookup per file, per epoch). Following the webdataset layout that wespeaker uses
 VoxCeleb2-scale training (``wespeaker/tools/make_shard_list.py``,
 ``wespeaker/dataset/processor.py``), the utterances are packed into plain POSIX tar files of
 about ``shard_size`` bytes each, read sequentially. This module is speechkit's own
-implementation on the standard library's ``tarfile``; :mod:`speechkit.data.shard_dataset`
-streams the shards for training.
+implementation: shards are written with the standard library's ``tarfile`` (ustar format) and
+read by parsing the 512-byte headers directly (faster for small members);
+:mod:`speechkit.data.shard_dataset` streams the shards for training.
 
 Layout of a shard folder::
 
@@ -611,11 +612,27 @@ def read_member_bytes(ref: SampleRef) -> dict[str, bytes]:
         return {ext: _read_exact(f, off, n, ref.where) for ext, off, n in ref.members}
 
 
+def _ustar_member(block: bytes) -> tuple[str, int] | None:
+    """``(name, size)`` of a regular file's ustar header block, or None when the block is not
+    one (bad checksum or magic, another member type, a base-256 size or an undecodable name)."""
+    try:
+        stored = int(block[148:156].split(b"\0", 1)[0].strip() or b"x", 8)
+        size = int(block[124:136].split(b"\0", 1)[0].strip() or b"0", 8)
+        name = block[:100].split(b"\0", 1)[0].decode("utf-8")
+        prefix = block[345:500].split(b"\0", 1)[0].decode("utf-8")
+    except ValueError:  # also UnicodeDecodeError
+        return None
+    if stored != sum(block) - sum(block[148:156]) + 8 * 32:
+        return None
+    if block[257:262] != b"ustar" or block[156:157] not in (b"0", b"\0"):
+        return None
+    return (f"{prefix}/{name}" if prefix else name), size
+
+
 class ShardReader:
     """Iterate the samples of one shard in archive order.
 
-    Iterating yields :class:`SampleRef` from the tar headers alone (``tarfile`` seeks over the
-    data); :meth:`read` then reads a sample's members through the same open file, so reading
+    Iterating yields :class:`SampleRef` from the ustar headers alone (seeking over the data); :meth:`read` then reads a sample's members through the same open file, so reading
     each sample right after it is yielded is one sequential pass.
 
     Args:
@@ -661,51 +678,49 @@ class ShardReader:
             f.close()
 
     def _samples(self, f: Any) -> Iterator[SampleRef]:
-        try:
-            tar = tarfile.open(fileobj=f, mode="r:")
-        except tarfile.TarError as e:
-            raise self._error(f"not a readable tar archive ({e})") from e
+        # The headers are parsed here rather than by ``tarfile``, whose per-member cost was the
+        # largest part of reading a shard of small files (benchmarks/shard_reading.py). The
+        # shards are plain ustar archives of regular files (ShardWriter), so a header is one
+        # 512-byte block: name, octal size, checksum, type flag.
         count = 0
+        pos = 0
         pending: tuple[str, int, int] | None = None
         while True:
-            try:
-                m = tar.next()
-            except tarfile.TarError as e:
-                raise self._error(f"corrupt archive after sample {count} ({e})") from e
-            if m is None:
+            f.seek(pos)  # read() may have moved the shared file position
+            block = f.read(_BLOCK)
+            if len(block) < _BLOCK:
+                raise self._error(
+                    f"the file ends at byte {pos} after sample {count}, expected end of archive"
+                )
+            if block.count(0) == _BLOCK:  # the end-of-archive marker
                 break
-            tar.members.clear()  # a long shard would otherwise keep every header in memory
-            if not m.isfile():
-                raise self._error(f"member {m.name!r} is not a regular file")
-            key, dot, ext = m.name.rpartition(".")
-            if not dot or "/" in m.name:
-                raise self._error(f"member {m.name!r}: expected '<key>.<extension>'")
+            member = _ustar_member(block)
+            if member is None:
+                raise self._error(
+                    f"bad tar header at byte {pos} after sample {count}, expected a ustar header "
+                    "of a regular file"
+                )
+            name, size = member
+            data = pos + _BLOCK
+            pos = data + -(-size // _BLOCK) * _BLOCK
+            key, dot, ext = name.rpartition(".")
+            if not dot or "/" in name:
+                raise self._error(f"member {name!r}: expected '<key>.<extension>'")
             if pending is None:
                 if ext != "json":
-                    raise self._error(f"member {m.name!r}: expected '<key>.json' to start a sample")
-                pending = (key, m.offset_data, m.size)
+                    raise self._error(f"member {name!r}: expected '<key>.json' to start a sample")
+                pending = (key, data, size)
                 continue
             if key != pending[0]:
                 raise self._error(
-                    f"member {m.name!r} follows {pending[0]}.json: expected the audio member "
+                    f"member {name!r} follows {pending[0]}.json: expected the audio member "
                     f"'{pending[0]}.<wav|flac|...>'"
                 )
             count += 1
-            yield SampleRef(
-                self.path, key, (("json", pending[1], pending[2]), (ext, m.offset_data, m.size))
-            )
+            yield SampleRef(self.path, key, (("json", pending[1], pending[2]), (ext, data, size)))
             pending = None
         if pending is not None:
             raise self._error(f"sample {pending[0]} has no audio member")
-        # tarfile ends quietly on a corrupt header after the first member: check for the
-        # end-of-archive marker (zero blocks) where the headers stopped
-        f.seek(tar.offset)
-        block = f.read(_BLOCK)
-        if block.count(0) != len(block) or len(block) < _BLOCK:
-            state = "the file ends" if len(block) < _BLOCK else "bad tar header"
-            raise self._error(
-                f"{state} at byte {tar.offset} after sample {count}, expected end of archive"
-            )
         if count != self.expected_samples:
             raise self._error(f"{count} samples but the index records {self.expected_samples}")
 

@@ -135,6 +135,14 @@ class ResNetPooling(ChoiceEnum):
     ASP = "ASP"
 
 
+class FeatureNorm(ChoiceEnum):
+    """Per-utterance normalisation of the log-mel features (see ``LogMelFrontend``)."""
+
+    instance = "instance"
+    mean = "mean"
+    none = "none"
+
+
 def _check_encoder(encoder_type: str, model: str) -> None:
     ResNetPooling.check(encoder_type, f"{model}: encoder_type")
 
@@ -157,6 +165,9 @@ class ResNetSE34LConfig(SpeechkitDataclass):
     encoder_type: ResNetPooling = "SAP"
     embed_dim: int = 512  # the reference's nOut
     input_scale: float = 1.0  # 32768 for checkpoints trained on int16-scale audio
+    feature_norm: FeatureNorm = "instance"
+    """Per-utterance normalisation of the log-mels: ``instance`` (the reference: mean and
+    spread per mel bin over the utterance removed), ``mean`` (mean only) or ``none``."""
 
 
 @register_model("resnet_se34l", dataclass=ResNetSE34LConfig)
@@ -186,7 +197,7 @@ class ResNetSE34L(nn.Module):
             n_mels=cfg.n_mels,
             window="hamming",
             log_input=cfg.log_input,
-            norm="instance",
+            norm=FeatureNorm.check(cfg.feature_norm, "resnet_se34l: feature_norm"),
         )
         self.conv1 = nn.Conv2d(1, 16, kernel_size=7, stride=(2, 1), padding=3, bias=False)
         self.bn1 = nn.BatchNorm2d(16)
@@ -229,6 +240,9 @@ class ResNetSE34V2Config(SpeechkitDataclass):
     encoder_type: ResNetPooling = "ASP"
     embed_dim: int = 512  # the reference's nOut
     input_scale: float = 1.0  # 32768 for checkpoints trained on int16-scale audio
+    feature_norm: FeatureNorm = "instance"
+    """Per-utterance normalisation of the log-mels: ``instance`` (the reference: mean and
+    spread per mel bin over the utterance removed), ``mean`` (mean only) or ``none``."""
 
 
 @register_model("resnet_se34v2", dataclass=ResNetSE34V2Config)
@@ -264,7 +278,7 @@ class ResNetSE34V2(nn.Module):
             window="hamming",
             pre_emphasis=0.97,
             log_input=cfg.log_input,
-            norm="instance",
+            norm=FeatureNorm.check(cfg.feature_norm, "resnet_se34v2: feature_norm"),
         )
         self.conv1 = nn.Conv2d(1, 32, kernel_size=3, stride=1, padding=1)
         self.relu = nn.ReLU(inplace=True)
