@@ -166,6 +166,7 @@ def test_frontend_buffers_are_not_saved():
     [
         ("resnet_se34l", {"encoder_type": "TAP"}),
         ("resnet_se34v2", {"n_mels": 60}),
+        ("resnet_se34l", {"feature_norm": "cmvn"}),
         ("vggvox40", {"encoder_type": "ASP"}),
         ("rawnet3", {"norm_sinc": "std"}),
         ("ecapa_tdnn", {"frontend": "mfcc"}),
@@ -174,6 +175,26 @@ def test_frontend_buffers_are_not_saved():
 def test_bad_config_raises(name, overrides):
     with pytest.raises(ConfigError, match=list(overrides)[0]):
         build(name, **overrides)
+
+
+@pytest.mark.parametrize("name", ["resnet_se34l", "resnet_se34v2"])
+def test_feature_norm_choices(name):
+    """``instance`` (the reference) and ``mean`` remove the per-bin mean over time; ``none``
+    keeps the raw log-mel levels, and the embedding changes with the choice."""
+    wav = 0.1 * torch.randn(2, SR)
+    feats, embs = {}, {}
+    for norm in ("instance", "mean", "none"):
+        torch.manual_seed(0)
+        model = build(name, feature_norm=norm).eval()
+        with torch.no_grad():
+            feats[norm], embs[norm] = model.frontend(wav), model(wav)
+    for norm in ("instance", "mean"):
+        assert feats[norm].mean(-1).abs().max() < 1e-4, norm
+    assert feats["none"].mean(-1).abs().max() > 1.0
+    torch.testing.assert_close(
+        feats["instance"].std(-1), torch.ones_like(feats["instance"][..., 0]), atol=1e-2, rtol=0
+    )
+    assert not torch.allclose(embs["none"], embs["instance"])
 
 
 def test_eval_embedding_is_batch_independent_and_input_scale_applies():
