@@ -18,6 +18,7 @@ BUILTIN_MODULES = [
     "speechkit.tasks.contentvec_pretraining",
     "speechkit.tasks.syncnet",
     "speechkit.tasks.target_speaker_separation",
+    "speechkit.tasks.enrolment_distillation",
     # models
     "speechkit.models.resnet_se",
     "speechkit.models.vggvox",
@@ -29,6 +30,8 @@ BUILTIN_MODULES = [
     "speechkit.models.contentvec",
     "speechkit.models.syncnet",
     "speechkit.models.voicevector",
+    "speechkit.models.voicevector_enrolment",
+    "speechkit.models.voicevector_composite",
     # criterions
     "speechkit.criterions.speaker_classification",
     "speechkit.criterions.speaker_metric_learning",
@@ -37,6 +40,7 @@ BUILTIN_MODULES = [
     "speechkit.criterions.contentvec_criterion",
     "speechkit.criterions.syncnet_criterion",
     "speechkit.criterions.separation",
+    "speechkit.criterions.enrolment_distillation",
 ]
 
 

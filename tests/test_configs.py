@@ -8,7 +8,8 @@ HuBERT / ContentVec presets get a one-utterance manifest of the real data with a
 dictionary and speaker table of the right formats (their training runs in
 tests/test_pretraining_real_data.py). Presets whose task reads derived data (dumped embeddings)
 are built and trained on that data in their own tests (tests/test_enhancement_pipeline.py,
-tests/test_separation_real_data.py); here their configs are resolved against the registries.
+tests/test_separation_real_data.py, tests/test_voicevector_distillation.py); here their
+configs are resolved against the registries.
 """
 
 from __future__ import annotations
@@ -28,7 +29,11 @@ from speechkit.registry import CRITERION_REGISTRY, MODEL_REGISTRY, TASK_REGISTRY
 from speechkit.train import build_components
 from tests.helpers import CONFIG_DIR, compose_cfg
 
-BUILT_ELSEWHERE = {"embedding_enhancement", "target_speaker_separation"}
+BUILT_ELSEWHERE = {
+    "embedding_enhancement",
+    "target_speaker_separation",
+    "voicevector_enrolment_distillation",
+}
 EXPERIMENTS = sorted(p.stem for p in (CONFIG_DIR / "experiment").glob("*.yaml"))
 
 

@@ -130,25 +130,28 @@ def test_raw_pth_and_composite_files(source, tmp_path, capsys):
     model, ref = source
     torch.save(ref, tmp_path / "raw.pth")  # raw state dict, no net. prefix
     ckpt, report = convert_voicevector_file(tmp_path / "raw.pth", {"heads": 2})
-    assert not report.ignored and report.dropped == ["transformer.pos_encoder.pe"]
+    assert not report.enrolment and report.dropped == ["transformer.pos_encoder.pe"]
     save_converted(ckpt, tmp_path / "raw.pt")
     assert torch.equal(outputs(load_converted(tmp_path / "raw.pt")), outputs(model))
 
     composite = {"speaker_separation." + k: v for k, v in ref.items()}
+    # a composite's separation net alone (Lightning prefix) converts to voicevector_ae
+    torch.save({"state_dict": {"net." + k: v for k, v in composite.items()}}, tmp_path / "c.ckpt")
+    ckpt, report = convert_voicevector_file(tmp_path / "c.ckpt", {"heads": 2})
+    assert report.variant == "speaker_separation" and report.model == "voicevector_ae"
+    save_converted(ckpt, tmp_path / "c.pt")
+    assert torch.equal(outputs(load_converted(tmp_path / "c.pt")), outputs(model))
+    # an incomplete enrolment net is refused with the missing key named (complete composites:
+    # tests/test_voicevector_enrolment.py)
     composite["av_speaker_embedding.adaptive_layer.0.0.weight"] = torch.randn(16, 512, 1)
-    composite["av_speaker_embedding.ecapa.fc.conv.weight"] = torch.randn(192, 3072, 1)
+    composite["av_speaker_embedding.ECAPA.fc.conv.weight"] = torch.randn(192, 3072, 1)
     torch.save(composite, tmp_path / "avem3.pth")
     out = tmp_path / "avem.pt"
     argv = ["--input", str(tmp_path / "avem3.pth"), "--output", str(out), "--heads", "2"]
-    assert convert_voicevector.main(argv) == 0
-    printed = capsys.readouterr().out
-    assert "enrolment-net weights, not loaded: variant not built yet (2 tensors" in printed
-    assert "av_speaker_embedding.*" in printed
-    assert torch.equal(outputs(load_converted(out)), outputs(model))
-    # the same with the Lightning prefix
-    torch.save({"state_dict": {"net." + k: v for k, v in composite.items()}}, tmp_path / "c.ckpt")
-    _, report = convert_voicevector_file(tmp_path / "c.ckpt", {"heads": 2})
-    assert report.variant == "av_speaker_embedding" and len(report.ignored) == 2
+    assert convert_voicevector.main(argv) == 2 and not out.exists()
+    err = capsys.readouterr().err
+    assert "(av_speaker_embedding.*): missing key 'linear_layers.0.0.weight'" in err
+    assert err.count("\n") == 1
 
 
 def test_bad_keys_and_shapes_are_named(source, tmp_path, capsys):

@@ -4,14 +4,16 @@
         [--overwrite]
 
 The input is the reference's Lightning checkpoint (``state_dict`` with ``net.*`` keys) or a raw
-``.pth`` state dict; composites (avem / vem / ivem) contribute their ``speaker_separation.*``
-net, and their enrolment-net weights are reported and left out. Read without executing pickled
-code. The architecture is read from the weights (``--heads`` is not recorded in them; the
-reference uses 8). The key map is strict: an unmapped key, an unfilled speechkit key or a shape
-mismatch is an error naming the keys, and nothing is written.
+``.pth`` state dict; a composite (``avem3.pth`` / ``vem.pth`` / ``ivem.pth``: separation net
+plus enrolment net) becomes a ``voicevector_avem`` / ``voicevector_vem`` / ``voicevector_ivem``
+checkpoint holding both nets. Read without executing pickled code. The architecture is read
+from the weights (``--heads`` is not recorded in them; the reference uses 8). The key map is
+strict: an unmapped key, an unfilled speechkit key or a shape mismatch is an error naming the
+keys, and nothing is written.
 
-The output (model ``voicevector_ae``, task ``target_speaker_separation``) runs with
-``speechkit-separate --checkpoint OUT`` and fine-tunes with ``checkpoint.finetune_from_model=OUT``.
+The output (task ``target_speaker_separation``) fine-tunes with
+``checkpoint.finetune_from_model=OUT``; a ``voicevector_ae`` / ``voicevector_av`` output also
+runs with ``speechkit-separate --checkpoint OUT``.
 
 Exit status: 0 converted, 2 bad input (message on stderr).
 """
@@ -42,11 +44,12 @@ def run(args: argparse.Namespace) -> int:
     checkpoint, report = convert_voicevector_file(args.input, {"heads": args.heads})
     save_converted(checkpoint, output)
     cfg = checkpoint["cfg"]["model"]
+    sep = cfg.get("separation", cfg)  # a composite's separation net
     n_params = sum(v.numel() for v in checkpoint["model"].values())
     for line in report.lines():
         print(line)
     keys = ("hidden", "depth", "growth", "kernel_size", "transformer_layers", "ffn_dim", "max_len")
-    arch = " ".join(f"{k}={cfg[k]}" for k in keys)
+    arch = " ".join(f"{k}={sep[k]}" for k in keys)
     print(
         f"converted {len(checkpoint['model'])} tensors (all keys mapped) to {cfg['_name']}: {arch}"
     )

@@ -3,7 +3,11 @@ section 1.6): ``waveform_l1``.
 
 The model is called as ``model(mixture (B, T), enrol (B, N, E), enrol_type (B, N) long,
 enrol_mask (B, N) bool)`` (or ``model(mixture, lip (B, F, D))`` when the batch has ``lip``, the
-audio-visual ``voicevector_av``) and returns the target estimate (B, T).
+audio-visual ``voicevector_av``) and returns the target estimate (B, T). When the batch has
+enrolment clips (``enrol_lip``, from ``task.enrolment_source=clips``), the composite models
+(``voicevector_vem`` / ``voicevector_avem`` / ``voicevector_ivem``) are called as
+``model(mixture, enrol_type=..., enrol_mask=..., enrol_lip=(B, N, F, D_lip)[, enrol_audio=(B, N,
+F * 640)][, enrol_face=(B, N, 3, D_face)])`` with the clip keys the batch holds.
 
 Loss (``loss`` option):
 
@@ -40,6 +44,8 @@ from speechkit.registry import ChoiceEnum, register_criterion
 
 SCORE_KEYS = ("si_sdr", "si_sdri", "sdr", "sdri")
 REQUIRED_KEYS = ("mixture", "target", "enrol", "enrol_type", "enrol_mask")
+CLIP_KEYS = ("enrol_lip", "enrol_audio", "enrol_face")
+"""Enrolment-clip batch keys passed to a composite model by name (those present)."""
 
 
 class WaveformLoss(ChoiceEnum):
@@ -72,14 +78,24 @@ class WaveformL1Criterion(Criterion):
         self.loss_type = WaveformLoss.check(cfg.loss, "criterion waveform_l1: loss")
 
     def forward(self, model: nn.Module, sample: dict) -> tuple[torch.Tensor, int, dict]:
-        needed = ("mixture", "target", "lip") if "lip" in sample else REQUIRED_KEYS
+        if "enrol_lip" in sample:
+            needed = ("mixture", "target", "enrol_lip", "enrol_type", "enrol_mask")
+        elif "lip" in sample:
+            needed = ("mixture", "target", "lip")
+        else:
+            needed = REQUIRED_KEYS
         missing = [k for k in needed if k not in sample]
         if missing:
             raise DataError(
-                f"criterion waveform_l1 needs batch keys {list(REQUIRED_KEYS)}, missing {missing}"
+                f"criterion waveform_l1 needs batch keys {list(needed)}, missing {missing}"
             )
         mixture, target = sample["mixture"], sample["target"]
-        if "lip" in sample:
+        if "enrol_lip" in sample:
+            clips = {k: sample[k] for k in CLIP_KEYS if k in sample}
+            estimate = model(
+                mixture, enrol_type=sample["enrol_type"], enrol_mask=sample["enrol_mask"], **clips
+            )
+        elif "lip" in sample:
             estimate = model(mixture, sample["lip"])
         else:
             estimate = model(mixture, sample["enrol"], sample["enrol_type"], sample["enrol_mask"])

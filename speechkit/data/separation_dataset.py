@@ -69,6 +69,17 @@ when the dataset is built (a missing file or a mismatch beyond ``lip_tolerance``
 crop's grid (a wrapped short crop repeats its frames the same way); ``segment`` must then be a
 multiple of 0.04 s. With ``embedding_dir`` null the items carry no enrolment.
 
+Enrolment clips (``enrolment_source="clips"``, for the composite models ``voicevector_vem`` /
+``voicevector_avem`` / ``voicevector_ivem`` whose frozen enrolment net turns each clip into a
+vector): the positives and negatives are drawn exactly as above, but instead of their vectors the
+item carries one enrolment clip per chosen utterance (:mod:`speechkit.data.enrolment_clips`:
+a fresh ``enrol_segment``-second crop, by default 4 s, drawn from the item's generator after the
+choice; ``enrol_lip`` (K, F, lip_dim); with ``enrol_inputs="av"`` also ``enrol_audio`` (K, F *
+640), each clip mixed with its own interferer of another speaker at a drawn SIR; with ``"iv"``
+``enrol_face`` (K, 3, face_dim) from ``face_dir``). The target's own ``lip`` is then not carried
+(the composites do not read it) and ``embedding_dir`` must be null. ``enrolment_source="vectors"``
+(the default) builds the same items as before this option existed, bit for bit.
+
 Randomness: training items use ``np.random.default_rng([seed, epoch, index])``, so an epoch is
 reproducible and a resumed run rebuilds the same items; eval items use
 ``np.random.default_rng([seed, EVAL_STREAM, index])``, the same mixtures every epoch.
@@ -95,6 +106,8 @@ from torch.utils.data import Dataset
 
 from speechkit.data.audio import audio_info, read_audio
 from speechkit.data.embedding_table import EmbeddingTable, embedding_path
+from speechkit.data.enrolment_clips import ENROL_SEGMENT, EnrolmentClips, EnrolmentSource
+from speechkit.data.face_embeddings import FACE_DIM
 from speechkit.data.lip_features import (
     DEFAULT_TOLERANCE,
     align_lip_features,
@@ -108,6 +121,7 @@ from speechkit.data.lists import check_files_exist, read_list_fields
 from speechkit.errors import DataError
 
 __all__ = [
+    "ENROL_KEYS",
     "EVAL_STREAM",
     "OFFSET_STEP",
     "SAMPLE_RATE",
@@ -115,6 +129,7 @@ __all__ = [
     "collate_separation",
     "crop_offset",
     "read_separation_list",
+    "scale_to_sir",
 ]
 
 SAMPLE_RATE = 16000
@@ -174,6 +189,14 @@ def crop_offset(length: int, num_samples: int, rng: np.random.Generator) -> int:
     return OFFSET_STEP * int(rng.integers(0, (length - num_samples) // OFFSET_STEP + 1))
 
 
+def scale_to_sir(wav: np.ndarray, target_norm: float, sir_db: int) -> np.ndarray:
+    """``wav`` scaled so ``||out|| = target_norm * 10 ** (sir_db / 20)`` (float64 arithmetic,
+    float32 result); an all-zero ``wav`` stays zero."""
+    norm = float(np.linalg.norm(wav.astype(np.float64)))
+    gain = target_norm * 10.0 ** (sir_db / 20.0) / norm if norm > 0 else 0.0
+    return (wav.astype(np.float64) * gain).astype(np.float32)
+
+
 def _fit(wav: np.ndarray, num_samples: int) -> np.ndarray:
     """Cut to ``num_samples``, repeating a shorter waveform from its start (wrap padding)."""
     if len(wav) < num_samples:
@@ -210,6 +233,12 @@ class SeparationDataset(Dataset):
         noise_prob: probability of adding noise to a training mixture.
         noise_snr_low, noise_snr_high: SNR range in dB (uniform, real-valued).
         gain_prob, shift_prob: probabilities of the mixture gain and shift (0: off).
+        enrolment_source: ``vectors`` (``enrol`` from ``embedding_dir``) or ``clips``
+            (enrolment clips; needs ``lip_dir`` and no ``embedding_dir``).
+        enrol_inputs: the clips' inputs, ``v``, ``av`` or ``iv`` (``clips`` only).
+        enrol_segment: clip length in seconds (multiple of 0.04 s; the reference's 4 s).
+        face_dir: face-embedding folder (``iv``; :mod:`speechkit.data.face_embeddings`).
+        face_dim: size of one face embedding (the reference's 128).
 
     Item (``dataset[i]``): ``mixture``, ``target``, ``interferer`` (S,) float32 tensors;
     ``enrol`` (K, D) float32; ``enrol_type`` (K,) int64; ``sir_db`` float; ``id`` int;
@@ -218,10 +247,15 @@ class SeparationDataset(Dataset):
     ``sir_db`` (list), ``positives``, ``negatives``, and the augmentation record ``noise``,
     ``noise_snr_db``, ``gain_db``, ``shift``). With ``lip_dir``:
     ``lip`` (S / 640, lip_dim) float32; without ``embedding_dir``: no ``enrol`` / ``enrol_type``.
+    With ``enrolment_source="clips"``: ``enrol_lip`` (K, F, lip_dim), ``enrol_audio`` (K, F *
+    640) (``av``), ``enrol_face`` (K, 3, face_dim) (``iv``) and ``enrol_type`` instead of
+    ``enrol`` and ``lip``.
 
     Raises:
         DataError: see the module docstring. ValueError: bad ``segment``, ``num_enrol``,
-            ``num_positive``, SIR range, ``speakers``, probabilities or noise SNR range.
+            ``num_positive``, SIR range, ``speakers``, probabilities or noise SNR range, or
+            enrolment-clip settings (:class:`~speechkit.data.enrolment_clips.EnrolmentClips`).
+            ConfigError: an unknown ``enrolment_source``.
     """
 
     def __init__(
@@ -250,7 +284,18 @@ class SeparationDataset(Dataset):
         noise_snr_high: float = 10.0,
         gain_prob: float = 0.0,
         shift_prob: float = 0.0,
+        enrolment_source: str = "vectors",
+        enrol_inputs: str = "v",
+        enrol_segment: float = ENROL_SEGMENT,
+        face_dir: str | os.PathLike | None = None,
+        face_dim: int = FACE_DIM,
     ):
+        source = str(EnrolmentSource.check(enrolment_source, "separation: enrolment_source"))
+        if source == "clips" and (lip_dir is None or embedding_dir is not None):
+            raise ValueError(
+                "enrolment_source='clips' reads lip_dir (the enrolment clips' lip features) and "
+                "no embedding_dir"
+            )
         if embedding_dir is None and lip_dir is None:
             raise ValueError("a separation dataset needs embedding_dir, lip_dir or both")
         if segment <= 0:
@@ -328,6 +373,9 @@ class SeparationDataset(Dataset):
         self.lip_tolerance = float(lip_tolerance)
         if lip_dir is not None:
             self._check_lip_features(lip_dim)
+        self.clips: EnrolmentClips | None = None
+        if source == "clips":
+            self.clips = EnrolmentClips(self, enrol_inputs, enrol_segment, face_dir, face_dim)
 
         label = {s: k for k, s in enumerate(speaker_ids)}
         self.labels = np.array([label[s] for s in self.speakers], dtype=np.int64)
@@ -353,12 +401,16 @@ class SeparationDataset(Dataset):
             lip_dim = dim
             info = audio_info(self.paths[i])
             num = int(round(info.frames * SAMPLE_RATE / info.sample_rate))
-            check_alignment(frames, num, path, self.lip_tolerance)
+            try:
+                check_alignment(frames, num, path, self.lip_tolerance)
+            except DataError as e:
+                raise DataError(f"{e}; listed at {self.where(i)}") from None
             self.audio_lens.append(num)
         self.lip_dim = int(lip_dim)
 
-    def _lip_crop(self, utt: int, offset: int) -> np.ndarray:
-        """(S / 640, lip_dim) lip frames of utterance ``utt``'s crop starting at ``offset``."""
+    def lip_crop(self, utt: int, offset: int, num_samples: int | None = None) -> np.ndarray:
+        """(num_samples / 640, lip_dim) lip frames of utterance ``utt``'s crop of
+        ``num_samples`` (default S) starting at ``offset`` (needs ``lip_dir``)."""
         path = self.lip_paths[utt]
         aligned = align_lip_features(
             read_lip_features(path, self.where(utt), self.lip_dim),
@@ -366,7 +418,8 @@ class SeparationDataset(Dataset):
             path,
             self.lip_tolerance,
         )
-        return crop_lip_features(aligned, offset, self.num_samples, self.audio_lens[utt])
+        num = self.num_samples if num_samples is None else int(num_samples)
+        return crop_lip_features(aligned, offset, num, self.audio_lens[utt])
 
     # -- bookkeeping ----------------------------------------------------------------------------
     @property
@@ -404,7 +457,7 @@ class SeparationDataset(Dataset):
         return self.order[self.start[k] : self.start[k + 1]]
 
     # -- drawing --------------------------------------------------------------------------------
-    def _other_speaker_utterance(self, utt: int, rng: np.random.Generator) -> int:
+    def other_speaker_utterance(self, utt: int, rng: np.random.Generator) -> int:
         """A uniform utterance among those of every speaker but ``utt``'s."""
         k = self.labels[utt]
         a, b = self.start[k], self.start[k + 1]
@@ -467,8 +520,12 @@ class SeparationDataset(Dataset):
             mixture = np.roll(mixture, meta["shift"])
         return mixture
 
-    def _read_crop(self, utt: int, rng: np.random.Generator) -> tuple[np.ndarray, int]:
-        """(S,) float32 crop of utterance ``utt`` and its offset (16 kHz samples)."""
+    def read_crop(
+        self, utt: int, rng: np.random.Generator, num_samples: int | None = None
+    ) -> tuple[np.ndarray, int]:
+        """(num_samples,) float32 crop (default S samples) of utterance ``utt`` and its offset
+        (16 kHz samples; :func:`crop_offset`, short files wrap-repeated)."""
+        num = self.num_samples if num_samples is None else int(num_samples)
         path = self.paths[utt]
         try:
             info = audio_info(path)
@@ -482,14 +539,38 @@ class SeparationDataset(Dataset):
                     "to resample every read with soxr"
                 )
             wav = read_audio(path, SAMPLE_RATE)
-            offset = crop_offset(len(wav), self.num_samples, rng)
-            return _fit(wav[offset:], self.num_samples), offset
-        offset = crop_offset(info.frames, self.num_samples, rng)
-        if info.frames >= self.num_samples:
-            wav = read_audio(path, SAMPLE_RATE, start=offset, frames=self.num_samples)
+            offset = crop_offset(len(wav), num, rng)
+            return _fit(wav[offset:], num), offset
+        offset = crop_offset(info.frames, num, rng)
+        if info.frames >= num:
+            wav = read_audio(path, SAMPLE_RATE, start=offset, frames=num)
         else:
             wav = read_audio(path, SAMPLE_RATE)
-        return _fit(wav, self.num_samples), offset
+        return _fit(wav, num), offset
+
+    def crop_start(self, utt: int, rng: np.random.Generator, num_samples: int) -> int:
+        """The offset :meth:`read_crop` would draw for ``num_samples``, from the audio length
+        checked against the lip features (needs ``lip_dir``; the audio is not read)."""
+        return crop_offset(self.audio_lens[utt], num_samples, rng)
+
+    def noisy_crop(
+        self, utt: int, rng: np.random.Generator, num_samples: int
+    ) -> tuple[np.ndarray, dict[str, int]]:
+        """A crop of ``utt`` plus a crop of a uniformly drawn utterance of another speaker,
+        scaled to an interferer-to-target ratio uniform in ``[sir_low, sir_high]`` dB: the
+        reference's noisy enrolment clip (section 1.5 step 5; no augmentation).
+
+        Returns:
+            ``(num_samples,)`` float32 mixture and ``{"offset", "interferer",
+            "interferer_offset", "sir_db"}``.
+        """
+        clip, offset = self.read_crop(utt, rng, num_samples)
+        other = self.other_speaker_utterance(utt, rng)
+        wav, other_offset = self.read_crop(other, rng, num_samples)
+        sir = int(rng.integers(self.sir_low, self.sir_high + 1))
+        norm = float(np.linalg.norm(clip.astype(np.float64)))
+        info = {"offset": offset, "interferer": other, "interferer_offset": other_offset}
+        return clip + scale_to_sir(wav, norm, sir), {**info, "sir_db": sir}
 
     def __getitem__(self, index: int) -> dict[str, Any]:
         index = int(index)
@@ -497,19 +578,17 @@ class SeparationDataset(Dataset):
             raise IndexError(f"item {index} out of range [0, {self.num_items})")
         rng = self.rng(index)
         utt = index % len(self.paths)
-        other = self._other_speaker_utterance(utt, rng)
-        target, t_off = self._read_crop(utt, rng)
+        other = self.other_speaker_utterance(utt, rng)
+        target, t_off = self.read_crop(utt, rng)
         t_norm = float(np.linalg.norm(target.astype(np.float64)))
         others, offsets, sirs = [other], [], []
         interferer = np.zeros(self.num_samples, dtype=np.float32)
         for j in range(self.speakers_per_mixture - 1):
             if j > 0:
                 others.append(self._more_interferers([self.labels[u] for u in [utt, *others]], rng))
-            wav, off = self._read_crop(others[j], rng)
+            wav, off = self.read_crop(others[j], rng)
             sir = int(rng.integers(self.sir_low, self.sir_high + 1))
-            i_norm = float(np.linalg.norm(wav.astype(np.float64)))
-            gain = t_norm * 10.0 ** (sir / 20.0) / i_norm if i_norm > 0 else 0.0
-            interferer = interferer + (wav.astype(np.float64) * gain).astype(np.float32)
+            interferer = interferer + scale_to_sir(wav, t_norm, sir)
             offsets.append(off)
             sirs.append(sir)
         mixture = target + interferer
@@ -537,9 +616,9 @@ class SeparationDataset(Dataset):
         }
         if not self.eval_mode:
             item["mixture"] = torch.from_numpy(self._augment(mixture, index, item["meta"]))
-        if self.lip_dir is not None:
-            item["lip"] = torch.from_numpy(self._lip_crop(utt, t_off))
-        if self.vectors is None:
+        if self.lip_dir is not None and self.clips is None:
+            item["lip"] = torch.from_numpy(self.lip_crop(utt, t_off))
+        if self.vectors is None and self.clips is None:
             return item
         num_pos = self.num_positive if self.eval_mode else int(rng.integers(1, self.num_enrol + 1))
         positives = self._enrolment(utt, num_pos, rng)
@@ -554,7 +633,10 @@ class SeparationDataset(Dataset):
         enrol_type = np.concatenate(
             [np.ones(len(positives), dtype=np.int64), np.zeros(len(negatives), dtype=np.int64)]
         )
-        item["enrol"] = torch.from_numpy(self.vectors[chosen])
+        if self.clips is not None:
+            item.update(self.clips.stack(chosen, rng))
+        else:
+            item["enrol"] = torch.from_numpy(self.vectors[chosen])
         item["enrol_type"] = torch.from_numpy(enrol_type)
         item["meta"]["positives"] = positives.tolist()
         item["meta"]["negatives"] = negatives.tolist()
@@ -565,30 +647,38 @@ class SeparationDataset(Dataset):
         return collate_separation(items)
 
 
+ENROL_KEYS = ("enrol", "enrol_lip", "enrol_audio", "enrol_face")
+"""Per-item enrolment tensors (N_i, ...) that :func:`collate_separation` pads to (B, N, ...)."""
+
+
 def collate_separation(items: Sequence[dict[str, Any]]) -> dict[str, Any]:
     """Stack items into a batch, padding the enrolment to the batch's largest count.
 
     Args:
-        items: dataset items with equal-length waveforms (``mixture``/``target`` (T,)) and
-            ``enrol`` (N_i, D), ``enrol_type`` (N_i,) and/or ``lip`` (F, D_lip) (all items alike).
+        items: dataset items with equal-length waveforms (``mixture``/``target`` (T,)), their
+            enrolment (``enrol_type`` (N_i,) with ``enrol`` (N_i, D) vectors or clips
+            ``enrol_lip`` (N_i, F, D_lip), ``enrol_audio`` (N_i, F * 640), ``enrol_face``
+            (N_i, 3, D_face)) and/or ``lip`` (F, D_lip) (all items alike).
 
     Returns:
         ``{"id": (B,) int64, "mixture": (B, T), "target": (B, T), "enrol": (B, N, D) zero-padded,
         "enrol_type": (B, N) int64 (padding 0), "enrol_mask": (B, N) bool (True = a real vector),
         "sir_db": (B,) float32, "nsentences": B, "ntokens": B * T}``, ``N = max_i N_i``; the
-        enrolment keys only when the items have ``enrol``, plus ``"lip": (B, F, D_lip)`` when
-        they have ``lip``. An empty list gives ``{}``.
+        enrolment keys only when the items have them (clips: ``enrol_lip`` (B, N, F, D_lip),
+        ``enrol_audio`` (B, N, F * 640), ``enrol_face`` (B, N, 3, D_face), zero-padded, instead
+        of ``enrol``), plus ``"lip": (B, F, D_lip)`` when they have ``lip``. An empty list gives
+        ``{}``.
 
     Raises:
         ValueError: waveforms of different lengths, enrolment or lip features of different
-            shapes, or items that disagree on having ``enrol`` / ``lip``.
+            shapes, or items that disagree on having an enrolment key or ``lip``.
     """
     if not items:
         return {}
     lengths = {int(it["mixture"].shape[0]) for it in items}
     if len(lengths) != 1:
         raise ValueError(f"cannot batch waveforms of lengths {sorted(lengths)}")
-    for key in ("enrol", "lip"):
+    for key in (*ENROL_KEYS, "lip"):
         if len({key in it for it in items}) != 1:
             raise ValueError(f"cannot batch items with and without '{key}'")
     batch_size = len(items)
@@ -598,21 +688,26 @@ def collate_separation(items: Sequence[dict[str, Any]]) -> dict[str, Any]:
         "mixture": mixture,
         "target": torch.stack([it["target"] for it in items]),
     }
-    if "enrol" in items[0]:
-        dims = {int(it["enrol"].shape[1]) for it in items}
-        if len(dims) != 1:
-            raise ValueError(f"cannot batch enrolment dims {sorted(dims)}")
-        dim = dims.pop()
-        n_max = max(int(it["enrol"].shape[0]) for it in items)
-        enrol = torch.zeros(batch_size, n_max, dim, dtype=torch.float32)
+    present = [key for key in ENROL_KEYS if key in items[0]]
+    if present:
+        n_max = max(int(it["enrol_type"].shape[0]) for it in items)
+        for key in present:
+            shapes = {tuple(it[key].shape[1:]) for it in items}
+            if len(shapes) != 1:
+                what = "dims" if key == "enrol" else f"'{key}' shapes"
+                sizes = sorted(s[0] for s in shapes) if key == "enrol" else sorted(shapes)
+                raise ValueError(f"cannot batch enrolment {what} {sizes}")
+            padded = torch.zeros(batch_size, n_max, *shapes.pop(), dtype=torch.float32)
+            for b, it in enumerate(items):
+                padded[b, : it[key].shape[0]] = it[key]
+            batch[key] = padded
         enrol_type = torch.zeros(batch_size, n_max, dtype=torch.long)
         enrol_mask = torch.zeros(batch_size, n_max, dtype=torch.bool)
         for b, it in enumerate(items):
-            n = int(it["enrol"].shape[0])
-            enrol[b, :n] = it["enrol"]
+            n = int(it["enrol_type"].shape[0])
             enrol_type[b, :n] = it["enrol_type"]
             enrol_mask[b, :n] = True
-        batch.update(enrol=enrol, enrol_type=enrol_type, enrol_mask=enrol_mask)
+        batch.update(enrol_type=enrol_type, enrol_mask=enrol_mask)
     if "lip" in items[0]:
         shapes = {tuple(it["lip"].shape) for it in items}
         if len(shapes) != 1:

@@ -1,5 +1,6 @@
-"""Convert the VoiceVector reference's separation weights to speechkit ``voicevector_ae`` /
-``voicevector_av``.
+"""Convert the VoiceVector reference's weights to speechkit ``voicevector_ae`` /
+``voicevector_av`` and the composites ``voicevector_avem`` / ``voicevector_vem`` /
+``voicevector_ivem``.
 
 Upstream: ``akamrahimi/VoiceVector`` (Rahimi, Afouras, Zisserman, "VoiceVector: multimodal
 enrolment vectors for speaker separation", ICASSP 2024), ``src/models/components/
@@ -9,7 +10,10 @@ under ``speaker_separation``. Released files: ``ae.ckpt`` (a Lightning checkpoin
 are ``ckpt["state_dict"]`` with keys ``net.*``; the reference's loader also renames ``demucs.``
 to ``net.``) and ``avem3.pth`` / ``vem.pth`` / ``ivem.pth`` (raw state dicts without ``net.``,
 keys ``speaker_separation.*`` plus the enrolment net ``av_speaker_embedding.*`` /
-``v_speaker_embedding.*`` / ``iv_speaker_embedding.*``).
+``v_speaker_embedding.*`` / ``iv_speaker_embedding.*``). A composite converts to the speechkit
+composite (:mod:`speechkit.models.voicevector_composite`): ``speaker_separation.*`` ->
+``separation.*`` with the map below, the enrolment net -> ``enrolment.*`` with the enrolment
+map further down.
 
 The map is NOT the identity; reference name (after the prefix strip) -> speechkit name:
 
@@ -42,10 +46,36 @@ converts to ``voicevector_av`` with a map of its own:
 
 ``lip_dim`` is read from ``adaptive_layer.0.0.weight`` and ``max_len`` from the audio PE table.
 
+Enrolment nets (upstream ``EmbeddingAV2.py`` under ``av_speaker_embedding`` ->
+``voicevector_embedding_av``, ``EmbeddingV2.py`` under ``v_speaker_embedding`` ->
+``voicevector_embedding_v``, ``EmbeddingIV2.py`` under ``iv_speaker_embedding`` ->
+``voicevector_embedding_iv``; :mod:`speechkit.models.voicevector_enrolment`):
+
+- ``adaptive_layer.0.{0,1}.*`` (lip 1x1 conv, GroupNorm) -> ``video_adapter.{conv,norm}.*``
+- ``transformer.transformer_encoder.layers.{k}.*`` -> ``transformer.layers.{k}.*``;
+  ``transformer.decoder.*`` -> ``head.*``
+- ``linear_layers.0.0.*`` (1x1 conv d_model -> 384) -> ``speaker_head.proj.*``
+- ``ECAPA.*`` (SpeechBrain ``ECAPA_TDNN`` names) -> ``speaker_head.ecapa.*`` with the map of
+  :func:`speechkit.interop.speechbrain_ecapa.speechkit_key`
+- AV: ``encoder.{i}.{0,2}.*`` as above, ``norm_layers.0.0.*`` -> ``bottleneck_norm.*``; its
+  ``decoder.*`` (built, never used upstream) is dropped
+- IV: ``face_embedding_adaptive_layer.0.{0,1}.*`` -> ``face_adapter.{conv,norm}.*``,
+  ``face_positional_embedding.weight`` -> ``face_type_embed.weight``
+- PE tables (``transformer.pos_encoder_aud.pe`` plain and ``transformer.pos_encoder_vid.pe``
+  upsampled x2 in V / AV, ``transformer.pos_encoder.pe`` plain in IV) are checked and dropped.
+
+The enrolment-net key names follow the upstream source files named above; they were NOT checked
+against a released ``avem3.pth`` / ``vem.pth`` / ``ivem.pth`` (the map is strict, so a file
+that differs is refused with the keys named, never loaded partially). Sizes are read from the
+weights (``lip_dim``, ``d_model``, layers, FFN, ``max_len``, ``proj_dim``, ``face_dim``, the
+ECAPA sizes; for AV the U-Net widths); ``heads`` (8) and the ECAPA dilations (SpeechBrain's
+1/2/3/4/1 for five layers) are not stored.
+
 Example::
 
     checkpoint, report = convert_voicevector_file("ae.ckpt")
     save_converted(checkpoint, "voicevector_ae.pt")
+    checkpoint, report = convert_voicevector_file("vem.pth")  # -> voicevector_vem
 """
 
 from __future__ import annotations
@@ -80,7 +110,12 @@ __all__ = [
 MODEL_NAME = "voicevector_ae"
 AV_MODEL_NAME = "voicevector_av"
 ENROLMENT_NAMESPACES = ("av_speaker_embedding", "v_speaker_embedding", "iv_speaker_embedding")
-"""Enrolment-net namespaces of the composite models (avem / vem / ivem); not converted."""
+"""Enrolment-net namespaces of the reference's composite models (avem / vem / ivem)."""
+COMPOSITES = {  # namespace -> (speechkit composite, its enrolment net)
+    "av_speaker_embedding": ("voicevector_avem", "voicevector_embedding_av"),
+    "v_speaker_embedding": ("voicevector_vem", "voicevector_embedding_v"),
+    "iv_speaker_embedding": ("voicevector_ivem", "voicevector_embedding_iv"),
+}
 SEPARATION_NAMESPACE = "speaker_separation"
 
 _SHARED = [  # the same in the reference's AE and AV nets
@@ -106,6 +141,22 @@ _FIXED_AV = [
     (re.compile(r"adaptive_layer\.0\.1\.(weight|bias)$"), r"video_adapter.norm.\1"),
     *_SHARED,
 ]
+_ENROL = [  # shared by the three enrolment nets (EmbeddingV2 / AV2 / IV2)
+    (re.compile(r"adaptive_layer\.0\.0\.(weight|bias)$"), r"video_adapter.conv.\1"),
+    (re.compile(r"adaptive_layer\.0\.1\.(weight|bias)$"), r"video_adapter.norm.\1"),
+    (re.compile(r"linear_layers\.0\.0\.(weight|bias)$"), r"speaker_head.proj.\1"),
+    *_SHARED[:2],
+]
+_ENROL_AV = [
+    (re.compile(r"norm_layers\.0\.0\.(weight|bias)$"), r"bottleneck_norm.\1"),
+    _SHARED[2],
+]
+_ENROL_IV = [
+    (re.compile(r"face_embedding_adaptive_layer\.0\.0\.(weight|bias)$"), r"face_adapter.conv.\1"),
+    (re.compile(r"face_embedding_adaptive_layer\.0\.1\.(weight|bias)$"), r"face_adapter.norm.\1"),
+    (re.compile(r"face_positional_embedding\.weight$"), "face_type_embed.weight"),
+]
+_PLAIN_PE = "transformer.pos_encoder.pe"
 _DECODER = re.compile(r"decoder\.(\d+)\.([02])\.(weight|bias)$")
 _AUD_PE, _VID_PE = "transformer.pos_encoder_aud.pe", "transformer.pos_encoder_vid.pe"
 _DROPPED = ("transformer.pos_encoder.pe", "upsample.kernel", "downsample.kernel")
@@ -118,16 +169,16 @@ class ConversionReport:
 
     variant: str = "ae"  # "ae" (ae.ckpt), "av" (voicevectorav) or the composite's namespace
     model: str = MODEL_NAME  # the speechkit model converted to
-    ignored: list[str] = dataclasses.field(default_factory=list)  # enrolment-net keys
-    dropped: list[str] = dataclasses.field(default_factory=list)  # PE table / resample kernels
+    enrolment: str = ""  # composites: the enrolment net converted to (voicevector_embedding_*)
+    enrolment_tensors: int = 0  # composites: tensors mapped into enrolment.*
+    dropped: list[str] = dataclasses.field(default_factory=list)  # PE tables, kernels, unused
 
     def lines(self) -> list[str]:
         out = [f"source: VoiceVector {self.variant} separation net -> {self.model}"]
-        if self.ignored:
-            spaces = sorted({k.split(".", 1)[0] for k in self.ignored})
+        if self.enrolment:
             out.append(
-                f"enrolment-net weights, not loaded: variant not built yet ({len(self.ignored)} "
-                f"tensors under {', '.join(s + '.*' for s in spaces)})"
+                f"enrolment net: {self.variant}.* -> enrolment.* ({self.enrolment}, "
+                f"{self.enrolment_tensors} tensors)"
             )
         if self.dropped:
             out.append(f"fixed buffers checked and dropped: {', '.join(self.dropped)}")
@@ -234,15 +285,16 @@ def load_voicevector_state_dict(path: str | os.PathLike) -> dict[str, torch.Tens
 # mapping
 def _shape(state: Mapping[str, torch.Tensor], key: str, dims: int, where: str) -> tuple:
     if key not in state:
-        raise CheckpointError(f"{where}: missing key {key!r} (not a VoiceVector separation net?)")
+        raise CheckpointError(f"{where}: missing key {key!r} (not a VoiceVector net?)")
     shape = tuple(state[key].shape)
     if len(shape) != dims:
         raise CheckpointError(f"{where}: {key} has shape {shape}, expected {dims} dims")
     return shape
 
 
-def _split(state: dict[str, torch.Tensor], where: str) -> tuple[dict, ConversionReport]:
-    """Separation-net keys (composite namespace removed) and the report of what was left."""
+def _split(state: dict[str, torch.Tensor], where: str) -> tuple[dict, dict, ConversionReport]:
+    """Separation-net keys and enrolment-net keys (composite namespaces removed; the latter
+    empty for a plain separation net) and the report."""
     report = ConversionReport()
     tops = {k.split(".", 1)[0] for k in state}
     if SEPARATION_NAMESPACE not in tops:
@@ -252,14 +304,14 @@ def _split(state: dict[str, torch.Tensor], where: str) -> tuple[dict, Conversion
                 f"{where}: enrolment-net weights ({_first(stray)}) without a "
                 f"'{SEPARATION_NAMESPACE}.*' separation net"
             )
-        return state, report
-    sep, unknown = {}, []
+        return state, {}, report
+    sep, enrol, unknown = {}, {}, []
     for key, value in state.items():
         top, _, rest = key.partition(".")
         if top == SEPARATION_NAMESPACE:
             sep[rest] = value
         elif top in ENROLMENT_NAMESPACES:
-            report.ignored.append(key)
+            enrol.setdefault(top, {})[rest] = value
         else:
             unknown.append(key)
     if unknown:
@@ -267,12 +319,17 @@ def _split(state: dict[str, torch.Tensor], where: str) -> tuple[dict, Conversion
             f"{where}: composite checkpoint with keys outside '{SEPARATION_NAMESPACE}.*' and the "
             f"enrolment nets {ENROLMENT_NAMESPACES}: {_first(sorted(unknown))}"
         )
-    spaces = sorted({k.split(".", 1)[0] for k in report.ignored})
-    report.variant = "+".join(spaces) if spaces else SEPARATION_NAMESPACE
-    return sep, report
+    if len(enrol) > 1:
+        raise CheckpointError(
+            f"{where}: composite checkpoint with several enrolment nets ({', '.join(sorted(enrol))}"
+            "); expected one"
+        )
+    report.variant = next(iter(enrol), SEPARATION_NAMESPACE)
+    return sep, next(iter(enrol.values()), {}), report
 
 
-def _infer_config(state: Mapping[str, torch.Tensor], where: str) -> dict[str, Any]:
+def _infer_unet(state: Mapping[str, torch.Tensor], where: str) -> dict[str, Any]:
+    """``hidden``, ``depth``, ``growth`` and ``kernel_size`` from the ``encoder.*`` weights."""
     widths, kernel = [], None
     while f"encoder.{len(widths)}.0.weight" in state:
         c_out, c_in, k = _shape(state, f"encoder.{len(widths)}.0.weight", 3, where)
@@ -291,21 +348,23 @@ def _infer_config(state: Mapping[str, torch.Tensor], where: str) -> dict[str, An
             f"{where}: encoder widths {widths} do not grow by a constant integer factor "
             "(speechkit's VoiceVector nets need hidden * growth ** i)"
         )
+    return {"hidden": widths[0], "depth": len(widths), "growth": growth, "kernel_size": kernel}
+
+
+def _infer_transformer(state: Mapping[str, torch.Tensor], where: str) -> dict[str, Any]:
+    """``transformer_layers`` and ``ffn_dim`` from the reference's transformer weights."""
     layers = 0
     while f"transformer.transformer_encoder.layers.{layers}.linear1.weight" in state:
         layers += 1
     if not layers:
         raise CheckpointError(f"{where}: no transformer.transformer_encoder.layers.0.* weights")
     ffn = _shape(state, "transformer.transformer_encoder.layers.0.linear1.weight", 2, where)[0]
+    return {"transformer_layers": layers, "ffn_dim": ffn}
+
+
+def _infer_config(state: Mapping[str, torch.Tensor], where: str) -> dict[str, Any]:
+    fields = {**_infer_unet(state, where), **_infer_transformer(state, where)}
     adapt = _shape(state, "adaptive_layer.0.0.weight", 3, where)
-    fields = {
-        "hidden": widths[0],
-        "depth": len(widths),
-        "growth": growth,
-        "kernel_size": kernel,
-        "transformer_layers": layers,
-        "ffn_dim": ffn,
-    }
     if _VID_PE in state:  # voicevectorav: the adaptive layer is the lip projection
         fields["max_len"] = _shape(state, _AUD_PE, 3, where)[0]
         fields["lip_dim"] = adapt[1]
@@ -344,22 +403,152 @@ def _speechkit_key(key: str, depth: int, av: bool = False) -> str | None:
     return None
 
 
+def _fill(
+    source: Mapping[str, torch.Tensor],
+    target: Mapping[str, torch.Tensor],
+    key_fn: Any,
+    dropped: tuple[str, ...],
+    report: ConversionReport,
+    failure: str,
+    prefix: str = "",
+) -> dict[str, torch.Tensor]:
+    """Strict map: every ``source`` key (bar ``dropped``) to one ``target`` key of the same
+    shape via ``key_fn(key) -> (name, squeeze) | name | None``, every target key filled.
+    ``prefix`` is prepended to reference keys in messages and in ``report.dropped``.
+
+    Raises:
+        CheckpointError: ``failure`` + unmapped / unfilled / mismatched keys (named).
+    """
+    out, unmapped, mismatched = {}, [], []
+    for key, value in source.items():
+        if key in dropped:
+            report.dropped.append(prefix + key)
+            continue
+        new, squeeze = key_fn(key), False
+        if isinstance(new, tuple):
+            new, squeeze = new
+        if squeeze and value.dim() == 3 and value.shape[-1] == 1:
+            value = value[..., 0]
+        if new is None or new not in target:
+            unmapped.append(prefix + key)
+        elif tuple(value.shape) != tuple(target[new].shape):
+            mismatched.append(
+                f"{prefix}{key} {tuple(value.shape)} -> {new} {tuple(target[new].shape)}"
+            )
+        else:
+            out[new] = value.detach().clone().to(target[new].dtype)
+    missing = sorted(set(target) - set(out))
+    problems = []
+    if unmapped:
+        problems.append(f"unmapped reference keys {_first(sorted(unmapped))}")
+    if missing:
+        problems.append(f"speechkit keys not filled {_first(missing)}")
+    if mismatched:
+        problems.append(f"shape mismatches {_first(mismatched, 3)}")
+    if problems:
+        raise CheckpointError(f"{failure}: " + "; ".join(problems))
+    return out
+
+
+def _enrolment_key(key: str, kind: str) -> tuple[str, bool] | str | None:
+    """speechkit name of an enrolment-net key (namespace removed) of kind "av" / "v" / "iv"."""
+    from speechkit.interop.speechbrain_ecapa import speechkit_key as ecapa_key
+
+    if key.startswith("ECAPA."):
+        mapped = ecapa_key(key[len("ECAPA.") :])
+        return None if mapped is None else ("speaker_head.ecapa." + mapped[0], mapped[1])
+    rules = _ENROL + (_ENROL_AV if kind == "av" else _ENROL_IV if kind == "iv" else [])
+    for pattern, repl in rules:
+        if pattern.match(key):
+            return pattern.sub(repl, key)
+    return None
+
+
+def _convert_enrolment(
+    state: dict[str, torch.Tensor],
+    namespace: str,
+    where: str,
+    overrides: Mapping[str, Any],
+    report: ConversionReport,
+) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """One reference enrolment net (``namespace`` removed) -> (speechkit weights, config)."""
+    from speechkit.interop.speechbrain_ecapa import infer_config as ecapa_config
+    from speechkit.models.voicevector_enrolment import (
+        VoiceVectorEmbeddingAV,
+        VoiceVectorEmbeddingAVConfig,
+        VoiceVectorEmbeddingConfig,
+        VoiceVectorEmbeddingIV,
+        VoiceVectorEmbeddingV,
+    )
+
+    kind = namespace.split("_", 1)[0]  # av / v / iv
+    here = f"{where} ({namespace}.*)"
+    adapt = _shape(state, "adaptive_layer.0.0.weight", 3, here)
+    fields: dict[str, Any] = {
+        "d_model": adapt[0],
+        "lip_dim": adapt[1],
+        "proj_dim": _shape(state, "linear_layers.0.0.weight", 3, here)[0],
+        **_infer_transformer(state, here),
+    }
+    ecapa = {k[len("ECAPA.") :]: v for k, v in state.items() if k.startswith("ECAPA.")}
+    for key, value in ecapa_config(ecapa, where=f"{here} ECAPA.*").items():
+        if key == "n_mels":
+            continue  # the ECAPA input is proj_dim (a mismatch shows as a shape error)
+        fields["out_dim" if key == "embed_dim" else "ecapa_" + key] = value
+    pe_key = _PLAIN_PE if kind == "iv" else _AUD_PE
+    fields["max_len"] = _shape(state, pe_key, 3, here)[0]
+    _check_pe(state[pe_key], here, pe_key)
+    if _VID_PE in state:
+        _check_pe(state[_VID_PE], here, _VID_PE, upsample=2)
+    dropped = ("upsample.kernel", "downsample.kernel", _AUD_PE, _VID_PE, _PLAIN_PE)
+    if kind == "av":
+        fields.update(_infer_unet(state, here))
+        # EmbeddingAV2 builds a decoder it never runs: dropped
+        dropped += tuple(k for k in state if _DECODER.match(k))
+        cls, cfg_cls = VoiceVectorEmbeddingAV, VoiceVectorEmbeddingAVConfig
+    else:
+        cls = VoiceVectorEmbeddingIV if kind == "iv" else VoiceVectorEmbeddingV
+        cfg_cls = VoiceVectorEmbeddingConfig
+    if kind == "iv":
+        fields["face_dim"] = _shape(state, "face_embedding_adaptive_layer.0.0.weight", 3, here)[1]
+    names = {f.name for f in dataclasses.fields(cfg_cls)}
+    fields.update({k: v for k, v in overrides.items() if k in names})
+    try:
+        model = cls(cfg_cls(**fields))
+    except (TypeError, ValueError) as e:
+        raise CheckpointError(f"{here}: inferred config {fields} is invalid: {e}") from None
+    out = _fill(
+        state,
+        model.state_dict(),
+        lambda k: _enrolment_key(k, kind),
+        dropped,
+        report,
+        f"{here}: not a VoiceVector enrolment net matching {COMPOSITES[namespace][1]} ({fields})",
+        prefix=namespace + ".",
+    )
+    cfg = dataclasses.asdict(model.cfg)
+    cfg.pop("_name", None)
+    return out, cfg
+
+
 def convert_voicevector(
     state: Mapping[str, torch.Tensor],
     where: str = "checkpoint",
     model_overrides: Mapping[str, Any] | None = None,
 ) -> tuple[dict[str, torch.Tensor], dict[str, Any], ConversionReport]:
     """Reference state dict (``net.`` already removed) -> (speechkit state dict, model config
-    with ``_name`` (``voicevector_ae``, or ``voicevector_av`` for the reference's AV net),
-    :class:`ConversionReport`).
+    with ``_name``, :class:`ConversionReport`). ``_name`` is ``voicevector_ae``,
+    ``voicevector_av`` for the reference's AV net, or for a composite file
+    ``voicevector_avem`` / ``voicevector_vem`` / ``voicevector_ivem`` (state ``separation.*`` +
+    ``enrolment.*``, config ``separation`` + ``enrolment`` sub-configs).
 
     ``model_overrides`` sets config fields the weights do not fix (``heads``, ``dropout``,
-    ``sample_rate`` ...).
+    ``sample_rate`` ...); for a composite, each applies to every sub-config that has it.
 
     Raises:
-        CheckpointError: not a VoiceVector separation net; ``voicevectorave`` (no type
-            embedding); a PE table that is not the (upsampled) sinusoid; keys that map to
-            nothing, speechkit keys left unfilled, or shape mismatches (all named).
+        CheckpointError: not a VoiceVector net; ``voicevectorave`` (no type embedding); a PE
+            table that is not the (upsampled) sinusoid; keys that map to nothing, speechkit
+            keys left unfilled, or shape mismatches (all named).
     """
     from speechkit.models.voicevector import (
         VoiceVectorAE,
@@ -368,8 +557,13 @@ def convert_voicevector(
         VoiceVectorConfig,
     )
 
-    sep, report = _split(dict(state), where)
+    sep, enrol, report = _split(dict(state), where)
     av = _VID_PE in sep
+    if av and enrol:
+        raise CheckpointError(
+            f"{where}: a composite whose separation net is an AV net (voicevectorav); expected "
+            "the AE net (VoiceFormerAE) under speaker_separation.*"
+        )
     if av:
         report.model = AV_MODEL_NAME
         if report.variant == "ae":
@@ -393,35 +587,36 @@ def convert_voicevector(
         _check_pe(sep[_VID_PE], where, _VID_PE, upsample=VoiceVectorAV.video_pe_upsample)
     else:
         _check_pe(sep["transformer.pos_encoder.pe"], where, "transformer.pos_encoder.pe")
-    target = model.state_dict()
-    out, unmapped, mismatched = {}, [], []
-    for key, value in sep.items():
-        if key in (_DROPPED_AV if av else _DROPPED):
-            report.dropped.append(key)
-            continue
-        new = _speechkit_key(key, model.cfg.depth, av)
-        if new is None or new not in target:
-            unmapped.append(key)
-        elif tuple(value.shape) != tuple(target[new].shape):
-            mismatched.append(f"{key} {tuple(value.shape)} -> {new} {tuple(target[new].shape)}")
-        else:
-            out[new] = value.detach().clone().to(target[new].dtype)
-    missing = sorted(set(target) - set(out))
-    problems = []
-    if unmapped:
-        problems.append(f"unmapped reference keys {_first(sorted(unmapped))}")
-    if missing:
-        problems.append(f"speechkit keys not filled {_first(missing)}")
-    if mismatched:
-        problems.append(f"shape mismatches {_first(mismatched, 3)}")
-    if problems:
-        raise CheckpointError(
-            f"{where}: not a VoiceVector separation net matching {report.model} ({fields}): "
-            + "; ".join(problems)
-        )
+    prefix = f"{SEPARATION_NAMESPACE}." if enrol else ""
+    out = _fill(
+        sep,
+        model.state_dict(),
+        lambda k: _speechkit_key(k, model.cfg.depth, av),
+        _DROPPED_AV if av else _DROPPED,
+        report,
+        f"{where}: not a VoiceVector separation net matching {report.model} ({fields})",
+        prefix=prefix,
+    )
     cfg = dataclasses.asdict(model.cfg)
     cfg["_name"] = report.model
-    return out, cfg, report
+    if not enrol:
+        return out, cfg, report
+    enrol_state, enrol_cfg = _convert_enrolment(
+        enrol, report.variant, where, model_overrides or {}, report
+    )
+    report.model, report.enrolment = COMPOSITES[report.variant]
+    report.enrolment_tensors = len(enrol_state)
+    cfg.pop("_name")
+    composite = {
+        "_name": report.model,
+        "separation": cfg,
+        "enrolment": enrol_cfg,
+        "enrolment_checkpoint": "",
+        "separation_init": "",
+    }
+    weights = {f"separation.{k}": v for k, v in out.items()}
+    weights.update({f"enrolment.{k}": v for k, v in enrol_state.items()})
+    return weights, composite, report
 
 
 # ---------------------------------------------------------------------------------------------

@@ -58,6 +58,7 @@ __all__ = [
     "VoiceVectorAE",
     "VoiceVectorAV",
     "rescale_conv_weights",
+    "transformer_encoder",
 ]
 
 
@@ -65,9 +66,12 @@ class SinusoidalPositionalEncoding(nn.Module):
     """Fixed sinusoidal positions (Vaswani et al., 2017) added to (B, L, D) tokens, L <= max_len.
 
     ``pe[p, 2i] = sin(p / 10000^(2i/D))``, ``pe[p, 2i+1] = cos(...)``; a non-persistent buffer.
+    ``forward(x, upsample=k)`` adds the table upsampled ``k`` x along time (nearest), as
+    upstream's ``PositionalEncoding2(resample=k)``: token j gets ``pe[j // k]``, and up to
+    ``k * max_len`` tokens are accepted.
 
     Raises:
-        ValueError: ``L > max_len`` (the caller turns this into a limit in seconds).
+        ValueError: ``L > upsample * max_len`` (the caller turns this into a limit in seconds).
     """
 
     def __init__(self, dim: int, max_len: int):
@@ -82,10 +86,14 @@ class SinusoidalPositionalEncoding(nn.Module):
         self.max_len = max_len
         self.register_buffer("pe", pe.float(), persistent=False)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if x.shape[1] > self.max_len:
-            raise ValueError(f"{x.shape[1]} positions exceed max_len {self.max_len}")
-        return x + self.pe[: x.shape[1]].to(x.dtype)
+    def forward(self, x: torch.Tensor, upsample: int = 1) -> torch.Tensor:
+        n = x.shape[1]
+        if n > upsample * self.max_len:
+            raise ValueError(f"{n} positions exceed {upsample} x max_len {self.max_len}")
+        if upsample == 1:
+            return x + self.pe[:n].to(x.dtype)
+        positions = torch.arange(n, device=x.device) // upsample
+        return x + self.pe[positions].to(x.dtype)
 
 
 class EnrolmentAdapter(nn.Module):
@@ -122,6 +130,18 @@ def rescale_conv_weights(module: nn.Module, reference: float = 0.1) -> None:
                 m.weight.div_(scale)
                 if m.bias is not None:
                     m.bias.div_(scale)
+
+
+def transformer_encoder(
+    d_model: int, heads: int, ffn_dim: int, dropout: float, layers: int, norm_first: bool
+) -> nn.TransformerEncoder:
+    """The VoiceVector bottleneck: ``layers`` x ``nn.TransformerEncoderLayer`` (ReLU FFN,
+    batch-first (B, L, d_model) tokens), post-norm (AE) or pre-norm (``norm_first``: AV and
+    the enrolment nets)."""
+    layer = nn.TransformerEncoderLayer(
+        d_model, heads, ffn_dim, dropout, batch_first=True, norm_first=norm_first
+    )
+    return nn.TransformerEncoder(layer, layers, enable_nested_tensor=False)
 
 
 class VideoAdapter(nn.Module):
@@ -188,7 +208,10 @@ class VoiceVectorUNet(nn.Module):
     the transformer bottleneck and the output head (section 1.3 of the module docstring).
 
     Subclasses add their conditioning tokens (:class:`VoiceVectorAE`, :class:`VoiceVectorAV`)
-    and call :meth:`_init_weights` last. ``name`` prefixes error messages.
+    and call :meth:`_init_weights` last. ``name`` prefixes error messages. A subclass with
+    ``has_decoder = False`` (the AV enrolment net of
+    :mod:`speechkit.models.voicevector_enrolment`) keeps the encoder, transformer and head only:
+    no ``decoder``, no ``downsample``, and :meth:`decode` is unavailable.
 
     Raises:
         ConfigError: inconsistent sizes (``d_model`` vs. the encoder's last width, kernel /
@@ -200,6 +223,7 @@ class VoiceVectorUNet(nn.Module):
     learned_input_norm = True  # 1x1 conv + GroupNorm + ReLU (AE); else divide by std (AV)
     norm_first = False  # post-norm transformer (AE); pre-norm (AV)
     bottleneck_groupnorm = False  # GroupNorm(1, d_model) on the bottleneck before the PE (AV)
+    has_decoder = True  # False: encoder + transformer + head only (no decoder / downsample)
 
     def __init__(self, cfg: VoiceVectorNetConfig):
         super().__init__()
@@ -222,13 +246,15 @@ class VoiceVectorUNet(nn.Module):
         self.d_model = d_model
         self.total_stride = cfg.stride**cfg.depth
         self.upsample = Resample(cfg.sample_rate, cfg.internal_rate)
-        self.downsample = Resample(cfg.internal_rate, cfg.sample_rate)
+        if self.has_decoder:
+            self.downsample = Resample(cfg.internal_rate, cfg.sample_rate)
         if self.learned_input_norm:
             self.input_conv = nn.Conv1d(1, 1, 1)
             self.input_norm = nn.GroupNorm(1, 1)
 
         self.encoder = nn.ModuleList()
-        self.decoder = nn.ModuleList()  # decoder[i] mirrors encoder[i]; run in reverse
+        if self.has_decoder:
+            self.decoder = nn.ModuleList()  # decoder[i] mirrors encoder[i]; run in reverse
         c_in = 1
         for i, c in enumerate(widths):
             self.encoder.append(
@@ -239,29 +265,22 @@ class VoiceVectorUNet(nn.Module):
                     nn.GLU(dim=1),
                 )
             )
-            dec = [
-                nn.Conv1d(c, 2 * c, 1),
-                nn.GLU(dim=1),
-                nn.ConvTranspose1d(c, c_in, cfg.kernel_size, cfg.stride, padding),
-            ]
-            if i > 0:
-                dec.append(nn.ReLU())
-            self.decoder.append(nn.Sequential(*dec))
+            if self.has_decoder:
+                dec = [
+                    nn.Conv1d(c, 2 * c, 1),
+                    nn.GLU(dim=1),
+                    nn.ConvTranspose1d(c, c_in, cfg.kernel_size, cfg.stride, padding),
+                ]
+                if i > 0:
+                    dec.append(nn.ReLU())
+                self.decoder.append(nn.Sequential(*dec))
             c_in = c
 
         if self.bottleneck_groupnorm:
             self.bottleneck_norm = nn.GroupNorm(1, d_model)
         self.pos_enc = SinusoidalPositionalEncoding(d_model, cfg.max_len)
-        layer = nn.TransformerEncoderLayer(
-            d_model,
-            cfg.heads,
-            cfg.ffn_dim,
-            cfg.dropout,
-            batch_first=True,
-            norm_first=self.norm_first,
-        )
-        self.transformer = nn.TransformerEncoder(
-            layer, cfg.transformer_layers, enable_nested_tensor=False
+        self.transformer = transformer_encoder(
+            d_model, cfg.heads, cfg.ffn_dim, cfg.dropout, cfg.transformer_layers, self.norm_first
         )
         self.head = nn.Linear(d_model, d_model)
 
@@ -463,16 +482,34 @@ class VoiceVectorAV(VoiceVectorUNet):
         """Lip frames that go with ``num_samples`` mixture samples: ``ceil(T / 640)``."""
         return -(-num_samples // self.samples_per_frame)
 
+    def _check_lip(self, lip: torch.Tensor, batch: int) -> None:
+        if lip.dim() != 3 or lip.shape[0] != batch or lip.shape[2] != self.cfg.lip_dim:
+            raise ValueError(
+                f"{self.name}: expected lip features of shape ({batch}, F, {self.cfg.lip_dim}), "
+                f"got {tuple(lip.shape)}"
+            )
+
+    def encode_av(
+        self, audio: torch.Tensor, lip: torch.Tensor
+    ) -> tuple[torch.Tensor, list[torch.Tensor], int, torch.Tensor]:
+        """(B, T) audio and its (B, F, lip_dim) lip frames (checked by the caller) -> (transformer
+        output at the audio positions (B, L, d_model), encoder skips, ``up_len``, the audio's
+        std + ``std_floor`` (B, 1)). Audio token i has position ``pe[i]``, lip frame j
+        ``pe[j // 2]`` (upstream's x2 nearest-upsampled video table); the lip positions are
+        dropped after the transformer."""
+        std = audio.std(dim=-1, keepdim=True) + self.std_floor
+        h, skips, up_len = self.encode(audio / std)
+        tokens = h.shape[1]
+        v = self.pos_enc(self.video_adapter(lip.to(h.dtype)), self.video_pe_upsample)
+        h = self.transformer(torch.cat([h, v], dim=1))[:, :tokens]
+        return h, skips, up_len, std
+
     def forward(self, mixture: torch.Tensor, lip: torch.Tensor) -> torch.Tensor:
         """(B, T) mixture + (B, F, lip_dim) target lip features -> (B, T) target estimate."""
         self._check_mixture(mixture)
         b, length = mixture.shape
         frames = self.num_frames(length)
-        if lip.dim() != 3 or lip.shape[0] != b or lip.shape[2] != self.cfg.lip_dim:
-            raise ValueError(
-                f"voicevector_av: expected lip features of shape ({b}, F, {self.cfg.lip_dim}), "
-                f"got {tuple(lip.shape)}"
-            )
+        self._check_lip(lip, b)
         if lip.shape[1] != frames:
             raise ValueError(
                 f"voicevector_av: a {length}-sample mixture needs {frames} lip frames "
@@ -484,12 +521,5 @@ class VoiceVectorAV(VoiceVectorUNet):
                 f"({frames} lip frames); the video positional encoding allows at most "
                 f"{self.max_seconds():.2f} s. Split longer audio into chunks."
             )
-        std = mixture.std(dim=-1, keepdim=True) + self.std_floor
-        h, skips, up_len = self.encode(mixture / std)
-        tokens = h.shape[1]
-        v = self.video_adapter(lip.to(h.dtype))
-        # upstream's nearest x2 upsampled video table: frame j -> pe[j // 2]
-        positions = torch.arange(frames, device=v.device) // self.video_pe_upsample
-        v = v + self.pos_enc.pe[positions].to(v.dtype)
-        h = self.transformer(torch.cat([h, v], dim=1))[:, :tokens]
+        h, skips, up_len, std = self.encode_av(mixture, lip)
         return self.decode(h, skips, up_len, length) * std.float()

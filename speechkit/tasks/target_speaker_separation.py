@@ -15,6 +15,17 @@ a folder of per-utterance lip features (``<rel path>.npy``, (frames, lip_dim) at
 from ``speechkit-dump-lip-features``) and each batch carries the target crop's frames as
 ``lip``; ``task.embedding_dir`` may then be null (``experiment=tss_voicevector_av``).
 
+Enrolment clips (``task.enrolment_source=clips``; the composites ``voicevector_vem``,
+``voicevector_avem``, ``voicevector_ivem``, experiments ``tss_voicevector_vem`` / ``_avem`` /
+``_ivem``): instead of vectors, each positive and negative is a 4 s enrolment clip of the chosen
+utterance (``task.enrol_segment``), read per ``task.enrol_inputs``: ``v`` lip features from
+``task.lip_dir``, ``av`` also the clip's audio mixed with an interferer of another speaker at a
+drawn SIR, ``iv`` also 3 face embeddings from ``task.face_dir``
+(:mod:`speechkit.data.enrolment_clips`); the model's frozen enrolment net (trained by the
+``voicevector_enrolment_distillation`` task) embeds them. ``task.embedding_dir`` is then null
+and the target's own lip features are not passed. ``build_model`` refuses a built-in model
+whose inputs differ from ``enrol_inputs``.
+
 VoiceVector reference metadata (``task.metadata_format``): ``lrs_json`` reads
 ``train_list`` / ``valid_list`` as LRS2/LRS3 ``data.json`` files (``[relative_id, frames,
 speaker]``, audio at ``<root>/<relative_id>.wav``), ``librispeech_json`` as LibriSpeech ones
@@ -72,6 +83,7 @@ import torch
 from torch import nn
 
 from speechkit.data.augment import read_noise_list
+from speechkit.data.enrolment_clips import MODEL_INPUTS, EnrolmentInputs, EnrolmentSource
 from speechkit.data.epoch_iterator import Batching
 from speechkit.data.separation_dataset import SAMPLE_RATE, SeparationDataset
 from speechkit.data.voicevector_metadata import MetadataFormat, read_dns_json, separation_entries
@@ -143,6 +155,20 @@ class TargetSpeakerSeparationConfig(SpeechkitDataclass):
     """Mixtures per batch when ``dataset.batch_size`` is null (the reference's 40)."""
     valid_batch_size: int = 0
     """Mixtures per validation batch; 0: the training batch size."""
+    enrolment_source: EnrolmentSource = "vectors"
+    """``vectors``: enrolment vectors from ``embedding_dir`` (``voicevector_ae``); ``clips``:
+    enrolment clips (lip features from ``lip_dir``, plus noisy audio or face embeddings per
+    ``enrol_inputs``) for the composites ``voicevector_vem`` / ``voicevector_avem`` /
+    ``voicevector_ivem``, whose frozen enrolment net embeds them (``embedding_dir`` null)."""
+    enrol_inputs: EnrolmentInputs = "v"
+    """Clip inputs (``clips`` only): ``v`` (vem), ``av`` (avem: also each clip's audio mixed with
+    an interferer) or ``iv`` (ivem: also 3 face embeddings from ``face_dir``)."""
+    enrol_segment: float = 4.0
+    """Enrolment clip length in seconds (the reference's 4 s = 100 lip frames)."""
+    face_dir: str | None = None
+    """Face-embedding folder (``<face_dir>/<relative id>/*.npy``, 128-d each) for ``iv``."""
+    face_dim: int = 128
+    """Size of one face embedding (the reference's 128); must equal ``model.face_dim``."""
     valid_extra_metrics: bool = False
     """Also report wide-band PESQ, STOI and BSS-Eval v4 SDR (1 s windows) at validation, for
     the estimate (``pesq``), the mixture (``pesq_mix``) and their difference (``pesqi``); costly
@@ -163,7 +189,8 @@ class TargetSpeakerSeparationTask(Task):
         ConfigError: a required path not set (``embedding_dir`` unless ``lip_dir``), a
             ``segment`` not a multiple of 0.04 s with ``lip_dir``, bad ``segment`` / ``num_enrol`` /
             ``num_positive`` / ``num_valid`` / SIR range / ``speakers`` / augmentation
-            probabilities or SNR range, ``emb_dim`` different from the
+            probabilities or SNR range, enrolment-clip settings (:meth:`_check_clips`),
+            ``emb_dim`` different from the
             ``.npy`` files' dimension, or ``valid_extra_metrics`` without the ``pesq`` /
             ``pystoi`` packages.
         DataError: see :mod:`speechkit.data.separation_dataset`.
@@ -179,6 +206,7 @@ class TargetSpeakerSeparationTask(Task):
 
     def __init__(self, cfg: TargetSpeakerSeparationConfig, seed: int = 1):
         super().__init__(cfg, seed)
+        self.clips = self._check_clips(cfg)
         if cfg.embedding_dir in ("???", "", None) and not cfg.lip_dir:
             raise self.missing_config_error(["embedding_dir"])
         if cfg.segment <= 0:
@@ -234,6 +262,14 @@ class TargetSpeakerSeparationTask(Task):
         )
         if common["embedding_dir"] in ("???", ""):
             common["embedding_dir"] = None
+        if self.clips:
+            common.update(
+                enrolment_source="clips",
+                enrol_inputs=str(cfg.enrol_inputs),
+                enrol_segment=cfg.enrol_segment,
+                face_dir=cfg.face_dir or None,
+                face_dim=cfg.face_dim,
+            )
         common["speakers"] = cfg.speakers
         self.train_dataset = SeparationDataset(
             cfg.train_list,
@@ -270,6 +306,38 @@ class TargetSpeakerSeparationTask(Task):
                 **common,
             )
 
+    @staticmethod
+    def _check_clips(cfg: TargetSpeakerSeparationConfig) -> bool:
+        """Whether the items carry enrolment clips; checks their settings.
+
+        Raises:
+            ConfigError: ``clips`` without ``lip_dir`` or with ``embedding_dir``, ``iv``
+                without ``face_dir``, an ``enrol_segment`` not a positive multiple of 0.04 s.
+        """
+        source = EnrolmentSource.check(cfg.enrolment_source, "task.enrolment_source")
+        if source != "clips":
+            return False
+        inputs = EnrolmentInputs.check(cfg.enrol_inputs, "task.enrol_inputs")
+        if not cfg.lip_dir:
+            raise ConfigError(
+                "task.enrolment_source=clips needs task.lip_dir=DIR (the enrolment clips' lip "
+                "features, speechkit-dump-lip-features)"
+            )
+        if cfg.embedding_dir not in ("???", "", None):
+            raise ConfigError(
+                "task.enrolment_source=clips takes no enrolment vectors: set "
+                "task.embedding_dir=null (the composite's enrolment net embeds the clips)"
+            )
+        if inputs == "iv" and not cfg.face_dir:
+            raise ConfigError("task.enrol_inputs=iv needs task.face_dir=DIR (face embeddings)")
+        samples = round(cfg.enrol_segment * 16000)
+        if samples <= 0 or samples % 640:
+            raise ConfigError(
+                f"task.enrol_segment={cfg.enrol_segment} s must be a positive multiple of "
+                "0.04 s (one 25 fps lip frame)"
+            )
+        return True
+
     def _entries(self, path: str) -> list[tuple[str, str, str, int]] | None:
         """The list's rows for a JSON ``metadata_format``; ``None``: a speechkit list."""
         if self.cfg.metadata_format == "speechkit":
@@ -302,6 +370,8 @@ class TargetSpeakerSeparationTask(Task):
                 ``task.embedding_dir`` or of another size; one taking lip features
                 (``lip_dim``) without ``task.lip_dir`` or of another size.
         """
+        if self.clips:
+            return self._build_composite(cfg)
         lip_dim = getattr(cfg, "lip_dim", None)
         if lip_dim is not None and not self.lip_dim:
             raise ConfigError(
@@ -324,6 +394,32 @@ class TargetSpeakerSeparationTask(Task):
                 f"model.emb_dim={dim} but the enrolment vectors in {self.cfg.embedding_dir} are "
                 f"{self.emb_dim}-d; set model.emb_dim={self.emb_dim}"
             )
+        return super().build_model(cfg)
+
+    def _build_composite(self, cfg: Any) -> nn.Module:
+        """A model for enrolment clips, after checking its name and sizes against the data.
+
+        Raises:
+            ConfigError: a built-in model that takes other inputs than ``task.enrol_inputs``
+                (e.g. ``voicevector_ae`` or ``voicevector_avem`` with ``v`` clips), or a
+                ``lip_dim`` / ``face_dim`` different from the data's.
+        """
+        name, inputs = cfg._name, str(self.cfg.enrol_inputs)
+        known = MODEL_INPUTS.get(name)
+        if name in ("voicevector_ae", "voicevector_av") or (known and known != inputs):
+            want = [m for m, i in MODEL_INPUTS.items() if i == inputs and "embedding" not in m]
+            raise ConfigError(
+                f"task.enrolment_source=clips with task.enrol_inputs={inputs} needs model "
+                f"{want[0]}, got model {name}"
+            )
+        sizes = getattr(cfg, "enrolment", cfg)  # the composites nest their enrolment net's
+        for key, have in (("lip_dim", self.lip_dim), ("face_dim", self.cfg.face_dim)):
+            want = getattr(sizes, key, None)
+            if want is not None and (key == "lip_dim" or inputs == "iv") and want != have:
+                name = f"model.enrolment.{key}" if sizes is not cfg else f"model.{key}"
+                raise ConfigError(
+                    f"{name}={want} but the task's enrolment clips are {have}-d; set {name}={have}"
+                )
         return super().build_model(cfg)
 
     # -- data -----------------------------------------------------------------------------------
