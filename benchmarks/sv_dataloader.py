@@ -4,16 +4,20 @@ Measures utterances per second and CPU milliseconds per utterance (all processes
 other jobs on the machine) through decode + random crop, then + augmentation (noise / babble /
 reverb from the shared lists, as voxceleb_trainer's ``AugmentWAV`` in ``DatasetLoader.py``, then
 + speed perturbation) with a torch DataLoader over the real train list, for several worker
-counts, plus the forward + backward + Adam time of ``resnet_se34l`` on one batch of the same
-shape. Run from the repository root::
+counts; the same with ``task.augmentation.on_device=true`` (the workers draw, decode and crop:
+the speech crop, the drawn noise segments and RIRs; ``speechkit.data.augment_draws``); the CPU
+cost of rendering those draws batched (``speechkit.data.device_augment``) on this CPU, as the
+training device would; plus the forward + backward + Adam time of ``resnet_se34l`` on one batch
+of the same shape. Run from the repository root::
 
     .venv/bin/python benchmarks/sv_dataloader.py [--speakers 32] [--per-speaker 2] \\
         [--max-frames 200] [--batches 24] [--workers 1 2] [--data DIR] [--quick]
 
-JSON line: CPU ms per utterance of the data workers when they only decode + crop (the work left
-to them once augmentation runs on the training device) vs decode + crop + augment (today's
-worker-side augmentation), at the largest ``--workers``; goal ratio <= 0.25. The cost of
-augmenting on the device is not part of this figure.
+JSON line: CPU ms per utterance of the data workers with on-device augmentation (decode + crop
++ noise/RIR crops and the draws) vs decode + crop + augment in the workers (today's path), at
+the largest ``--workers``; goal ratio <= 0.25. Side results in ``config``: decode + crop alone,
+both paths with speed perturbation, and the on-device rendering cost per utterance on the CPU
+(not part of the figure: on a GPU it runs on the GPU).
 
 The shared train list has only 10 speakers, fewer than 32 per batch, so the benchmark's batches
 are drawn with speaker repetition (each group is still one speaker's utterances); the data cost
@@ -36,7 +40,9 @@ from torch.utils.data import DataLoader
 import speechkit.models.resnet_se  # noqa: F401  (registers resnet_se34l)
 from speechkit.cli.paths import find_shared_data
 from speechkit.data.augment import Augmenter, read_babble_list, read_noise_list, read_rir_list
+from speechkit.data.augment_draws import AugmentDrawer
 from speechkit.data.crop import frames_to_samples
+from speechkit.data.device_augment import DeviceAugmenter
 from speechkit.data.lists import read_train_list
 from speechkit.data.speaker_dataset import SpeakerTrainDataset
 from speechkit.registry import MODEL_REGISTRY
@@ -82,6 +88,29 @@ def time_loader(dataset, batches, workers):
     seconds = time.perf_counter() - start
     del loader  # the exhausted iterator has joined its workers: their CPU time is counted
     return utterances / seconds, (cpu_seconds() - cpu0) * 1e3 / utterances
+
+
+def time_device_augment(dataset, batches, workers):
+    """CPU milliseconds per utterance of ``DeviceAugmenter`` on the loaded batches (this
+    process's CPU time around the call only; soxr kernels measured before timing)."""
+    device = DeviceAugmenter()
+    for factor in device_speeds(dataset):
+        device.kernel(factor, torch.device("cpu"))
+    loader = DataLoader(
+        dataset, batch_sampler=batches, collate_fn=dataset.collater, num_workers=workers
+    )
+    cpu, utterances = 0.0, 0
+    for batch in loader:
+        c0 = time.process_time()
+        device(batch["audio"], batch["augment"])
+        cpu += time.process_time() - c0
+        utterances += batch["audio"].shape[0] * batch["audio"].shape[1]
+    return cpu * 1e3 / utterances
+
+
+def device_speeds(dataset):
+    aug = dataset.augment.augmenter
+    return [s for s in aug.speeds if s != 1.0] if aug.speed_perturb else []
 
 
 def time_train_step(batch_utts, samples, steps=3):
@@ -156,11 +185,15 @@ def main() -> None:
     labels = dataset(None).labels
     batches = make_batches(labels, args.speakers, args.per_speaker, args.batches)
     crop, augmented = "decode + crop (partial read)", "decode + crop + augment"
+    drawn = "decode + crop + draws (on device)"
+    speed_name, speed_drawn = "decode + crop + speed + augment", "+ speed draws (on device)"
     configs = [
         (crop, None, True),
         ("decode + crop (whole-file read)", None, False),
         (augmented, augment, True),
-        ("decode + crop + speed + augment", speed, True),
+        (drawn, AugmentDrawer(augment), True),
+        (speed_name, speed, True),
+        (speed_drawn, AugmentDrawer(speed), True),
     ]
     results = {}
     load_before = os.getloadavg()[0]
@@ -172,22 +205,30 @@ def main() -> None:
             results[name, workers] = rate, cpu_ms
             log(f"{name:34s} {workers:7d} {rate:8.1f} {cpu_ms:11.2f}")
 
+    workers = max(args.workers)
+    device_batches = batches[: min(len(batches), 4)]
+    device_ms = time_device_augment(dataset(AugmentDrawer(augment)), device_batches, workers)
+    device_speed_ms = time_device_augment(dataset(AugmentDrawer(speed)), device_batches, workers)
+    log(
+        f"\non-device augmentation rendered on this CPU ({len(device_batches)} batches): "
+        f"{device_ms:.2f} CPU ms/utt, with speed {device_speed_ms:.2f}"
+    )
+
     batch_utts = args.speakers * args.per_speaker
     step, step_cpu = time_train_step(batch_utts, samples, args.model_steps)
     model_rate, model_cpu_ms = batch_utts / step, step_cpu * 1e3 / batch_utts
     log(
-        f"\nresnet_se34l CPU train step (forward + backward + Adam), {batch_utts} x "
+        f"resnet_se34l CPU train step (forward + backward + Adam), {batch_utts} x "
         f"{samples}: {step:.2f} s/step = {model_rate:.1f} utt/s, {model_cpu_ms:.1f} CPU ms/utt"
     )
-    for workers in args.workers:
-        rate, cpu_ms = results[augmented, workers]
+    for workers_ in args.workers:
+        rate, cpu_ms = results[augmented, workers_]
         log(
-            f"  augmented input with {workers} worker(s): {rate / model_rate:.1f}x the "
+            f"  augmented input with {workers_} worker(s): {rate / model_rate:.1f}x the "
             f"model's utt/s; {100 * cpu_ms / model_cpu_ms:.1f}% of its CPU time per utt"
         )
     load_after = os.getloadavg()[0]
     log(f"load average after: {load_after:.2f}")
-    workers = max(args.workers)
     report(
         name="sv_dataloader",
         device=device_label("cpu"),
@@ -197,12 +238,17 @@ def main() -> None:
             "batches": args.batches,
             "workers": workers,
             "augment": list(augment.choices),
-            "figure_utt_per_s": round(results[crop, workers][0], 1),
+            "figure_utt_per_s": round(results[drawn, workers][0], 1),
             "reference_utt_per_s": round(results[augmented, workers][0], 1),
+            "decode_crop_cpu_ms_per_utt": round(results[crop, workers][1], 3),
+            "speed_on_device_worker_cpu_ms_per_utt": round(results[speed_drawn, workers][1], 3),
+            "speed_worker_side_cpu_ms_per_utt": round(results[speed_name, workers][1], 3),
+            "device_augment_cpu_ms_per_utt": round(device_ms, 3),
+            "device_augment_speed_cpu_ms_per_utt": round(device_speed_ms, 3),
             "resnet_se34l_cpu_ms_per_utt": round(model_cpu_ms, 1),
             "load_average": [round(load_before, 2), round(load_after, 2)],
         },
-        figure=results[crop, workers][1],
+        figure=results[drawn, workers][1],
         unit="CPU ms per utterance, all processes (lower is better)",
         reference="worker-side decode + crop + augment (noise/babble/reverb), same batches",
         reference_figure=results[augmented, workers][1],

@@ -36,6 +36,10 @@ list, read with ``read_babble_list``).
 Randomness comes only from the ``np.random.Generator`` passed in (the dataset derives it from
 seed, epoch and utterance indices). Decoded noise/RIR files are cached lazily per process
 (so per DataLoader worker) in a bounded LRU cache that is not pickled.
+
+``AugmentConfig.on_device``: the same draws are made in the workers
+(``speechkit.data.augment_draws``) and rendered batched on the training device
+(``speechkit.data.device_augment``); this module's transforms are then not run.
 """
 
 from __future__ import annotations
@@ -217,7 +221,8 @@ class Augmenter:
         state["_cache"], state["_cached_bytes"] = OrderedDict(), 0
         return state
 
-    def _load(self, path: str) -> np.ndarray:
+    def load(self, path: str) -> np.ndarray:
+        """(L,) float32 samples of a noise / RIR file at ``sample_rate``, mono (cached)."""
         wav = self._cache.get(path)
         if wav is not None:
             self._cache.move_to_end(path)
@@ -251,7 +256,7 @@ class Augmenter:
             DataError: the RIR file is silent (all zeros).
         """
         path = self.rir_files[int(rng.integers(len(self.rir_files)))]
-        rir = self._load(path).astype(np.float64)
+        rir = self.load(path).astype(np.float64)
         energy = np.sqrt(np.sum(rir**2))
         if energy == 0:
             raise DataError(f"{path}: the RIR is all zeros")
@@ -276,7 +281,7 @@ class Augmenter:
         low, high = self.snr[kind]
         total = np.zeros(len(wav), dtype=np.float64)
         for i in chosen:
-            noise = random_crop(self._load(files[int(i)]), len(wav), rng).astype(np.float64)
+            noise = random_crop(self.load(files[int(i)]), len(wav), rng).astype(np.float64)
             snr = rng.uniform(low, high)
             total += (
                 np.sqrt(10.0 ** ((clean_db - level_db(noise, self.level_eps) - snr) / 10.0)) * noise
@@ -334,6 +339,12 @@ class AugmentConfig(SpeechkitDataclass):
     speeds: list[float] = field(default_factory=lambda: [0.9, 1.0, 1.1])
     level_eps: float = LEVEL_EPS
     cache_mb: float = 256.0
+    on_device: bool = False
+    """Data workers only decode and crop (the speech crop, the drawn noise segments and RIRs)
+    and draw what the worker path would draw from the same generator; speed, reverb and the
+    noise mixing then run batched on the training device in the task's train step
+    (``speechkit.data.device_augment``), equal to the worker path within float tolerance.
+    ``false``: the whole augmentation runs in the workers."""
 
 
 def _list_file(value: str, key: str, root: str | os.PathLike) -> str:

@@ -51,6 +51,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
+from speechkit.data.augment_draws import AugmentDrawer
 from speechkit.data.crop import crop_waveform, frames_to_samples, random_crop, random_crop_start
 from speechkit.data.labels import LabelDictionary
 from speechkit.data.shards import (
@@ -395,7 +396,8 @@ class SpeakerItems:
     Args:
         label_of_speaker: ``{speaker_id: label}`` (e.g. ``speaker_to_label(index.speakers)``).
         max_frames: crop length in 10 ms frames.
-        augment: an ``Augmenter`` or ``None``.
+        augment: an ``Augmenter``, an ``AugmentDrawer`` (the item then also carries
+            ``"augment"``: its one ``UtteranceDraws``, and the audio stays clean) or ``None``.
 
     Returns (call):
         ``{"id": LongTensor (1,), "audio": FloatTensor (1, L), "label": int}``.
@@ -435,13 +437,19 @@ class SpeakerItems:
             raise DataError(f"{sample.where}: speaker {speaker!r} is not in the label map")
         rng = np.random.default_rng([seed, epoch, sample.index])
         wav = self._crop(sample, rng)
-        if self.augment is not None:
+        draws = None
+        if isinstance(self.augment, AugmentDrawer):  # on-device augmentation: keep the draws
+            draws = [self.augment.draw(len(wav), rng)]
+        elif self.augment is not None:
             wav = self.augment(wav, rng)
-        return {
+        item = {
             "id": torch.tensor([sample.index], dtype=torch.long),
             "audio": torch.from_numpy(np.ascontiguousarray(wav, dtype=np.float32)[None]),
             "label": self.label_of_speaker[speaker],
         }
+        if draws is not None:
+            item["augment"] = draws
+        return item
 
 
 class HubertItems:

@@ -36,6 +36,7 @@ from torch.utils.data import Dataset
 
 from speechkit.data.audio import audio_info, read_audio
 from speechkit.data.augment import Augmenter
+from speechkit.data.augment_draws import AugmentDrawer, collate_draws
 from speechkit.data.crop import (
     crop_waveform,
     eval_crop_starts,
@@ -74,7 +75,8 @@ class SpeakerTrainDataset(Dataset):
         max_frames: crop length in 10 ms frames (reference default 200).
         n_per_speaker: utterances per group (``nPerSpeaker``); informational, a group may have
             any length.
-        augment: an ``Augmenter`` applied to every crop, or ``None``.
+        augment: an ``Augmenter`` applied to every crop, an ``AugmentDrawer`` (on-device
+            augmentation: the crops stay clean and the item carries the draws), or ``None``.
         seed: base seed of the per-item generators.
         sample_rate: the model's audio rate in Hz; a file at another rate is refused.
         partial_read: read only the crop from the file (header read + seek) instead of decoding
@@ -174,7 +176,8 @@ class SpeakerTrainDataset(Dataset):
 
         Returns:
             ``{"id": LongTensor (M,), "audio": FloatTensor (M, L), "label": int}`` with
-            ``L = max_frames * 160 + 240`` samples.
+            ``L = max_frames * 160 + 240`` samples; with an ``AugmentDrawer`` also
+            ``"augment"``: the M utterances' ``UtteranceDraws`` (the audio is then clean).
 
         Raises:
             ValueError: the indices belong to more than one speaker.
@@ -184,7 +187,7 @@ class SpeakerTrainDataset(Dataset):
         if len(labels) != 1:
             raise ValueError(f"a group must hold one speaker's utterances, got labels {labels}")
         rng = np.random.default_rng([self.seed, self.epoch, *indices])
-        crops = []
+        crops, draws = [], []
         for index in indices:
             try:
                 wav = self._load_crop(index, rng)
@@ -193,29 +196,40 @@ class SpeakerTrainDataset(Dataset):
                 if where == self.paths[index]:
                     raise
                 raise DataError(f"{where}: {e}") from e
-            if self.augment is not None:
+            if isinstance(self.augment, AugmentDrawer):
+                draws.append(self.augment.draw(len(wav), rng))
+            elif self.augment is not None:
                 wav = self.augment(wav, rng)
             crops.append(wav)
-        return {
+        item = {
             "id": torch.tensor(indices, dtype=torch.long),
             "audio": torch.from_numpy(np.stack(crops).astype(np.float32, copy=False)),
             "label": labels.pop(),
         }
+        if isinstance(self.augment, AugmentDrawer):
+            item["augment"] = draws
+        return item
 
     def collater(self, samples: list[dict[str, Any]]) -> dict[str, Any]:
         """Stack groups into a batch.
 
         Returns:
             ``{"id": LongTensor (B, M), "audio": FloatTensor (B, M, L), "label": LongTensor (B,)}``
-            (an empty dict for an empty list). All groups must have the same M.
+            (an empty dict for an empty list). All groups must have the same M. Items with
+            augmentation draws add ``"augment"``: ``collate_draws`` of the B * M utterances in
+            ``audio.reshape(B * M, L)`` order.
         """
         if not samples:
             return {}
-        return {
+        batch = {
             "id": torch.stack([s["id"] for s in samples]),
             "audio": torch.stack([s["audio"] for s in samples]),
             "label": torch.tensor([s["label"] for s in samples], dtype=torch.long),
         }
+        if "augment" in samples[0]:
+            draws = [d for s in samples for d in s["augment"]]
+            batch["augment"] = collate_draws(draws, batch["audio"].shape[-1])
+        return batch
 
 
 class SpeakerEvalDataset(Dataset):

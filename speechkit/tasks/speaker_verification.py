@@ -15,6 +15,13 @@ wespeaker's shard pipeline) instead of ``task.train_list``: the utterances are s
 a shuffling buffer (``speechkit.data.shard_dataset``), one crop per item (``n_per_speaker`` must
 be 1: a stream cannot form speaker-balanced groups), labels from the index's sorted speakers (the
 labels the list would give), ``dataset.batch_size`` utterances per batch and rank.
+
+``task.augmentation.on_device=true`` (with ``task.augment=true``): the data workers decode and
+crop only and the batch carries the augmentation draws (``speechkit.data.augment_draws``, drawn
+from the per-item generators as the worker path draws them); :meth:`train_step` renders them
+batched on the training device (``speechkit.data.device_augment``) before the forward pass.
+The models compute their log-mel / fbank front-ends from the waveform themselves, so the
+front-end already runs on the device.
 """
 
 from __future__ import annotations
@@ -30,6 +37,8 @@ from torch import nn
 
 from speechkit import distributed as dist_utils
 from speechkit.data.augment import AugmentConfig, build_augmenter
+from speechkit.data.augment_draws import AugmentDrawer
+from speechkit.data.device_augment import DeviceAugmenter, speed_ratio
 from speechkit.data.epoch_iterator import (
     Batching,
     StreamBatches,
@@ -95,7 +104,8 @@ class SpeakerVerificationConfig(SpeechkitDataclass):
     augmentation: AugmentConfig = field(default_factory=AugmentConfig)
     """Noise / babble / reverb list files (each found like ``train_list``: relative to the
     working directory, absolute paths as given) whose lines name audio files relative to
-    ``root``, and the SNR ranges."""
+    ``root``, the SNR ranges, and ``on_device`` (render the augmentation batched on the
+    training device; the workers only decode and crop)."""
     scoring: SpeakerScoring = "cosine"
     """``cosine`` (of mean crop embeddings, default), ``crop_distance`` (voxceleb_trainer's
     -mean crop distance) or ``syncnet_reference`` (syncnet_trainer's mean cosine over all crop
@@ -120,7 +130,9 @@ class SpeakerVerificationTask(Task):
         DataError: missing or malformed lists, or listed audio files that do not exist (all
             are checked; the count and the first paths are reported).
         ConfigError: an unknown scoring, ``n_per_speaker < 1``, neither or both of
-            ``train_list`` and ``shards``, or ``shards`` with ``n_per_speaker > 1``.
+            ``train_list`` and ``shards``, ``shards`` with ``n_per_speaker > 1``, or
+            ``augmentation.on_device`` with a speed that is not a ratio ``down / up``
+            (``up <= 1000``).
     """
 
     needs = (
@@ -157,6 +169,12 @@ class SpeakerVerificationTask(Task):
                 repeat_short=cfg.repeat_short_speakers,
             )
             self._log_coverage()
+        self.device_augment = None
+        if cfg.augment and cfg.augmentation.on_device:
+            if cfg.augmentation.speed_perturb:
+                for factor in cfg.augmentation.speeds:
+                    speed_ratio(factor)  # a ConfigError now, not at the first batch
+            self.device_augment = DeviceAugmenter(level_eps=cfg.augmentation.level_eps)
         self.trials: TrialList | None = None
         if cfg.test_list:
             test_root = cfg.test_root if cfg.test_root is not None else cfg.root
@@ -258,6 +276,8 @@ class SpeakerVerificationTask(Task):
             )
         cfg = self.cfg
         augment = build_augmenter(cfg.augmentation, cfg.root) if cfg.augment else None
+        if augment is not None and self.device_augment is not None:
+            augment = AugmentDrawer(augment)  # workers draw, decode and crop; train_step mixes
         if self.shard_index is not None:  # placed on its rank by the epoch iterator
             items = SpeakerItems(self.label_of_speaker, cfg.max_frames, augment)
             return ShardDataset(
@@ -275,6 +295,15 @@ class SpeakerVerificationTask(Task):
 
     def set_epoch(self, split: str, epoch: int) -> None:
         self.dataset(split).set_epoch(epoch)
+
+    def train_step(
+        self, sample: Any, model_and_criterion: nn.Module, update_num: int
+    ) -> tuple[torch.Tensor, int, dict]:
+        """With ``augmentation.on_device``: augment the batch's crops where they are
+        (``DeviceAugmenter``, from the draws the workers made), then forward as the base task."""
+        if self.device_augment is not None and "augment" in sample:
+            sample = self.device_augment.augment_sample(sample)
+        return model_and_criterion(sample)
 
     def batches(
         self,
