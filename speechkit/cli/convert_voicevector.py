@@ -12,8 +12,8 @@ strict: an unmapped key, an unfilled speechkit key or a shape mismatch is an err
 keys, and nothing is written.
 
 The output (task ``target_speaker_separation``) fine-tunes with
-``checkpoint.finetune_from_model=OUT``; a ``voicevector_ae`` / ``voicevector_av`` output also
-runs with ``speechkit-separate --checkpoint OUT``.
+``checkpoint.finetune_from_model=OUT`` and runs with ``speechkit-separate --checkpoint OUT``
+(a composite with enrolment clips: ``--enrol-lip ...``).
 
 Exit status: 0 converted, 2 bad input (message on stderr).
 """

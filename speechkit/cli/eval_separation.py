@@ -9,9 +9,27 @@ target, same length), and what tells the model whom to extract: ``ID_embedding.n
 positive vector, L2-normalised here) or ``ID_feat.npy`` for ``voicevector_av`` (the target's lip
 features, (frames, lip_dim) at 25 fps, 640 samples per frame at 16 kHz, within
 ``speechkit.data.lip_features``' tolerance of the mixture's length). The other file is not used,
-which the command says. Every item is checked before the model runs. Audio at another rate than the
-model's is resampled (a WARNING names the file); long mixtures are separated in overlapping
-chunks (``speechkit.inference.separation``).
+which the command says.
+
+Composite checkpoints (``voicevector_vem`` / ``voicevector_avem`` / ``voicevector_ivem``,
+trained or converted from the reference's ``vem.pth`` / ``avem3.pth`` / ``ivem.pth``) take
+enrolment clips of the target instead, numbered ``K = 0, 1, ...`` (each clip one positive,
+in K order):
+
+* ``ID_enrolK_feat.npy``: the clip's lip features (frames, lip_dim) at 25 fps (all three);
+* ``ID_enrolK.wav``: the clip's audio (``voicevector_avem``; the lip frames are fitted to it
+  within ``speechkit.data.lip_features``' tolerance);
+* ``ID_enrolK_face/``: a folder of the clip's face embeddings, one ``.npy`` per face
+  (``voicevector_ivem``; ``speechkit.data.face_embeddings``).
+
+Each clip is embedded by the checkpoint's frozen enrolment net in windows of its training length
+(``speechkit.inference.clip_enrolment``); ``ID_embedding.npy`` / ``ID_feat.npy`` are then not
+used. An item without any ``ID_enrolK_feat.npy``, or a clip without its audio / face folder, is an
+error naming the missing file.
+
+Every item is checked before the model runs. Audio at another rate than the model's is resampled
+(a WARNING names the file); long mixtures are separated in overlapping chunks
+(``speechkit.inference.separation``).
 
 Metrics per item (``speechkit.metrics.separation``): SI-SDR, SDR (the plain SNR the VoiceVector
 code reports), and with ``--metrics`` (default all three) museval-style BSS-Eval v4 SDR over 1 s
@@ -28,6 +46,7 @@ import argparse
 import csv
 import math
 import os
+import re
 import sys
 import time
 import warnings
@@ -90,6 +109,50 @@ def find_items(folder: str, cue: str = "_embedding.npy") -> tuple[list[str], int
     return ids, unused
 
 
+def find_clip_items(folder: str, inputs: str) -> tuple[list[str], dict[str, list], int]:
+    """Sorted item ids of ``folder`` in the enrolment-clip layout (module docstring), each
+    item's clips ``[(lip .npy, audio .wav or None, face folder or None), ...]`` in K order, and
+    the number of unused ``ID_embedding.npy`` / ``ID_feat.npy`` files.
+
+    Args:
+        folder: the test folder.
+        inputs: the composite's enrolment inputs, ``v`` / ``av`` / ``iv``.
+
+    Raises:
+        DataError: not a folder, no ``*_mix.wav``, an item without its target or without
+            ``ID_enrol0_feat.npy``, a clip without its ``ID_enrolK.wav`` (``av``) or
+            ``ID_enrolK_face/`` folder (``iv``); the missing path is named.
+    """
+    root = Path(folder)
+    ids, _ = find_items(folder, "_mix.wav")  # checks the folder, the mixtures and targets
+    names = {p.name for p in root.iterdir()}
+    clips: dict[str, list] = {}
+    for i in ids:
+        pattern = re.compile(re.escape(i) + r"_enrol(\d+)_feat\.npy")
+        ks = sorted(int(m.group(1)) for n in names if (m := pattern.fullmatch(n)))
+        if not ks:
+            raise DataError(
+                f"{root / (i + '_enrol0_feat.npy')}: missing (item {i} has a _mix.wav; a "
+                "composite checkpoint takes the target's enrolment clips ID_enrolK_feat.npy)"
+            )
+        clips[i] = []
+        for k in ks:
+            audio = root / f"{i}_enrol{k}.wav" if inputs == "av" else None
+            face = root / f"{i}_enrol{k}_face" if inputs == "iv" else None
+            if audio is not None and not audio.is_file():
+                raise DataError(
+                    f"{audio}: missing (voicevector_avem needs the audio of {i}_enrol{k}_feat.npy)"
+                )
+            if face is not None and not face.is_dir():
+                raise DataError(
+                    f"{face}: missing (voicevector_ivem needs the face-embedding folder of "
+                    f"{i}_enrol{k}_feat.npy)"
+                )
+            clips[i].append((root / f"{i}_enrol{k}_feat.npy", audio, face))
+    unused = sum((root / f"{i}{s}").is_file() for i in ids for s in ("_embedding.npy", "_feat.npy"))
+    return ids, clips, unused
+
+
 def load_positives(path: Path, emb_dim: int) -> list[torch.Tensor]:
     """Rows of ``ID_embedding.npy`` ((D,) or (N, D)) as L2-normalised (D,) vectors."""
     array = load_embedding(path, "the test folder", emb_dim)
@@ -149,8 +212,11 @@ def run(args: argparse.Namespace) -> list[dict[str, float]]:
     sep = Separator.from_checkpoint(
         args.checkpoint, device=args.device, chunk_seconds=args.chunk, overlap_seconds=args.overlap
     )
-    cue = "_feat.npy" if sep.is_av else "_embedding.npy"
-    ids, unused = find_items(args.data, cue)
+    if sep.is_composite:
+        ids, clip_files, unused = find_clip_items(args.data, sep.clip_inputs)
+    else:
+        cue = "_feat.npy" if sep.is_av else "_embedding.npy"
+        ids, unused = find_items(args.data, cue)
     root = Path(args.data)
     rate = sep.sample_rate
     items = []
@@ -164,10 +230,21 @@ def run(args: argparse.Namespace) -> list[dict[str, float]]:
             )
         if sep.is_av:
             cond = {"lip": sep.load_lip(root / f"{i}_feat.npy", len(mix))}
+        elif sep.is_composite:
+            lips, audios, faces = zip(*clip_files[i])
+            clips = sep.read_clips(
+                lips, [a for a in audios if a is not None], [f for f in faces if f is not None]
+            )
+            cond = {"clips": clips}
         else:
             cond = {"positives": load_positives(root / f"{i}_embedding.npy", sep.emb_dim)}
         items.append((i, mix, ref, cond))
-    if unused and sep.is_av:
+    if unused and sep.is_composite:
+        print(
+            f"note: {unused} ID_embedding.npy / ID_feat.npy file(s) not used ({sep.name} uses "
+            "the ID_enrolK clips)"
+        )
+    elif unused and sep.is_av:
         print(f"note: {unused} ID_embedding.npy file(s) not used (voicevector_av uses ID_feat.npy)")
     elif unused:
         print(f"note: {unused} ID_feat.npy file(s) not used (voicevector_ae is audio-only)")
@@ -177,6 +254,8 @@ def run(args: argparse.Namespace) -> list[dict[str, float]]:
     t0 = time.perf_counter()
     rows = []
     for i, mix, ref, cond in items:
+        if "clips" in cond:  # the frozen enrolment net: one vector per clip, all positives
+            cond = {"positives": sep.clip_vectors(cond["clips"])}
         est = sep.separate(torch.from_numpy(mix), **cond).numpy()
         if args.save_estimates:
             write_audio(Path(args.save_estimates) / f"{i}_estimate.wav", est, rate, "FLOAT")

@@ -1,6 +1,8 @@
 """Target-speaker separation inference: a trained ``voicevector_ae`` checkpoint (positive /
-negative enrolment vectors) or ``voicevector_av`` checkpoint (the target's lip features) applied
-to audio of any length and sample rate.
+negative enrolment vectors), ``voicevector_av`` checkpoint (the target's lip features) or
+composite ``voicevector_vem`` / ``voicevector_avem`` / ``voicevector_ivem`` checkpoint
+(enrolment clips through its frozen enrolment net) applied to audio of any length and sample
+rate.
 
 Model: Rahimi, Afouras and Zisserman, "VoiceVector: multimodal enrolment vectors for speaker
 separation", ICASSP 2024 (:mod:`speechkit.models.voicevector`). Its sinusoidal positional
@@ -30,6 +32,16 @@ embeddings (K, D) or one (D,): mean over crops, then L2-normalised, as the train
 them) or from enrolment WAVs embedded by a speaker checkpoint
 (:class:`speechkit.inference.speaker_embedding.SpeakerEmbedding`, whole utterance,
 L2-normalised).
+
+Composites (:mod:`speechkit.models.voicevector_composite`; trained ones, or the reference's
+``vem.pth`` / ``avem3.pth`` / ``ivem.pth`` converted by ``speechkit-convert-voicevector``) are
+rebuilt with ``enrolment_checkpoint`` and ``separation_init`` emptied: the checkpoint holds both
+nets' weights, so no other file is read. :meth:`Separator.embed_clips` turns enrolment clips
+(lip features; ``avem`` also the clip's audio, ``ivem`` also a face-embedding folder) into
+vectors with the frozen enrolment net, in windows of the length it was trained on
+(:mod:`speechkit.inference.clip_enrolment`); those vectors then enrol the inner separation net
+exactly as ``voicevector_ae`` vectors do (positives and negatives, the same for every chunk).
+They are not re-normalised: the separation net was trained on the enrolment net's raw outputs.
 """
 
 from __future__ import annotations
@@ -46,6 +58,7 @@ from torch import nn
 
 from speechkit.data.audio import audio_info, read_audio, resample_waveform
 from speechkit.data.embedding_table import load_embedding, utterance_vector
+from speechkit.data.enrolment_clips import ENROL_SEGMENT, MODEL_INPUTS
 from speechkit.data.lip_features import (
     DEFAULT_TOLERANCE,
     SAMPLES_PER_FRAME,
@@ -53,9 +66,17 @@ from speechkit.data.lip_features import (
     read_lip_features,
 )
 from speechkit.errors import CheckpointError, ConfigError, DataError
+from speechkit.inference.clip_enrolment import (
+    EnrolmentClip,
+    Source,
+    check_clip_counts,
+    embed_clips,
+    read_enrolment_clip,
+)
+from speechkit.models.voicevector_composite import COMPOSITE_MODELS
 
 SEPARATION_TASKS = ("target_speaker_separation",)
-SEPARATION_MODELS = ("voicevector_ae", "voicevector_av")
+SEPARATION_MODELS = ("voicevector_ae", "voicevector_av", *COMPOSITE_MODELS)
 AV_MODELS = ("voicevector_av",)
 
 
@@ -132,13 +153,16 @@ def load_enrolment_npy(path: str | os.PathLike, emb_dim: int | None = None) -> t
 
 class Separator:
     """``Separator.from_checkpoint(path).separate(mixture, positives, negatives)`` (audio
-    enrolment) or ``.separate(mixture, lip=features)`` (audio-visual).
+    enrolment), ``.separate(mixture, lip=features)`` (audio-visual) or, for a composite,
+    ``.separate(mixture, sep.embed_clips(lips, audios, faces), ...)``.
 
     Args:
         model: a separation model with a ``cfg.sample_rate`` and ``max_seconds()``: either
-            ``(B, T), (B, N, D), (B, N) long, (B, N) bool -> (B, T)`` (``voicevector_ae``) or
+            ``(B, T), (B, N, D), (B, N) long, (B, N) bool -> (B, T)`` (``voicevector_ae``),
             ``(B, T), (B, F, lip_dim) -> (B, T)`` with ``samples_per_frame`` samples per lip
-            frame (``voicevector_av``; ``is_av`` is then True).
+            frame (``voicevector_av``; ``is_av`` is then True), or a composite whose
+            ``separation`` net is the former and whose ``enrolment`` net embeds clips
+            (``is_composite`` True; ``clip_inputs`` ``v`` / ``av`` / ``iv``).
         device: where it runs.
         chunk_seconds: chunk length for long input; 0 (default) = the model's limit
             ``max_seconds()`` rounded down to a whole 20 ms token (and, for AV, to a whole lip
@@ -146,9 +170,13 @@ class Separator:
         overlap_seconds: minimum overlap of neighbouring chunks (default 1 s; AV: rounded up to
             a whole lip frame).
         batch_chunks: chunks per forward pass.
+        enrol_seconds: composites: the enrolment window (seconds, rounded to whole 25 fps
+            frames), the clip length the enrolment net was trained on (``task.enrol_segment``,
+            4 s by default; :meth:`from_checkpoint` reads it from the checkpoint).
 
     Raises:
-        ConfigError: a chunk longer than the model allows, or an overlap above half a chunk.
+        ConfigError: a chunk longer than the model allows, an overlap above half a chunk, or
+            an enrolment window outside ``[1 frame, the enrolment net's limit]``.
     """
 
     def __init__(
@@ -158,18 +186,26 @@ class Separator:
         chunk_seconds: float = 0.0,
         overlap_seconds: float = 1.0,
         batch_chunks: int = 2,
+        enrol_seconds: float = ENROL_SEGMENT,
     ):
         self.device = torch.device(device)
         self.model = model.to(self.device).eval()
-        self.sample_rate = int(model.cfg.sample_rate)
-        self.is_av = getattr(model, "name", "") in AV_MODELS
-        self.emb_dim = None if self.is_av else int(model.cfg.emb_dim)
-        self.lip_dim = int(model.cfg.lip_dim) if self.is_av else None
+        self.name = str(getattr(model, "name", "") or type(model).__name__)
+        self.is_composite = self.name in COMPOSITE_MODELS
+        # the net that separates: a composite's inner voicevector_ae
+        self.net = model.separation if self.is_composite else model
+        net = self.net
+        self.sample_rate = int(net.cfg.sample_rate)
+        self.is_av = self.name in AV_MODELS
+        self.emb_dim = None if self.is_av else int(net.cfg.emb_dim)
+        self.lip_dim = int(net.cfg.lip_dim) if self.is_av else None
         # samples per lip frame (640 at 16 kHz / 25 fps); chunks move on this grid for AV
-        self.frame = int(model.samples_per_frame) if self.is_av else 1
-        limit = float(model.max_seconds())
+        self.frame = int(net.samples_per_frame) if self.is_av else 1
+        self.clip_inputs = MODEL_INPUTS[self.name] if self.is_composite else None
+        self.enrol_window = self._enrol_window(enrol_seconds) if self.is_composite else 0
+        limit = float(net.max_seconds())
         # whole tokens only: the model pads the upsampled input to a multiple of its stride
-        token = model.total_stride / model.cfg.internal_rate
+        token = net.total_stride / net.cfg.internal_rate
         max_chunk = int(math.floor(limit / token) * token * self.sample_rate)
         # the 16 k -> internal-rate upsampling rounds up: keep one token of margin
         max_chunk -= int(math.ceil(token * self.sample_rate))
@@ -191,6 +227,26 @@ class Separator:
                 f"({self.chunk / 2 / self.sample_rate:.2f} s)"
             )
         self.batch_chunks = max(1, int(batch_chunks))
+
+    def _enrol_window(self, seconds: float) -> int:
+        """The composite's enrolment window in 16 kHz samples (whole lip frames)."""
+        enrol = self.model.enrolment
+        if self.sample_rate != 16000 or getattr(enrol, "samples_per_frame", 640) != 640:
+            raise ConfigError(
+                f"{self.name}: enrolment clips are 25 fps lip frames on 16 kHz audio (640 "
+                f"samples per frame); this model runs at {self.sample_rate} Hz"
+            )
+        frames = int(round(float(seconds) * 25))
+        if hasattr(enrol, "max_frames"):  # voicevector_embedding_v / _iv
+            limit = int(enrol.max_frames())
+        else:  # voicevector_embedding_av: its audio limit
+            limit = int(round(enrol.max_seconds() * 16000)) // SAMPLES_PER_FRAME
+        if not 1 <= frames <= limit:
+            raise ConfigError(
+                f"{self.name}: an enrolment window of {seconds} s ({frames} lip frames); the "
+                f"enrolment net takes 1 to {limit} frames ({limit / 25:.2f} s)"
+            )
+        return frames * SAMPLES_PER_FRAME
 
     @classmethod
     def from_checkpoint(
@@ -220,9 +276,86 @@ class Separator:
                 "expected a target_speaker_separation checkpoint of "
                 f"{', '.join(SEPARATION_MODELS)}"
             )
+        if name in COMPOSITE_MODELS:
+            # both nets' weights are in this checkpoint: read no other file
+            model_cfg = {**model_cfg, "enrolment_checkpoint": "", "separation_init": ""}
+            segment = (cfg.get("task") or {}).get("enrol_segment")
+            if segment and "enrol_seconds" not in kwargs:
+                kwargs["enrol_seconds"] = float(segment)
         model = MODEL_REGISTRY.build(model_cfg)
-        model.load_state_dict(state["model"])
+        try:
+            model.load_state_dict(state["model"])
+        except RuntimeError as e:
+            lines = str(e).strip().splitlines()
+            detail = (lines[1] if len(lines) > 1 else lines[0]).strip()
+            detail = detail if len(detail) <= 200 else detail[:200] + " ..."
+            raise CheckpointError(
+                f"{os.fspath(path)}: the weights do not fit the saved {name} config ({detail})"
+            ) from None
         return cls(model, device=device, **kwargs)
+
+    def read_clips(
+        self,
+        lips: Sequence[Source],
+        audios: Sequence[Source] = (),
+        faces: Sequence[Source] = (),
+        lip_tolerance: float = DEFAULT_TOLERANCE,
+    ) -> list[EnrolmentClip]:
+        """Read and check enrolment clips for a composite (nothing runs yet).
+
+        Args:
+            lips: per clip a lip-feature ``.npy`` (F, lip_dim) at 25 fps, or the array.
+            audios: ``voicevector_avem``: per clip (same order) its audio file (any rate,
+                resampled to 16 kHz with a WARNING) or a (T,) array at 16 kHz.
+            faces: ``voicevector_ivem``: per clip its face-embedding folder or a (K, face_dim)
+                array.
+            lip_tolerance: largest accepted ``|F - T / 640|`` between a clip's lip frames and
+                its audio (``avem``).
+
+        Raises:
+            ConfigError: not a composite; audio or faces the model does not take, or counts
+                that do not pair with ``lips``.
+            DataError: a bad file (named): see
+                :func:`~speechkit.inference.clip_enrolment.read_enrolment_clip`.
+        """
+        if not self.is_composite:
+            raise ConfigError(
+                f"enrolment clips given to a {self.name} model; clips are for the composites "
+                f"{', '.join(COMPOSITE_MODELS)}"
+            )
+        check_clip_counts(self.name, self.clip_inputs, len(lips), len(audios), len(faces))
+        cfg = self.model.cfg.enrolment
+        return [
+            read_enrolment_clip(
+                lip,
+                audios[i] if audios else None,
+                faces[i] if faces else None,
+                inputs=self.clip_inputs,
+                lip_dim=int(cfg.lip_dim),
+                face_dim=int(cfg.face_dim),
+                tolerance=lip_tolerance,
+            )
+            for i, lip in enumerate(lips)
+        ]
+
+    def clip_vectors(self, clips: Sequence[EnrolmentClip]) -> list[torch.Tensor]:
+        """Enrolment vectors (out_dim,) float32 (CPU) of :meth:`read_clips` clips, through the
+        composite's frozen enrolment net in windows of ``enrol_window`` samples, averaged per
+        clip (:func:`~speechkit.inference.clip_enrolment.embed_clip`); not re-normalised."""
+        if not self.is_composite:
+            raise ConfigError(f"enrolment clips given to a {self.name} model")
+        return embed_clips(self.model.enrolment, clips, self.enrol_window, self.device)
+
+    def embed_clips(
+        self,
+        lips: Sequence[Source],
+        audios: Sequence[Source] = (),
+        faces: Sequence[Source] = (),
+        lip_tolerance: float = DEFAULT_TOLERANCE,
+    ) -> list[torch.Tensor]:
+        """:meth:`read_clips` then :meth:`clip_vectors`: one enrolment vector (out_dim,) per
+        clip, for :meth:`separate`'s positives or negatives. Raises as :meth:`read_clips`."""
+        return self.clip_vectors(self.read_clips(lips, audios, faces, lip_tolerance))
 
     def enrolment(
         self, positives: Sequence[torch.Tensor], negatives: Sequence[torch.Tensor] = ()
@@ -266,7 +399,7 @@ class Separator:
         if not self.is_av:
             raise ConfigError(
                 f"{os.fspath(path)}: lip features given, but the checkpoint is audio-only "
-                "(voicevector_ae takes enrolment vectors)"
+                f"({self.name} takes enrolment vectors)"
             )
         if self.frame != SAMPLES_PER_FRAME:
             raise ConfigError(
@@ -282,7 +415,7 @@ class Separator:
         """The lip tensor (F, lip_dim) for AV, None for AE; ValueError on a wrong combination."""
         if not self.is_av:
             if lip is not None:
-                raise ValueError("lip features given to an audio-only (voicevector_ae) model")
+                raise ValueError(f"lip features given to an audio-only ({self.name}) model")
             return None
         if positives or negatives:
             raise ValueError(
@@ -312,9 +445,10 @@ class Separator:
 
         Audio enrolment models take ``positives`` (at least one) and ``negatives`` (D,)
         vectors; audio-visual ones take ``lip`` (``ceil(T / 640)``, lip_dim) features instead
-        (:meth:`load_lip` fits a file to T). Input up to one chunk long is separated in one
-        pass; longer input in overlapping chunks (module docstring), all with the same
-        enrolment, or each with the lip frames of its own samples.
+        (:meth:`load_lip` fits a file to T); composites take the vectors :meth:`embed_clips`
+        gives for enrolment clips, which go to their inner separation net. Input up to one
+        chunk long is separated in one pass; longer input in overlapping chunks (module
+        docstring), all with the same enrolment, or each with the lip frames of its own samples.
 
         Raises:
             ValueError: a mixture that is not a non-empty finite (T,) signal; bad vectors (see
@@ -333,6 +467,7 @@ class Separator:
             wav = torch.nn.functional.pad(wav, (0, padded - length))
         else:
             enrol, types = self.enrolment(positives, negatives)
+        net = self.net  # a composite's enrolment net already ran (embed_clips)
         total = wav.shape[0]
         size = min(self.chunk, total)
         frame = self.frame
@@ -351,11 +486,11 @@ class Separator:
             if lip is not None:
                 frames = -(-size // frame)
                 lips = torch.stack([lip[s // frame : s // frame + frames] for s in group])
-                est = self.model(batch, lips.to(self.device))
+                est = net(batch, lips.to(self.device))
             else:
                 e = enrol.to(self.device).expand(n, -1, -1)
                 t = types.to(self.device).expand(n, -1)
-                est = self.model(batch, e, t, torch.ones_like(t, dtype=torch.bool))
+                est = net(batch, e, t, torch.ones_like(t, dtype=torch.bool))
             outputs.extend(est.float().cpu())
         if len(outputs) == 1:
             return outputs[0][:length]
