@@ -41,18 +41,17 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-import numpy as np
 import torch
 from torch import nn
 
 from speechkit.data.enrolment_clips import MODEL_INPUTS, EnrolmentInputs
 from speechkit.data.enrolment_dataset import EnrolmentDataset
 from speechkit.data.epoch_iterator import Batching
-from speechkit.data.voicevector_metadata import MetadataFormat, separation_entries
+from speechkit.data.voicevector_metadata import MetadataFormat
 from speechkit.dataclass import SpeechkitDataclass
 from speechkit.errors import ConfigError
 from speechkit.registry import register_task
-from speechkit.tasks.base import Task
+from speechkit.tasks.speaker_list_items import SpeakerListItemsTask
 
 
 @dataclass
@@ -107,7 +106,7 @@ class EnrolmentDistillationConfig(SpeechkitDataclass):
     default_model="voicevector_embedding_v",
     default_criterion="enrolment_l1",
 )
-class EnrolmentDistillationTask(Task):
+class EnrolmentDistillationTask(SpeakerListItemsTask):
     """Enrolment clips -> teacher speaker vectors (see the module docstring).
 
     Raises (at construction, before any model is built):
@@ -173,12 +172,6 @@ class EnrolmentDistillationTask(Task):
                 **common,
             )
 
-    def _entries(self, path: str) -> list[tuple[str, str, str, int]] | None:
-        """The list's rows for a JSON ``metadata_format``; ``None``: a speechkit list."""
-        if self.cfg.metadata_format == "speechkit":
-            return None
-        return separation_entries(path, self.cfg.root, str(self.cfg.metadata_format))
-
     # -- building -------------------------------------------------------------------------------
     def build_model(self, cfg: Any) -> nn.Module:
         """The registered model, after checking it against the data.
@@ -207,43 +200,6 @@ class EnrolmentDistillationTask(Task):
                 )
         return super().build_model(cfg)
 
-    # -- data -----------------------------------------------------------------------------------
-    def has_split(self, split: str) -> bool:
-        return split == "train" or (split == "valid" and self.valid_dataset is not None)
-
-    def load_dataset(self, split: str) -> EnrolmentDataset:
-        if split == "train":
-            return self.train_dataset
-        if split == "valid" and self.valid_dataset is not None:
-            return self.valid_dataset
-        raise ValueError(f"voicevector_enrolment_distillation has no '{split}' dataset")
-
-    def _size(self, batch_size: int | None) -> int:
-        size = batch_size or self.cfg.default_batch_size
-        if size <= 0:
-            raise ConfigError(f"dataset.batch_size must be positive, got {size}")
-        return size
-
-    def set_epoch(self, split: str, epoch: int) -> None:
-        self.dataset(split).set_epoch(epoch)
-
-    def batches(
-        self,
-        split: str,
-        epoch: int,
-        batch_size: int | None = None,
-        max_tokens: int | None = None,
-    ) -> list[list[int]]:
-        """Training: every utterance once, shuffled by ``(seed, epoch)``, in batches of
-        ``batch_size`` (the last may be smaller). Validation: the fixed clips in order."""
-        dataset = self.dataset(split)
-        size = self._size(batch_size)
-        if split == "train":
-            order = np.random.default_rng([self.seed, epoch]).permutation(len(dataset)).tolist()
-        else:
-            order = list(range(len(dataset)))
-        return [order[i : i + size] for i in range(0, len(order), size)]
-
     @torch.no_grad()
     def validate(
         self,
@@ -255,13 +211,4 @@ class EnrolmentDistillationTask(Task):
     ) -> dict[str, float] | None:
         """Means over the fixed validation clips (``enrolment_l1``: ``loss``, ``cosine``),
         identical on every rank and for every world size; ``None`` without ``valid_list``."""
-        if self.valid_dataset is None:
-            return None
-        dataset = self.valid_dataset
-        size = self._size(self.cfg.valid_batch_size or (batching and batching.batch_size))
-        batches = [
-            list(range(i, min(i + size, len(dataset)))) for i in range(0, len(dataset), size)
-        ]
-        metrics = self.validate_batches(dataset, batches, model, criterion, device, env, batching)
-        metrics["num_clips"] = float(len(dataset))
-        return metrics
+        return self.validate_fixed(model, criterion, device, env, batching, "num_clips")

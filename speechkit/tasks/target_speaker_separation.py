@@ -78,7 +78,6 @@ import os
 from dataclasses import dataclass
 from typing import Any
 
-import numpy as np
 import torch
 from torch import nn
 
@@ -86,12 +85,12 @@ from speechkit.data.augment import read_noise_list
 from speechkit.data.enrolment_clips import MODEL_INPUTS, EnrolmentInputs, EnrolmentSource
 from speechkit.data.epoch_iterator import Batching
 from speechkit.data.separation_dataset import SAMPLE_RATE, SeparationDataset
-from speechkit.data.voicevector_metadata import MetadataFormat, read_dns_json, separation_entries
+from speechkit.data.voicevector_metadata import MetadataFormat, read_dns_json
 from speechkit.dataclass import SpeechkitDataclass
 from speechkit.errors import ConfigError, DataError
 from speechkit.metrics.separation import EXTRA_METRICS, reduce_extra_sums, sum_extra_scores
 from speechkit.registry import register_task
-from speechkit.tasks.base import Task
+from speechkit.tasks.speaker_list_items import SpeakerListItemsTask
 
 
 @dataclass
@@ -181,7 +180,7 @@ class TargetSpeakerSeparationConfig(SpeechkitDataclass):
     default_model="voicevector_ae",
     default_criterion="waveform_l1",
 )
-class TargetSpeakerSeparationTask(Task):
+class TargetSpeakerSeparationTask(SpeakerListItemsTask):
     """Target-speaker separation with positive/negative enrolment vectors (VoiceVector AE) or
     the target's lip features (VoiceVector AV, ``task.lip_dir``).
 
@@ -338,12 +337,6 @@ class TargetSpeakerSeparationTask(Task):
             )
         return True
 
-    def _entries(self, path: str) -> list[tuple[str, str, str, int]] | None:
-        """The list's rows for a JSON ``metadata_format``; ``None``: a speechkit list."""
-        if self.cfg.metadata_format == "speechkit":
-            return None
-        return separation_entries(path, self.cfg.root, str(self.cfg.metadata_format))
-
     def _noise_files(self) -> list[str] | None:
         """Absolute noise paths of ``task.noise_list`` (checked to exist); ``None``: none."""
         path = self.cfg.noise_list
@@ -422,44 +415,6 @@ class TargetSpeakerSeparationTask(Task):
                 )
         return super().build_model(cfg)
 
-    # -- data -----------------------------------------------------------------------------------
-    def has_split(self, split: str) -> bool:
-        return split == "train" or (split == "valid" and self.valid_dataset is not None)
-
-    def load_dataset(self, split: str) -> SeparationDataset:
-        if split == "train":
-            return self.train_dataset
-        if split == "valid" and self.valid_dataset is not None:
-            return self.valid_dataset
-        raise ValueError(f"target_speaker_separation has no '{split}' dataset")
-
-    def _size(self, batch_size: int | None) -> int:
-        size = batch_size or self.cfg.default_batch_size
-        if size <= 0:
-            raise ConfigError(f"dataset.batch_size must be positive, got {size}")
-        return size
-
-    def set_epoch(self, split: str, epoch: int) -> None:
-        self.dataset(split).set_epoch(epoch)
-
-    def batches(
-        self,
-        split: str,
-        epoch: int,
-        batch_size: int | None = None,
-        max_tokens: int | None = None,
-    ) -> list[list[int]]:
-        """Training: every utterance once as the target, shuffled by ``(seed, epoch)``, in
-        batches of ``batch_size`` (the last may be smaller); the items' mixing follows
-        ``[seed, epoch, index]``. Validation: the fixed mixtures in order."""
-        dataset = self.dataset(split)
-        size = self._size(batch_size)
-        if split == "train":
-            order = np.random.default_rng([self.seed, epoch]).permutation(len(dataset)).tolist()
-        else:
-            order = list(range(len(dataset)))
-        return [order[i : i + size] for i in range(0, len(order), size)]
-
     # -- validation -----------------------------------------------------------------------------
     def valid_step(
         self, sample: Any, model: nn.Module, criterion: nn.Module
@@ -516,13 +471,4 @@ class TargetSpeakerSeparationTask(Task):
         ``sdri`` in dB), with ``valid_extra_metrics`` also ``pesq``, ``stoi``, ``bss_sdr`` and
         their ``_mix`` / ``i`` forms (:meth:`reduce_metrics`); identical on every rank. ``None`` without ``valid_list``. Batches of
         ``valid_batch_size`` mixtures (0: the training ``batch_size``)."""
-        if self.valid_dataset is None:
-            return None
-        dataset = self.valid_dataset
-        size = self._size(self.cfg.valid_batch_size or (batching and batching.batch_size))
-        batches = [
-            list(range(i, min(i + size, len(dataset)))) for i in range(0, len(dataset), size)
-        ]
-        metrics = self.validate_batches(dataset, batches, model, criterion, device, env, batching)
-        metrics["num_mixtures"] = float(len(dataset))
-        return metrics
+        return self.validate_fixed(model, criterion, device, env, batching, "num_mixtures")
