@@ -4,6 +4,7 @@ reproducible shuffling, resume at a position, and clear errors for bad input."""
 
 from __future__ import annotations
 
+import hashlib
 import itertools
 import json
 import os
@@ -234,6 +235,9 @@ def test_cli_packs_manifest_reproducibly(hubert_data: dict, tmp_path: Path, caps
     assert "24 samples in" in capsys.readouterr().out
     for a in sorted((tmp_path / "a").glob("*.tar")):  # the same input packs to the same bytes
         assert a.read_bytes() == (hubert_data["shards"] / a.name).read_bytes()
+    digest = ShardIndex.load(tmp_path / "a").sha256  # the index digest a checkpoint keeps
+    assert digest == hashlib.sha256((tmp_path / "a" / "shards.json").read_bytes()).hexdigest()
+    assert digest == ShardIndex.load(hubert_data["shards"]).sha256
     assert pack_main(argv) == 2  # an existing index is not replaced without --overwrite
     assert "shards.json exists" in capsys.readouterr().err
     argv[-2] = "4MB"  # fewer, larger shards: the old ones not in the new index are removed
@@ -241,6 +245,7 @@ def test_cli_packs_manifest_reproducibly(hubert_data: dict, tmp_path: Path, caps
     index = ShardIndex.load(tmp_path / "a")
     assert sorted(p.name for p in (tmp_path / "a").glob("*.tar")) == [s.name for s in index.shards]
     assert len(index.shards) < len(ShardIndex.load(hubert_data["shards"]).shards)
+    assert index.sha256 != digest  # repacked: a mid-epoch resume position no longer applies
 
 
 def test_bad_list_line_and_mismatched_labels(

@@ -1,9 +1,13 @@
 """Speaker-verification and HuBERT training from tar shards (``task.shards=``) through the
 Trainer, on real recordings from shared/data: labels as the list gives them, exact mid-epoch
-resumes (SV with 2 DataLoader workers), and the refused configurations."""
+resumes (SV with 2 DataLoader workers), mid-epoch resumes refused from other data (list vs
+shards, a repacked index), and the refused configurations."""
 
 from __future__ import annotations
 
+import logging
+import re
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -11,7 +15,7 @@ import pytest
 import torch
 
 from speechkit.data.epoch_iterator import StreamBatches
-from speechkit.data.shards import pack_manifest, pack_train_list
+from speechkit.data.shards import ShardIndex, pack_manifest, pack_train_list
 from speechkit.errors import ConfigError
 from speechkit.train import build_components
 from speechkit.trainer.rng import seed_everything
@@ -137,6 +141,61 @@ def test_resume_mid_epoch_is_exact(shared_data: Path, sv_shards: Path, tmp_path:
         )
     )
     assert restart.load_checkpoint() and restart.iterations_in_epoch == 0
+
+
+def test_resume_refuses_other_data(
+    shared_data: Path, sv_shards: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A mid-epoch checkpoint resumes only from the data it was written with: a list run's not
+    from shards, a shard run's neither from the list nor from shards packed otherwise (its
+    ``shards.json`` digest); a copy of the shards elsewhere resumes. A checkpoint without the
+    digest (written before it was kept) resumes with a warning."""
+    listed = f"task.train_list={shared_data / SV_LIST}"
+    run(sv_cfg(shared_data, sv_shards, tmp_path / "s", "optimization.max_update=2"))
+    run(sv_cfg(shared_data, None, tmp_path / "l", listed, "optimization.max_update=2"))
+    state = torch.load(tmp_path / "s" / "checkpoint_last.pt", weights_only=True)
+    assert state["train_state"]["iterations_in_epoch"] == 2
+    assert state["train_state"]["data"] == {"shards_sha256": ShardIndex.load(sv_shards).sha256}
+
+    def resume(shards: Path | None, save_dir: Path, *extra: str) -> Trainer:
+        trainer = make_trainer(sv_cfg(shared_data, shards, save_dir, *extra))
+        assert trainer.load_checkpoint()
+        return trainer
+
+    with pytest.raises(
+        ConfigError,
+        match=rf"reading task.train_list=\S+{re.escape(SV_LIST)}, but this run reads "
+        rf"task.shards={re.escape(str(sv_shards))}: .*checkpoint.reset_dataloader=true",
+    ) as refused:
+        resume(sv_shards, tmp_path / "l")
+    assert "\n" not in str(refused.value)
+    with pytest.raises(
+        ConfigError,
+        match=rf"task.shards={re.escape(str(sv_shards))}, but this run reads task.train_list=",
+    ):
+        resume(None, tmp_path / "s", listed)
+    restarted = resume(None, tmp_path / "s", listed, "checkpoint.reset_dataloader=true")
+    assert (restarted.num_updates, restarted.iterations_in_epoch) == (2, 0)
+
+    repacked = pack_train_list(shared_data / SV_LIST, shared_data, tmp_path / "re", 5_000_000)
+    assert (
+        repacked.sha256
+        == ShardIndex.load(tmp_path / "re").sha256
+        != state["train_state"]["data"]["shards_sha256"]
+    )
+    with pytest.raises(
+        ConfigError, match=r"sha256 \w{12}\), but \S+/re/shards.json has sha256 \w{12} \(repacked"
+    ):
+        resume(tmp_path / "re", tmp_path / "s")
+    shutil.copytree(sv_shards, tmp_path / "copy")
+    assert resume(tmp_path / "copy", tmp_path / "s").iterations_in_epoch == 2
+
+    del state["train_state"]["data"]  # as saved before the digest was kept
+    torch.save(state, tmp_path / "s" / "old.pt")
+    with caplog.at_level(logging.WARNING, logger="speechkit"):
+        old = resume(tmp_path / "re", tmp_path / "s", "checkpoint.restore_file=old.pt")
+    assert old.iterations_in_epoch == 2
+    assert "predates the shard index digest" in caplog.text
 
 
 def test_refused_configurations(shared_data: Path, sv_shards: Path, tmp_path: Path) -> None:

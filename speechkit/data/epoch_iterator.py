@@ -17,14 +17,17 @@ to resume at item ``skip * batch_size`` of the rank's stream, loaded one item pe
 collated in groups of ``batch_size`` (incomplete tail dropped): ``len(dataset) // batch_size``
 batches per rank and epoch. The stream's order depends on the world size, the loader workers and
 the shuffle buffer, so a mid-epoch resume needs the interrupted run's values
-(:func:`check_stream_resume` refuses others). Validation shards without dropping
-(``shard(..., drop_uneven=False)``): every batch is run by exactly one rank
-(``Task.validate_batches``). This follows fairseq's ``EpochBatchIterator``
+(:func:`check_stream_resume` refuses others) and the same data: a task that reads either a list
+or shards refuses to resume the one's position in the other, or in another shard index
+(:func:`check_data_resume`; a checkpoint keeps the index digest, :func:`shards_state`).
+Validation shards without dropping (``shard(..., drop_uneven=False)``): every batch is run by
+exactly one rank (``Task.validate_batches``). This follows fairseq's ``EpochBatchIterator``
 (``fairseq/data/iterators.py``), without its in-memory resume of a half-consumed loader.
 """
 
 from __future__ import annotations
 
+import logging
 import signal
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -34,17 +37,23 @@ import torch
 from torch.utils.data import DataLoader
 
 from speechkit.data.shard_dataset import batched, make_shard_loader
+from speechkit.data.shards import ShardIndex
 from speechkit.errors import ConfigError
 
 __all__ = [
     "Batching",
     "EpochIterator",
     "StreamBatches",
+    "check_data_resume",
     "check_stream_resume",
     "make_loader",
     "move_to_device",
     "shard",
+    "shards_state",
+    "stream_layout",
 ]
+
+logger = logging.getLogger(__name__)
 
 
 def move_to_device(sample: Any, device: torch.device) -> Any:
@@ -179,6 +188,93 @@ def check_stream_resume(state: dict, current: dict[str, Any]) -> None:
             f"{ts.get('epoch')} of a shard stream whose order depends on the layout: "
             f"{', '.join(diff)}; resume with the saved values, or set "
             "checkpoint.reset_dataloader=true to start the data over"
+        )
+
+
+def shards_state(index: ShardIndex | None) -> dict[str, Any]:
+    """What a checkpoint keeps of the data a task streams (the trainer saves it as
+    ``train_state["data"]``, from ``Task.data_state``): ``{"shards_sha256": hex}``, the digest
+    of the ``shards.json`` read (:attr:`ShardIndex.sha256`); ``{}`` without shards."""
+    return {} if index is None else {"shards_sha256": index.sha256}
+
+
+def check_data_resume(
+    state: dict,
+    task_cfg: Any,
+    list_field: str,
+    layout: dict[str, Any],
+    index: ShardIndex | None,
+) -> None:
+    """Refuse a mid-epoch resume whose position would name other items than the checkpoint's,
+    for a task that reads either a list (``task.<list_field>``) or shards (``task.shards``).
+
+    When the checkpoint stopped inside an epoch, it is refused if
+
+    * it was written by a list run and this run reads shards, or the reverse (the saved
+      config's ``task.shards`` tells which): the batch count then indexes another order;
+    * both read shards and the layout differs (:func:`check_stream_resume`);
+    * both read shards and the checkpoint's ``train_state["data"]["shards_sha256"]``
+      (:func:`shards_state`) is not this index's digest: the folder was repacked (another
+      shard size) or packed from another list. The folder's path is not compared.
+
+    A checkpoint of a shard run saved before the digest was kept (no ``shards_sha256``) is
+    accepted with a warning. At an epoch boundary every resume is accepted.
+
+    Args:
+        state: the checkpoint (``Trainer.state_dict``): ``train_state`` and ``cfg``.
+        task_cfg: this run's task config (fields ``shards`` and ``list_field``).
+        list_field: the field naming the task's data without shards (``train_list``; HuBERT:
+            ``data``, the folder of ``train.tsv``).
+        layout: this run's :func:`stream_layout` (used with shards only).
+        index: this run's shard index (``None`` without shards).
+
+    Raises:
+        ConfigError: one line naming both data sources (or digests) and the remedies: resume
+            with the checkpoint's data, or ``checkpoint.reset_dataloader=true`` to start the
+            epoch over.
+    """
+    ts = state.get("train_state") or {}
+    if not ts.get("iterations_in_epoch"):
+        return
+    saved_task = (state.get("cfg") or {}).get("task") or {}
+    saved_shards = saved_task.get("shards")
+    shards = getattr(task_cfg, "shards", None)
+    where = (
+        f"the checkpoint stopped {ts['iterations_in_epoch']} batches into epoch {ts.get('epoch')}"
+    )
+    remedy = "set checkpoint.reset_dataloader=true to start the epoch over"
+    if bool(saved_shards) != bool(shards):
+
+        def source(shards_dir: Any, listed: Any) -> str:
+            return f"task.shards={shards_dir}" if shards_dir else f"task.{list_field}={listed}"
+
+        was = source(saved_shards, saved_task.get(list_field))
+        now = source(shards, getattr(task_cfg, list_field, None))
+        raise ConfigError(
+            f"{where} reading {was}, but this run reads {now}: the position would name other "
+            f"items; resume with {was}, or {remedy}"
+        )
+    if not shards:
+        return
+    check_stream_resume(state, layout)
+    saved_digest = (ts.get("data") or {}).get("shards_sha256")
+    if not saved_digest:
+        logger.warning(
+            "%s of task.shards=%s, but it predates the shard index digest: nothing checks that "
+            "%s is the index it was written with (if the shards were repacked, the rest of the "
+            "epoch reads other items; %s)",
+            where,
+            saved_shards,
+            index.path if index is not None else shards,
+            remedy,
+        )
+        return
+    if index is not None and saved_digest != index.sha256:
+        raise ConfigError(
+            f"{where} of task.shards={saved_shards} (shards.json sha256 {saved_digest[:12]}), but "
+            f"{index.path} has sha256 {index.sha256[:12]} (repacked, or packed from another "
+            f"list): the position would name other items; resume with the original shards, or "
+            f"{remedy}"
         )
 
 

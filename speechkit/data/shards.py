@@ -35,6 +35,7 @@ same input packs to the same bytes.
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import logging
@@ -135,6 +136,11 @@ class ShardIndex:
         label_streams: names of the label streams (``kind="manifest"``), e.g. ``["km"]``.
         total_audio_samples: sum of the samples of all entries (``kind="manifest"``).
         source: the packed list or manifest, as given to the packer.
+        sha256: hex SHA-256 of the ``shards.json`` bytes (set by :meth:`load` and
+            :meth:`write`; ``""`` for an index not yet written). It changes when the folder
+            is packed again with another shard size or from another list or path, and not when
+            the folder is copied: a training checkpoint keeps it to refuse resuming its
+            mid-epoch position in another pack.
     """
 
     folder: Path
@@ -145,6 +151,7 @@ class ShardIndex:
     label_streams: list[str] = field(default_factory=list)
     total_audio_samples: int | None = None
     source: str = ""
+    sha256: str = field(default="", compare=False, repr=False)
 
     @property
     def path(self) -> Path:
@@ -180,12 +187,14 @@ class ShardIndex:
         return out
 
     def write(self) -> None:
-        """Write ``folder/shards.json`` atomically (one line per shard)."""
+        """Write ``folder/shards.json`` atomically (one line per shard); sets :attr:`sha256`."""
         data = self.to_json()
         shards = data.pop("shards")
         head = json.dumps(data, indent=1)[:-2]  # without the closing "\n}"
         lines = ",\n  ".join(json.dumps(s) for s in shards)
-        atomic_write_text(self.path, f'{head},\n "shards": [\n  {lines}\n ]\n}}\n')
+        text = f'{head},\n "shards": [\n  {lines}\n ]\n}}\n'
+        atomic_write_text(self.path, text)
+        self.sha256 = hashlib.sha256(text.encode("utf-8")).hexdigest()
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> ShardIndex:
@@ -199,7 +208,8 @@ class ShardIndex:
         if path.is_dir():
             path = path / INDEX_NAME
         try:
-            data = json.loads(path.read_text(encoding="utf-8"))
+            raw = path.read_bytes()
+            data = json.loads(raw.decode("utf-8"))
         except FileNotFoundError as e:
             raise DataError(
                 f"{path}: shard index not found; expected a folder written by pack_shards "
@@ -225,6 +235,7 @@ class ShardIndex:
                 label_streams=[str(s) for s in data.get("label_streams", [])],
                 total_audio_samples=data.get("total_audio_samples"),
                 source=str(data.get("source", "")),
+                sha256=hashlib.sha256(raw).hexdigest(),
             )
         except (KeyError, TypeError, ValueError) as e:
             raise DataError(f"{path}: malformed shard index (field {e})") from e

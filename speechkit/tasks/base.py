@@ -121,11 +121,20 @@ class Task:
         drawn. Tasks whose datasets draw per-epoch randomness (crops, augmentation) pass the
         epoch on; the default does nothing."""
 
+    def data_state(self) -> dict[str, Any]:
+        """What the checkpoint keeps about the training data, beyond the config (saved as
+        ``train_state["data"]``, read back by :meth:`check_resume`). Tasks that stream shards
+        return ``speechkit.data.epoch_iterator.shards_state`` (the index digest); the default
+        keeps nothing."""
+        return {}
+
     def check_resume(self, state: dict, env: Any, batching: Batching) -> None:
         """Called with a checkpoint's ``state`` before a mid-epoch resume (unless
         ``checkpoint.reset_dataloader``). Tasks that stream their data (``task.shards``) refuse
-        a resume whose world size, workers or buffer differ from the checkpoint's, since the
-        position would then name other items; the default accepts every resume.
+        a resume whose world size, workers or buffer differ from the checkpoint's, or whose
+        data differ (a list run's checkpoint resumed from shards or the reverse, another shard
+        index: ``speechkit.data.epoch_iterator.check_data_resume``), since the position would
+        then name other items; the default accepts every resume.
 
         Raises:
             ConfigError: the resume position cannot be honoured with these settings.

@@ -42,7 +42,8 @@ from speechkit.data.device_augment import DeviceAugmenter, speed_ratio
 from speechkit.data.epoch_iterator import (
     Batching,
     StreamBatches,
-    check_stream_resume,
+    check_data_resume,
+    shards_state,
     stream_layout,
 )
 from speechkit.data.lists import read_train_list, speaker_to_label
@@ -221,16 +222,21 @@ class SpeakerVerificationTask(Task):
         )
 
     def check_resume(self, state: dict, env: Any, batching: Batching) -> None:
-        """Called by the trainer with the checkpoint it resumes from: with ``shards``, refuse a
-        mid-epoch resume under another world size, worker count, buffer or batch size (the
-        stream's order depends on them; :func:`check_stream_resume`).
+        """Called by the trainer with the checkpoint it resumes from: refuse a mid-epoch resume
+        of a list run's checkpoint (``task.train_list``) from shards or the reverse, and, with
+        ``shards``, one under another world size, worker count, buffer or batch size, or from
+        another shard index (the stream's order depends on them;
+        :func:`speechkit.data.epoch_iterator.check_data_resume`).
 
         Raises:
-            ConfigError: naming the values that differ.
+            ConfigError: naming the values or data sources that differ.
         """
-        if self.cfg.shards:
-            layout = stream_layout(env.world_size, batching, self.cfg.shard_buffer)
-            check_stream_resume(state, layout)
+        layout = stream_layout(env.world_size, batching, self.cfg.shard_buffer)
+        check_data_resume(state, self.cfg, "train_list", layout, self.shard_index)
+
+    def data_state(self) -> dict[str, Any]:
+        """The shard index digest (``shards_state``); nothing for a list run."""
+        return shards_state(self.shard_index)
 
     def _log_coverage(self) -> None:
         """Log how much of the train list the sampler uses; WARN when most speakers are unused."""

@@ -146,6 +146,7 @@ class Trainer:
                 "best_metric": self.best_metric,
                 "nonfinite_streak": self.guard.streak,
                 "world_size": self.env.world_size,
+                "data": self.task.data_state(),
             },
             "rng": dist_utils.all_gather_object(get_rng_state()),
         }
