@@ -1,5 +1,5 @@
-"""Target-speaker separation loss on the waveform (VoiceVector, research/voicevector_separation.md
-section 1.6): ``waveform_l1``.
+"""Target-speaker separation loss on the waveform (VoiceVector, Rahimi et al., ICASSP
+2024; the L1 loss of akamrahimi/VoiceVector's Lightning module): ``waveform_l1``.
 
 The model is called as ``model(mixture (B, T), enrol (B, N, E), enrol_type (B, N) long,
 enrol_mask (B, N) bool)`` (or ``model(mixture, lip (B, F, D))`` when the batch has ``lip``, the

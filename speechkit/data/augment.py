@@ -1,6 +1,6 @@
 """Waveform augmentation for speaker training: additive noise, babble, music, reverb, speed.
 
-Follows voxceleb_trainer's ``AugmentWAV`` (research/sv_syncnet_enh.md section 1.7): per
+Follows voxceleb_trainer's ``AugmentWAV`` (clovaai/voxceleb_trainer ``DatasetLoader.py``): per
 utterance one choice, uniform over {none, reverb, music, babble, noise}; a choice whose files
 are missing is left out of the draw.
 

@@ -1,6 +1,6 @@
 """On-the-fly two-speaker mixtures with enrolment vectors for VoiceVector target-speaker
-separation (the audio-enrolment ``voicevectorae`` variant; research/voicevector_separation.md
-sections 1.4-1.5).
+separation (the audio-enrolment ``voicevectorae`` variant; the mixing of akamrahimi/VoiceVector's
+``src/data/`` datasets).
 
 Inputs:
 

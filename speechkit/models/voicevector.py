@@ -4,8 +4,8 @@ target's lip features appended as video tokens (``voicevector_av``). Both share 
 transformer implementation, :class:`VoiceVectorUNet`.
 
 Reference: Rahimi, Afouras and Zisserman, "VoiceVector: multimodal enrolment vectors for speaker
-separation", ICASSP 2024 (``voicevectorae``). Layout and sizes follow
-``research/voicevector_separation.md`` section 1.3 (our own notes on the authors' repository):
+separation", ICASSP 2024 (``voicevectorae``). Layout and sizes follow the
+authors' repository (akamrahimi/VoiceVector, ``src/models/components/voiceFormer*.py``):
 
 ``mixture`` (B, T) at 16 kHz -> ``upsample`` to 51.2 kHz -> ``input_norm`` (1x1 conv 1->1,
 GroupNorm(1), ReLU) -> zero-pad to a multiple of ``stride ** depth`` samples -> ``encoder``
@@ -345,7 +345,7 @@ class VoiceVectorUNet(nn.Module):
 class VoiceVectorAE(VoiceVectorUNet):
     """VoiceVector AE separation network (Rahimi, Afouras, Zisserman, ICASSP 2024).
 
-    See the module docstring and ``research/voicevector_separation.md`` section 1.3. 19.93 M
+    See the module docstring (upstream ``voiceFormer.py``). 19.93 M
     parameters with the defaults: 9.42 M U-Net convolutions, 10.14 M transformer and head,
     0.37 M enrolment adapter and type embedding.
 

@@ -1,5 +1,5 @@
-"""``target_speaker_separation``: VoiceVector audio-enrolment separation (``voicevectorae``,
-research/voicevector_separation.md sections 1.4-1.8) on two-speaker mixtures made on the fly.
+"""``target_speaker_separation``: VoiceVector audio-enrolment separation (``voicevectorae``;
+akamrahimi/VoiceVector ``src/data/`` and ``src/models/``) on two-speaker mixtures made on the fly.
 
 Data preparation: a speaker list (``speaker_id relative/path.wav``, the speaker-verification
 train-list format) and one ``.npy`` per utterance from a speaker model::
