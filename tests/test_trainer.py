@@ -126,6 +126,30 @@ def test_skipped_updates_do_not_repeat_interval_actions(tmp_path):
     assert t.num_updates == 3 and calls == {"validate": 1, "save": 1}
 
 
+def test_epoch_end_and_update_interval_validate_once(tmp_path):
+    """validate_interval (epochs) and validate_interval_updates due after the same update (the
+    epoch's last, 16 updates per epoch here): one validation, one metrics.jsonl record."""
+    t = make_trainer(
+        tmp_path,
+        "optimization.max_epoch=2",
+        "dataset.validate_interval=1",
+        "dataset.validate_interval_updates=8",
+        "checkpoint.save_interval_updates=0",
+    )
+    calls = []
+    validate = t._validate_and_track
+
+    def count_validate():
+        calls.append(t.num_updates)
+        return validate()
+
+    t._validate_and_track = count_validate
+    t.train()
+    assert calls == [8, 16, 24, 32]
+    valid = [r for r in (tmp_path / "metrics.jsonl").read_text().splitlines() if '"valid"' in r]
+    assert len(valid) == 4
+
+
 @pytest.mark.parametrize("precision", ["bf16", "fp16"])
 def test_mixed_precision_trains(tmp_path, precision):
     t = make_trainer(

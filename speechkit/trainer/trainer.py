@@ -271,6 +271,7 @@ class Trainer:
         self.log.start_epoch(self.epoch, epoch_iter.total, self.iterations_in_epoch)
         metrics = None
         end_numbered = end_best = False  # saves due at the epoch's last update, made at its end
+        validated_at = -1  # the update the last validation of this epoch ran after
         self.meter.reset()
 
         def due(every: int) -> bool:  # an interval action at this update
@@ -287,6 +288,7 @@ class Trainer:
             is_best = False
             if stepped and due(c.dataset.validate_interval_updates):
                 metrics, is_best = self._validate_and_track()
+                validated_at = self.num_updates
             # the all-reduced flag, not this rank's own: a signal that arrived after the
             # all-reduce is acted on at the next update, by every rank together
             stop = self._stop_agreed
@@ -310,7 +312,8 @@ class Trainer:
             return metrics
         finished, is_best = self.epoch, False
         vi = c.dataset.validate_interval
-        if vi > 0 and finished % vi == 0:
+        # due at the epoch's end too, but already run after its last update: not twice
+        if vi > 0 and finished % vi == 0 and validated_at != self.num_updates:
             metrics, is_best = self._validate_and_track()
         best_name = c.checkpoint.best_checkpoint_metric
         self.lr_scheduler.step_epoch(finished, None if metrics is None else metrics[best_name])
