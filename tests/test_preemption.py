@@ -21,6 +21,13 @@ from tests.helpers import REPO_ROOT, TOY, clean_env, free_port, train_cmd
 ENDS_WITHIN = 60.0  # seconds; the bugs fixed here never ended at all
 
 
+def _default_sigint() -> None:
+    # a shell without job control starts background jobs (`pytest ... &`, nohup) with SIGINT
+    # ignored, and children inherit that: give the run the default disposition a user's
+    # terminal gives, so that Python installs its KeyboardInterrupt handler
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def _start(overrides, tmp_path: Path, extra_env: dict | None = None) -> subprocess.Popen:
     env = clean_env()
     env[STATUS_FILE_ENV] = str(tmp_path / "status")
@@ -32,6 +39,7 @@ def _start(overrides, tmp_path: Path, extra_env: dict | None = None) -> subproce
         stderr=subprocess.PIPE,
         text=True,
         start_new_session=True,  # its own process group: lets the test find leftover workers
+        preexec_fn=_default_sigint,
     )
 
 
