@@ -23,20 +23,11 @@ from speechkit.metrics.separation import si_sdr
 from speechkit.models.voicevector import VoiceVectorAE, VoiceVectorConfig
 from speechkit.registry import MODEL_REGISTRY
 from tests.test_separate_cli import save_checkpoint, speech
+from tests.test_voicevector_enrolment import HEAD  # the tiny enrolment nets' sizes
 
 components.import_all()
 
 SR = 16000
-HEAD = dict(
-    lip_dim=6,
-    face_dim=5,
-    out_dim=8,
-    proj_dim=8,
-    ecapa_channels=[16, 16, 16, 16, 48],
-    ecapa_attention_channels=8,
-    ecapa_res2net_scale=4,
-    ecapa_se_channels=8,
-)
 LIP_NET = dict(HEAD, d_model=16, heads=2, ffn_dim=12, transformer_layers=1, max_len=50)
 AV_NET = dict(HEAD, hidden=1, depth=5, d_model=16, heads=2, ffn_dim=12, transformer_layers=1)
 # 0.5 s positional limit (400 tokens of 1.25 ms): a 2 s mixture is separated in chunks
