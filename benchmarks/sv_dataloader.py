@@ -13,11 +13,16 @@ of the same shape. Run from the repository root::
     .venv/bin/python benchmarks/sv_dataloader.py [--speakers 32] [--per-speaker 2] \\
         [--max-frames 200] [--batches 24] [--workers 1 2] [--data DIR] [--quick]
 
-JSON line: CPU ms per utterance of the data workers with on-device augmentation (decode + crop
-+ noise/RIR crops and the draws) vs decode + crop + augment in the workers (today's path), at
-the largest ``--workers``; goal ratio <= 0.25. Side results in ``config``: decode + crop alone,
-both paths with speed perturbation, and the on-device rendering cost per utterance on the CPU
-(not part of the figure: on a GPU it runs on the GPU).
+JSON line: steady-state CPU ms per utterance of the data pipeline (all processes) with
+on-device augmentation and the noise bank (``task.augmentation.noise_bank``: the workers decode
+and crop the speech, draw, and send the noise segments as references) vs decode + crop +
+augment in the workers (today's path), at the largest ``--workers``; goal ratio <= 0.25.
+Steady state: the extra CPU of a pass over all batches over a pass over the first half, per
+extra utterance (a long training's cost once the workers run and their caches are warm); the
+cold figures of one pass are in ``config`` too. Side results: decode + crop alone, on-device
+augmentation without the bank (segments decoded and sent), both paths with speed perturbation,
+and the on-device rendering cost per utterance on this CPU (not part of the figure: on a GPU it
+runs on the GPU).
 
 The shared train list has only 10 speakers, fewer than 32 per batch, so the benchmark's batches
 are drawn with speaker repetition (each group is still one speaker's utterances); the data cost
@@ -44,6 +49,7 @@ from speechkit.data.augment_draws import AugmentDrawer
 from speechkit.data.crop import frames_to_samples
 from speechkit.data.device_augment import DeviceAugmenter
 from speechkit.data.lists import read_train_list
+from speechkit.data.noise_bank import NoiseBank
 from speechkit.data.speaker_dataset import SpeakerTrainDataset
 from speechkit.registry import MODEL_REGISTRY
 
@@ -76,10 +82,9 @@ def cpu_seconds() -> float:
     return own.ru_utime + own.ru_stime + kids.ru_utime + kids.ru_stime
 
 
-def time_loader(dataset, batches, workers):
-    """Utterances per second over one pass (worker start-up and cold noise caches included)
-    and CPU milliseconds per utterance summed over all processes (robust when other jobs
-    share the CPU)."""
+def one_pass(dataset, batches, workers):
+    """(utterances, seconds, CPU seconds of all processes) of one pass of a fresh DataLoader
+    (worker start-up and cold noise caches included)."""
     cpu0, start = cpu_seconds(), time.perf_counter()
     loader = DataLoader(
         dataset, batch_sampler=batches, collate_fn=dataset.collater, num_workers=workers
@@ -87,13 +92,26 @@ def time_loader(dataset, batches, workers):
     utterances = sum(b["audio"].shape[0] * b["audio"].shape[1] for b in loader)
     seconds = time.perf_counter() - start
     del loader  # the exhausted iterator has joined its workers: their CPU time is counted
-    return utterances / seconds, (cpu_seconds() - cpu0) * 1e3 / utterances
+    return utterances, seconds, cpu_seconds() - cpu0
 
 
-def time_device_augment(dataset, batches, workers):
+def time_loader(dataset, batches, workers):
+    """Utterances per second and CPU ms per utterance (all processes: robust when other jobs
+    share the CPU) of one pass over the first half of ``batches`` (cold: worker start-up and
+    first decodes of the noise files included), and the steady-state CPU ms per utterance:
+    the extra CPU of a pass over all ``batches`` divided by the extra utterances (what a long
+    training pays per utterance once the workers run and their caches are warm)."""
+    half = max(len(batches) // 2, 1)
+    utts, seconds, cpu = one_pass(dataset, batches[:half], workers)
+    utts_all, _, cpu_all = one_pass(dataset, batches, workers)
+    steady = (cpu_all - cpu) * 1e3 / max(utts_all - utts, 1)
+    return utts / seconds, cpu * 1e3 / utts, steady
+
+
+def time_device_augment(dataset, batches, workers, bank=None):
     """CPU milliseconds per utterance of ``DeviceAugmenter`` on the loaded batches (this
     process's CPU time around the call only; soxr kernels measured before timing)."""
-    device = DeviceAugmenter()
+    device = DeviceAugmenter(noise_bank=bank)
     for factor in device_speeds(dataset):
         device.kernel(factor, torch.device("cpu"))
     loader = DataLoader(
@@ -187,31 +205,41 @@ def main() -> None:
     crop, augmented = "decode + crop (partial read)", "decode + crop + augment"
     drawn = "decode + crop + draws (on device)"
     speed_name, speed_drawn = "decode + crop + speed + augment", "+ speed draws (on device)"
+    banked = "+ noise bank on the device"
+    bank = NoiseBank.from_augmenter(augment)
     configs = [
         (crop, None, True),
         ("decode + crop (whole-file read)", None, False),
         (augmented, augment, True),
         (drawn, AugmentDrawer(augment), True),
+        (banked, AugmentDrawer(augment, bank.layout), True),
         (speed_name, speed, True),
         (speed_drawn, AugmentDrawer(speed), True),
     ]
     results = {}
     load_before = os.getloadavg()[0]
     log(f"load average before: {load_before:.2f} (other jobs on this machine)")
-    log(f"\n{'pipeline':34s} {'workers':>7s} {'utt/s':>8s} {'CPU ms/utt':>11s}")
+    log(
+        f"\n{'pipeline':34s} {'workers':>7s} {'utt/s':>8s} {'CPU ms/utt':>11s} "
+        f"{'steady CPU ms/utt':>18s}"
+    )
     for name, aug, partial in configs:
         for workers in args.workers:
-            rate, cpu_ms = time_loader(dataset(aug, partial), batches, workers)
-            results[name, workers] = rate, cpu_ms
-            log(f"{name:34s} {workers:7d} {rate:8.1f} {cpu_ms:11.2f}")
+            rate, cpu_ms, steady_ms = time_loader(dataset(aug, partial), batches, workers)
+            results[name, workers] = rate, cpu_ms, steady_ms
+            log(f"{name:34s} {workers:7d} {rate:8.1f} {cpu_ms:11.2f} {steady_ms:18.2f}")
 
     workers = max(args.workers)
     device_batches = batches[: min(len(batches), 4)]
     device_ms = time_device_augment(dataset(AugmentDrawer(augment)), device_batches, workers)
     device_speed_ms = time_device_augment(dataset(AugmentDrawer(speed)), device_batches, workers)
+    device_bank_ms = time_device_augment(
+        dataset(AugmentDrawer(augment, bank.layout)), device_batches, workers, bank
+    )
     log(
         f"\non-device augmentation rendered on this CPU ({len(device_batches)} batches): "
-        f"{device_ms:.2f} CPU ms/utt, with speed {device_speed_ms:.2f}"
+        f"{device_ms:.2f} CPU ms/utt, with speed {device_speed_ms:.2f}, cutting the noise "
+        f"from the bank {device_bank_ms:.2f}"
     )
 
     batch_utts = args.speakers * args.per_speaker
@@ -222,7 +250,7 @@ def main() -> None:
         f"{samples}: {step:.2f} s/step = {model_rate:.1f} utt/s, {model_cpu_ms:.1f} CPU ms/utt"
     )
     for workers_ in args.workers:
-        rate, cpu_ms = results[augmented, workers_]
+        rate, cpu_ms, _ = results[augmented, workers_]
         log(
             f"  augmented input with {workers_} worker(s): {rate / model_rate:.1f}x the "
             f"model's utt/s; {100 * cpu_ms / model_cpu_ms:.1f}% of its CPU time per utt"
@@ -238,20 +266,24 @@ def main() -> None:
             "batches": args.batches,
             "workers": workers,
             "augment": list(augment.choices),
-            "figure_utt_per_s": round(results[drawn, workers][0], 1),
+            "figure_utt_per_s": round(results[banked, workers][0], 1),
             "reference_utt_per_s": round(results[augmented, workers][0], 1),
-            "decode_crop_cpu_ms_per_utt": round(results[crop, workers][1], 3),
-            "speed_on_device_worker_cpu_ms_per_utt": round(results[speed_drawn, workers][1], 3),
-            "speed_worker_side_cpu_ms_per_utt": round(results[speed_name, workers][1], 3),
+            "cold_cpu_ms_per_utt": {
+                name: round(results[name, workers][1], 3) for name, _, _ in configs
+            },
+            "steady_cpu_ms_per_utt": {
+                name: round(results[name, workers][2], 3) for name, _, _ in configs
+            },
             "device_augment_cpu_ms_per_utt": round(device_ms, 3),
             "device_augment_speed_cpu_ms_per_utt": round(device_speed_ms, 3),
+            "device_augment_bank_cpu_ms_per_utt": round(device_bank_ms, 3),
             "resnet_se34l_cpu_ms_per_utt": round(model_cpu_ms, 1),
             "load_average": [round(load_before, 2), round(load_after, 2)],
         },
-        figure=results[drawn, workers][1],
-        unit="CPU ms per utterance, all processes (lower is better)",
+        figure=results[banked, workers][2],
+        unit="steady-state CPU ms per utterance, all processes (lower is better)",
         reference="worker-side decode + crop + augment (noise/babble/reverb), same batches",
-        reference_figure=results[augmented, workers][1],
+        reference_figure=results[augmented, workers][2],
     )
 
 

@@ -4,8 +4,9 @@ For the same per-item generators, :class:`AugmentDrawer` (worker: draw, decode, 
 by :class:`DeviceAugmenter` (batched on the batch's device) gives what
 :class:`Augmenter` gives in the worker, within float tolerance: noise, music, babble, reverb,
 speed and all of them combined, on real LibriSpeech crops with the shared noise / RIR files;
-the drawer leaves the generator where the augmenter leaves it. The measured soxr kernels equal
-soxr itself. A training run with ``on_device=true`` resumes bit-exactly.
+the drawer leaves the generator where the augmenter leaves it; the same with the noise segments
+cut from a ``NoiseBank`` on the device. The measured soxr kernels equal soxr itself. A training
+run with ``on_device=true`` and the noise bank resumes bit-exactly.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ from speechkit.data.augment_draws import AugmentDrawer, collate_draws, speed_len
 from speechkit.data.crop import random_crop
 from speechkit.data.device_augment import DeviceAugmenter, probe_speed_kernel, resample
 from speechkit.data.lists import read_train_list
+from speechkit.data.noise_bank import NoiseBank
 from speechkit.data.shard_dataset import ShardDataset, SpeakerItems, batched
 from speechkit.data.shards import ShardIndex, pack_train_list
 from speechkit.data.speaker_dataset import SpeakerTrainDataset
@@ -79,9 +81,12 @@ def test_measured_kernel_equals_soxr(factor: float, crops: np.ndarray) -> None:
         probe_speed_kernel(0.7071067811865476)
 
 
-def _worker_and_device(aug: Augmenter, crops: np.ndarray, seeds: range):
-    """(worker outputs, device outputs, drawn kinds) for crop i augmented with seed i."""
-    drawer, device = AugmentDrawer(aug), DeviceAugmenter(level_eps=aug.level_eps)
+def _worker_and_device(aug: Augmenter, crops: np.ndarray, seeds: range, bank: bool = False):
+    """(worker outputs, device outputs, drawn kinds) for crop i augmented with seed i; with
+    ``bank`` the noise segments are cut from a ``NoiseBank`` instead of sent."""
+    noise_bank = NoiseBank.from_augmenter(aug) if bank else None
+    drawer = AugmentDrawer(aug, noise_bank.layout if bank else None)
+    device = DeviceAugmenter(level_eps=aug.level_eps, noise_bank=noise_bank)
     worker, draws = [], []
     for wav, seed in zip(crops, seeds):
         rng_w, rng_d = np.random.default_rng(seed), np.random.default_rng(seed)
@@ -90,12 +95,27 @@ def _worker_and_device(aug: Augmenter, crops: np.ndarray, seeds: range):
         # the next draw (the next utterance's crop) is unchanged
         assert rng_w.integers(1 << 40) == rng_d.integers(1 << 40)
     batch = collate_draws(draws, crops.shape[1])
+    if bank:  # segments travel as references only
+        assert batch["noise"].shape[0] == 0 and batch["noise_file"].shape[0] > 0
     out = device(torch.from_numpy(crops[: len(draws)].copy()).view(4, -1, crops.shape[1]), batch)
     return np.stack(worker), out.reshape(len(draws), -1).numpy(), [d.kind for d in draws]
 
 
-@pytest.mark.parametrize("case", ["noise", "music", "babble", "reverb", "speed", "combined"])
-def test_device_equals_worker_for_the_same_draws(case: str, lists: dict, crops) -> None:
+@pytest.mark.parametrize(
+    "case, bank",
+    [
+        ("noise", False),
+        ("music", False),
+        ("babble", False),
+        ("reverb", False),
+        ("speed", False),
+        ("combined", False),
+        ("noise", True),
+        ("babble", True),
+        ("combined", True),
+    ],
+)
+def test_device_equals_worker_for_the_same_draws(case: str, bank: bool, lists: dict, crops) -> None:
     aug = {
         "noise": lambda: Augmenter(lists["noise"]),
         "music": lambda: Augmenter({"music": lists["noise"]["noise"]}),
@@ -106,7 +126,7 @@ def test_device_equals_worker_for_the_same_draws(case: str, lists: dict, crops) 
             lists["noise"], lists["rir"], lists["babble"], speed_perturb=True
         ),
     }[case]()
-    worker, device, kinds = _worker_and_device(aug, crops, range(100, 124))
+    worker, device, kinds = _worker_and_device(aug, crops, range(100, 124), bank)
     counts = Counter(kinds)
     if case in ("speed", "combined"):  # every speed factor, cropped and wrap-padded
         speeds = {
@@ -208,10 +228,16 @@ def run(cfg) -> Trainer:
 
 
 def test_train_step_augments_like_the_worker_path(shared_data: Path, tmp_path: Path) -> None:
-    """The task's first batch: the on-device train step's loss equals the worker path's."""
+    """The task's first batch: the on-device train step's loss, with and without the noise
+    bank, equals the worker path's."""
     losses = []
-    for on_device in ("false", "true"):
-        cfg = sv_cfg(shared_data, tmp_path, f"task.augmentation.on_device={on_device}")
+    for on_device, bank in (("false", "false"), ("true", "false"), ("true", "true")):
+        cfg = sv_cfg(
+            shared_data,
+            tmp_path,
+            f"task.augmentation.on_device={on_device}",
+            f"task.augmentation.noise_bank={bank}",
+        )
         seed_everything(cfg.common.seed)
         task, model, criterion = build_components(cfg)
         dataset = task.dataset("train")
@@ -222,15 +248,24 @@ def test_train_step_augments_like_the_worker_path(shared_data: Path, tmp_path: P
         if on_device == "true":  # something to render: not all "none" at speed 1
             draws = sample["augment"]
             assert bool((draws["kind"] > 0).any() or (draws["speed"] != 1).any())
+            assert (draws["noise_file"].numel() > 0) == (bank == "true")
         loss, size, _ = task.train_step(sample, ModelWithCriterion(model, criterion), 0)
         losses.append(float(loss.detach()))
     assert losses[1] == pytest.approx(losses[0], rel=1e-4)
+    assert losses[2] == pytest.approx(losses[0], rel=1e-4)
+    with pytest.raises(ConfigError, match="noise_bank=true .* needs task.augment=true and"):
+        build_components(sv_cfg(shared_data, tmp_path, "task.augmentation.noise_bank=true"))
 
 
 def test_on_device_training_resumes_exactly(shared_data: Path, tmp_path: Path) -> None:
     """3 updates, stop, resume to 6 with a DataLoader worker: the weights equal those of 6
-    uninterrupted updates bit for bit (the draws come from the per-item generators)."""
-    common = ("task.augmentation.on_device=true", "dataset.num_workers=1")
+    uninterrupted updates bit for bit (the draws come from the per-item generators; the noise
+    segments from the noise bank)."""
+    common = (
+        "task.augmentation.on_device=true",
+        "task.augmentation.noise_bank=true",
+        "dataset.num_workers=1",
+    )
     full = run(sv_cfg(shared_data, tmp_path / "full", *common, "optimization.max_update=6"))
     part = run(sv_cfg(shared_data, tmp_path / "part", *common, "optimization.max_update=3"))
     assert (part.epoch, part.iterations_in_epoch) == (1, 3)

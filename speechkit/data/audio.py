@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import logging
 import os
+import stat
 import uuid
 from typing import BinaryIO, NamedTuple
 
@@ -22,7 +23,7 @@ import numpy as np
 import soundfile as sf
 import soxr
 
-from speechkit.data.wav import read_plain_wav
+from speechkit.data.wav import plain_wav_info, read_plain_wav
 from speechkit.errors import DataError
 
 logger = logging.getLogger(__name__)
@@ -68,9 +69,11 @@ def check_media_file(path: str | os.PathLike, kind: str = "audio") -> str:
             (expected a(n) <kind> file)"``.
     """
     path = os.fspath(path)
-    if not os.path.exists(path):
-        raise DataError(f"{path}: {kind} file not found")
-    if not os.path.isfile(path):
+    try:
+        mode = os.stat(path).st_mode  # one system call (the data workers call this per read)
+    except (OSError, ValueError):
+        raise DataError(f"{path}: {kind} file not found") from None
+    if not stat.S_ISREG(mode):
         article = "an" if kind[:1] in "aeiou" else "a"
         raise DataError(f"{path}: not a regular file (expected {article} {kind} file)")
     return path
@@ -89,6 +92,12 @@ def audio_info(path: str | os.PathLike) -> AudioInfo:
         DataError: the file is missing or libsndfile cannot parse its header.
     """
     path = check_media_file(path)
+    try:
+        fast = plain_wav_info(path)  # header parsed in Python: about 20x cheaper than sf.info
+    except OSError:
+        fast = None  # libsndfile reports it
+    if fast is not None:
+        return AudioInfo(*fast)
     try:
         info = sf.info(path)
     except _DECODE_ERRORS as e:
@@ -175,6 +184,7 @@ def read_audio(
     *,
     warn: bool = True,
     convert_hint: str = "",
+    out: np.ndarray | None = None,
 ) -> np.ndarray:
     """Decode an audio file to float32 in [-1, 1] (integer PCM is scaled by 1/32768 etc.).
 
@@ -193,6 +203,11 @@ def read_audio(
         warn: log the conversions (channels averaged, rate changed).
         convert_hint: replaces `` (resampling is disabled)`` at the end of the wrong-rate error
             of ``resample=False`` (say why and how to convert).
+        out: a C-contiguous float32 (L,) array (e.g. a row of a batch buffer) that a mono,
+            plain 16-bit / float WAV of exactly L samples at ``sample_rate`` is decoded into,
+            saving an allocation and a copy; it is then the array returned. Any other file
+            returns a new array and leaves ``out`` alone or partly written: compare with
+            ``is`` and copy.
 
     Returns:
         (L,) float32 (or (L, C) when ``mono=False``). Float files are returned unclipped.
@@ -204,22 +219,31 @@ def read_audio(
     """
     path = check_media_file(path)
     return decode_audio(
-        path, path, sample_rate, mono, resample, start, frames, warn=warn, convert_hint=convert_hint
+        path,
+        path,
+        sample_rate,
+        mono,
+        resample,
+        start,
+        frames,
+        warn=warn,
+        convert_hint=convert_hint,
+        out=out,
     )
 
 
 def _read_plain_wav(
-    source: str | os.PathLike | BinaryIO, start: int, frames: int
+    source: str | os.PathLike | BinaryIO, start: int, frames: int, out: np.ndarray | None
 ) -> tuple[np.ndarray, int] | None:
     """A plain 16-bit / float WAV parsed with numpy (the same samples as libsndfile, faster:
     :mod:`speechkit.data.wav`); None for anything else, with a file object rewound."""
     if isinstance(source, (str, os.PathLike)):
         try:
-            return read_plain_wav(source, start, frames)
+            return read_plain_wav(source, start, frames, out)
         except OSError:
             return None  # libsndfile reports it
     begin = source.tell()
-    fast = read_plain_wav(source, start, frames)
+    fast = read_plain_wav(source, start, frames, out)
     if fast is None:
         source.seek(begin)
     return fast
@@ -236,13 +260,14 @@ def decode_audio(
     *,
     warn: bool = True,
     convert_hint: str = "",
+    out: np.ndarray | None = None,
 ) -> np.ndarray:
     """:func:`read_audio` for an already checked path or a file object (e.g. the bytes of a tar
     member in a ``BytesIO``); ``where`` names the source in messages and warnings. Same
     arguments, returns and errors as :func:`read_audio` (without the missing-file check).
     """
     try:
-        wav, file_rate = _read_plain_wav(source, start, frames) or sf.read(
+        wav, file_rate = _read_plain_wav(source, start, frames, out) or sf.read(
             source, dtype="float32", always_2d=True, start=start, frames=frames
         )
     except _DECODE_ERRORS as e:
@@ -278,7 +303,10 @@ def decode_audio(
                 "(convert the data once to avoid this cost on every read)",
             )
         wav = resample_waveform(wav, file_rate, sample_rate)
-    return np.ascontiguousarray(wav, dtype=np.float32)
+    wav = np.ascontiguousarray(wav, dtype=np.float32)
+    if out is not None and wav.shape == out.shape and np.may_share_memory(wav, out):
+        return out  # decoded in place (same shape and overlapping: the same samples)
+    return wav
 
 
 def write_audio(

@@ -54,7 +54,9 @@ class UtteranceDraws:
         speed_start: start of the L-sample crop in the resampled signal when it is longer than
             L (speed < 1); -1 otherwise (shorter signals are wrap-padded, no draw).
         rir: (Lr,) float32 RIR as decoded (not normalised), for ``kind == "reverb"``.
-        noise: (L,) float32 noise segments, one per source (3-7 for babble).
+        noise: (L,) float32 noise segments, one per source (3-7 for babble); empty with a
+            noise bank, which cuts them on the device from ``noise_ref`` instead.
+        noise_ref: ``(file index in the bank, start)`` of each segment, with a noise bank.
         snr: SNR in dB of each segment.
     """
 
@@ -63,6 +65,7 @@ class UtteranceDraws:
     speed_start: int = -1
     rir: np.ndarray | None = None
     noise: tuple[np.ndarray, ...] = ()
+    noise_ref: tuple[tuple[int, int], ...] = ()
     snr: tuple[float, ...] = ()
 
 
@@ -75,10 +78,15 @@ class AugmentDrawer:
 
     Args:
         augmenter: the configured augmenter (its files, SNR ranges, speeds and file cache).
+        bank_layout: ``NoiseBank.layout`` (``{path: (file index, samples)}``) when the noise
+            sources are in a :class:`speechkit.data.noise_bank.NoiseBank` on the device: noise
+            segments are then drawn from the files' lengths and sent as ``noise_ref``, never
+            decoded here.
     """
 
-    def __init__(self, augmenter: Augmenter):
+    def __init__(self, augmenter: Augmenter, bank_layout: dict[str, tuple[int, int]] | None = None):
         self.augmenter = augmenter
+        self.bank_layout = bank_layout
 
     def draw(self, num_samples: int, rng: np.random.Generator) -> UtteranceDraws:
         """The draws for one crop of ``num_samples`` samples.
@@ -111,12 +119,20 @@ class AugmentDrawer:
         else:
             chosen = rng.integers(len(files), size=1)
         low, high = aug.snr[kind]
-        noise, snr = [], []
+        noise, refs, snr = [], [], []
         for i in chosen:
-            # a view of the cached file (never written to): collate_draws makes the one copy
-            noise.append(random_crop(aug.load(files[int(i)]), n, rng))
+            if self.bank_layout is not None:
+                # random_crop's draw from the length alone (wrap_pad makes a file of at most
+                # n samples n + 1 long, so its start is 0)
+                file, length = self.bank_layout[files[int(i)]]
+                refs.append((file, random_crop_start(max(length, n + 1), n, rng)))
+            else:
+                # a view of the cached file (never written to): collate_draws makes the one copy
+                noise.append(random_crop(aug.load(files[int(i)]), n, rng))
             snr.append(float(rng.uniform(low, high)))
-        return UtteranceDraws(kind, speed, start, noise=tuple(noise), snr=tuple(snr))
+        return UtteranceDraws(
+            kind, speed, start, noise=tuple(noise), noise_ref=tuple(refs), snr=tuple(snr)
+        )
 
 
 def collate_draws(draws: Sequence[UtteranceDraws], num_samples: int) -> dict[str, torch.Tensor]:
@@ -132,31 +148,39 @@ def collate_draws(draws: Sequence[UtteranceDraws], num_samples: int) -> dict[str
     Returns:
         ``kind`` (N,) long (index into ``AUGMENTATIONS``), ``speed`` (N,) float64,
         ``speed_start`` (N,) long, ``rir`` (R, Lr_max) float32 zero-padded, ``rir_owner`` (R,)
-        long, ``noise`` (S, L) float32, ``noise_owner`` (S,) long (non-decreasing),
+        long, ``noise`` (S, L) float32 (or, from a noise bank, (0, L) and the segments as
+        ``noise_file`` and ``noise_start`` (S,) long; both (0,) otherwise),
+        ``noise_owner`` (S,) long (non-decreasing),
         ``noise_slot`` (S,) long (position of the segment among its utterance's sources, the
         worker path's summation order) and ``noise_snr`` (S,) float64.
 
     Raises:
-        ValueError: a noise segment is not L samples long.
+        ValueError: a noise segment is not L samples long, or the draws mix decoded segments
+            and noise-bank references.
     """
     rir_owner = [n for n, d in enumerate(draws) if d.rir is not None]
     rirs = [torch.as_tensor(draws[n].rir, dtype=torch.float32) for n in rir_owner]
     rir = torch.zeros(len(rirs), max((len(r) for r in rirs), default=1))
     for row, r in zip(rir, rirs):
         row[: len(r)] = r
-    noise_owner, noise_slot, noise, snr = [], [], [], []
+    noise_owner, noise_slot, noise, refs, snr = [], [], [], [], []
     for n, d in enumerate(draws):
-        for slot, (segment, level) in enumerate(zip(d.noise, d.snr)):
-            segment = torch.as_tensor(segment, dtype=torch.float32)
-            if segment.shape != (num_samples,):
-                raise ValueError(
-                    f"noise segment of utterance {n} has shape {tuple(segment.shape)}; "
-                    f"expected ({num_samples},)"
-                )
+        for slot, level in enumerate(d.snr):
+            if d.noise_ref:
+                refs.append(d.noise_ref[slot])
+            else:
+                segment = torch.as_tensor(d.noise[slot], dtype=torch.float32)
+                if segment.shape != (num_samples,):
+                    raise ValueError(
+                        f"noise segment of utterance {n} has shape {tuple(segment.shape)}; "
+                        f"expected ({num_samples},)"
+                    )
+                noise.append(segment)
             noise_owner.append(n)
             noise_slot.append(slot)
-            noise.append(segment)
             snr.append(float(level))
+    if noise and refs:
+        raise ValueError("a batch mixes decoded noise segments and noise-bank references")
     return {
         "kind": torch.tensor([AUGMENTATIONS.index(d.kind) for d in draws], dtype=torch.long),
         "speed": torch.tensor([float(d.speed) for d in draws], dtype=torch.float64),
@@ -166,6 +190,8 @@ def collate_draws(draws: Sequence[UtteranceDraws], num_samples: int) -> dict[str
         # default_collate stacks straight into shared memory in a DataLoader worker: the
         # segments are copied once, not again when the batch is sent to the main process
         "noise": default_collate(noise) if noise else torch.zeros(0, num_samples),
+        "noise_file": torch.tensor([f for f, _ in refs], dtype=torch.long),
+        "noise_start": torch.tensor([start for _, start in refs], dtype=torch.long),
         "noise_owner": torch.tensor(noise_owner, dtype=torch.long),
         "noise_slot": torch.tensor(noise_slot, dtype=torch.long),
         "noise_snr": torch.tensor(snr, dtype=torch.float64),

@@ -40,6 +40,7 @@ import torch.nn.functional as F
 
 from speechkit.data.augment import LEVEL_EPS
 from speechkit.data.augment_draws import speed_length
+from speechkit.data.noise_bank import NoiseBank
 from speechkit.errors import ConfigError
 
 __all__ = [
@@ -301,14 +302,22 @@ class DeviceAugmenter:
     Args:
         sample_rate: audio rate in Hz (the speed perturbation's output rate).
         level_eps: the level definition's ``eps`` (``AugmentConfig.level_eps``).
+        noise_bank: the noise sources on the device, for draws that name segments by
+            ``noise_file`` / ``noise_start`` (moved to the batch's device on first use).
 
     soxr kernels are measured on first use of each speed factor (CPU, ~0.1 s) and cached per
     device.
     """
 
-    def __init__(self, sample_rate: int = 16000, level_eps: float = LEVEL_EPS):
+    def __init__(
+        self,
+        sample_rate: int = 16000,
+        level_eps: float = LEVEL_EPS,
+        noise_bank: NoiseBank | None = None,
+    ):
         self.sample_rate = sample_rate
         self.level_eps = level_eps
+        self.noise_bank = noise_bank
         self._kernels: dict[tuple[float, str], SpeedKernel] = {}
 
     def kernel(self, factor: float, device: torch.device) -> SpeedKernel:
@@ -353,13 +362,24 @@ class DeviceAugmenter:
             x = reverberate(x, draws["rir"], draws["rir_owner"])
             x = add_noise(
                 x,
-                draws["noise"],
+                self._noise(draws, length, device),
                 draws["noise_owner"],
                 draws["noise_slot"],
                 draws["noise_snr"],
                 self.level_eps,
             )
         return x.reshape(shape)
+
+    def _noise(self, draws: dict[str, torch.Tensor], length: int, device: torch.device):
+        """(S, L) noise segments: as sent, or cut from the noise bank."""
+        refs = draws.get("noise_file")
+        if refs is None or refs.numel() == 0:
+            return draws["noise"]
+        if self.noise_bank is None:
+            raise ValueError("the draws name noise-bank segments, but no noise bank was given")
+        if self.noise_bank.device != device:
+            self.noise_bank.to(device)
+        return self.noise_bank.segments(refs, draws["noise_start"], length)
 
     def augment_sample(self, sample: dict[str, Any]) -> dict[str, Any]:
         """A batch with ``audio`` augmented by its ``augment`` draws (the key removed)."""

@@ -37,6 +37,7 @@ from torch.utils.data import Dataset
 from speechkit.data.audio import audio_info, read_audio
 from speechkit.data.augment import Augmenter
 from speechkit.data.augment_draws import AugmentDrawer, collate_draws
+from speechkit.data.batch_buffer import empty_batch, stack_rows
 from speechkit.data.crop import (
     crop_waveform,
     eval_crop_starts,
@@ -154,19 +155,28 @@ class SpeakerTrainDataset(Dataset):
             path, self.sample_rate, resample=False, convert_hint=CONVERT_HINT, **kwargs
         )
 
-    def _load_crop(self, index: int, rng: np.random.Generator) -> np.ndarray:
+    def _load_crop(self, index: int, rng: np.random.Generator, out: np.ndarray) -> np.ndarray:
+        """The crop of utterance ``index``: ``out`` ((L,) float32) when it was decoded into it,
+        else a new array (the caller copies it)."""
         path, n = self.paths[index], self.num_samples
         if self.partial_read:
             info = audio_info(path)
             if info.sample_rate == self.sample_rate and info.frames > n:
                 start = random_crop_start(info.frames, n, rng)
-                wav = self._read(path, start=start, frames=n)
+                wav = self._read(path, start=start, frames=n, out=out)
                 if len(wav) == n:
                     return wav
                 # the header over-stated the length: fall back to decoding the whole file
                 # (the start was already drawn, so reuse it for reproducibility)
                 return crop_waveform(self._read(path), n, start)
         return random_crop(self._read(path), n, rng)
+
+    def _indices(self, group: int | Sequence[int]) -> list[int]:
+        indices = [int(group)] if isinstance(group, int | np.integer) else [int(i) for i in group]
+        labels = {self.labels[i] for i in indices}
+        if len(labels) != 1:
+            raise ValueError(f"a group must hold one speaker's utterances, got labels {labels}")
+        return indices
 
     def __getitem__(self, group: int | Sequence[int]) -> dict[str, Any]:
         """Load one group.
@@ -182,15 +192,27 @@ class SpeakerTrainDataset(Dataset):
         Raises:
             ValueError: the indices belong to more than one speaker.
         """
-        indices = [int(group)] if isinstance(group, int | np.integer) else [int(i) for i in group]
-        labels = {self.labels[i] for i in indices}
-        if len(labels) != 1:
-            raise ValueError(f"a group must hold one speaker's utterances, got labels {labels}")
+        indices = self._indices(group)
+        return self._load_group(indices, torch.empty(len(indices), self.num_samples))
+
+    def __getitems__(self, groups: Sequence[int | Sequence[int]]) -> list[dict[str, Any]]:
+        """Load a batch of groups (the DataLoader calls this with a batch sampler): the same
+        items as ``[self[g] for g in groups]``, their crops decoded straight into the rows of
+        one (B, M, L) buffer (shared memory in a worker) that :meth:`collater` then returns
+        without a copy (:mod:`speechkit.data.batch_buffer`)."""
+        groups = [self._indices(g) for g in groups]
+        if not groups or len({len(g) for g in groups}) != 1:
+            return [self._load_group(g, torch.empty(len(g), self.num_samples)) for g in groups]
+        buffer = empty_batch((len(groups), len(groups[0]), self.num_samples))
+        return [self._load_group(g, buffer[b]) for b, g in enumerate(groups)]
+
+    def _load_group(self, indices: list[int], audio: torch.Tensor) -> dict[str, Any]:
+        """The item of one group, its M crops written into ``audio`` ((M, L) float32)."""
         rng = np.random.default_rng([self.seed, self.epoch, *indices])
-        crops, draws = [], []
-        for index in indices:
+        rows, draws = audio.numpy(), []
+        for row, index in zip(rows, indices):
             try:
-                wav = self._load_crop(index, rng)
+                wav = self._load_crop(index, rng, row)
             except DataError as e:
                 where = self.describe(index)
                 if where == self.paths[index]:
@@ -200,11 +222,12 @@ class SpeakerTrainDataset(Dataset):
                 draws.append(self.augment.draw(len(wav), rng))
             elif self.augment is not None:
                 wav = self.augment(wav, rng)
-            crops.append(wav)
+            if wav is not row:
+                row[...] = wav
         item = {
             "id": torch.tensor(indices, dtype=torch.long),
-            "audio": torch.from_numpy(np.stack(crops).astype(np.float32, copy=False)),
-            "label": labels.pop(),
+            "audio": audio,
+            "label": self.labels[indices[0]],
         }
         if isinstance(self.augment, AugmentDrawer):
             item["augment"] = draws
@@ -223,7 +246,7 @@ class SpeakerTrainDataset(Dataset):
             return {}
         batch = {
             "id": torch.stack([s["id"] for s in samples]),
-            "audio": torch.stack([s["audio"] for s in samples]),
+            "audio": stack_rows([s["audio"] for s in samples]),
             "label": torch.tensor([s["label"] for s in samples], dtype=torch.long),
         }
         if "augment" in samples[0]:

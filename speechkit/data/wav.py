@@ -24,7 +24,7 @@ from typing import BinaryIO
 
 import numpy as np
 
-__all__ = ["read_plain_wav"]
+__all__ = ["plain_wav_info", "read_plain_wav"]
 
 _PCM, _FLOAT, _EXTENSIBLE = 1, 3, 0xFFFE
 _DTYPES = {(_PCM, 16): np.dtype("<i2"), (_FLOAT, 32): np.dtype("<f4")}
@@ -76,8 +76,25 @@ def _header(f: BinaryIO) -> tuple[np.dtype, int, int, int, int] | None:
     return None
 
 
+def plain_wav_info(source: str | os.PathLike | BinaryIO) -> tuple[int, int, int] | None:
+    """``(frames, sample rate in Hz, channels)`` of a complete 16-bit PCM or 32-bit float WAV
+    (what ``soundfile.info`` reports for it), read from the header alone; ``None`` for any other
+    file (the caller then asks libsndfile). ``OSError`` from opening ``source`` propagates."""
+    if isinstance(source, (str, os.PathLike)):
+        with open(source, "rb") as f:
+            return plain_wav_info(f)
+    info = _header(source)
+    if info is None:
+        return None
+    _, channels, rate, _, frames = info
+    return frames, rate, channels
+
+
 def read_plain_wav(
-    source: str | os.PathLike | BinaryIO, start: int = 0, frames: int = -1
+    source: str | os.PathLike | BinaryIO,
+    start: int = 0,
+    frames: int = -1,
+    out: np.ndarray | None = None,
 ) -> tuple[np.ndarray, int] | None:
     """Read a 16-bit PCM or 32-bit float WAV like ``soundfile.read(dtype="float32",
     always_2d=True, start=start, frames=frames)``.
@@ -87,6 +104,9 @@ def read_plain_wav(
             (on ``None`` it is left anywhere: seek back before handing it to libsndfile).
         start: first frame to read (``0 <= start < frames in the file``).
         frames: frames to read from ``start`` (``-1``: to the end; more than remain: to the end).
+        out: a C-contiguous float32 (L,) array to convert a one-channel file's samples into
+            when exactly L frames are read (the result is then a view of ``out``: no new array);
+            otherwise ignored.
 
     Returns:
         ``((L, C) float32, sample rate in Hz)``, or ``None`` when the file is not a complete
@@ -96,7 +116,7 @@ def read_plain_wav(
     """
     if isinstance(source, (str, os.PathLike)):
         with open(source, "rb") as f:
-            return read_plain_wav(f, start, frames)
+            return read_plain_wav(f, start, frames, out)
     info = _header(source)
     if info is None:
         return None
@@ -107,6 +127,12 @@ def read_plain_wav(
     source.seek(offset + start * channels * dtype.itemsize)
     raw = source.read(count * channels * dtype.itemsize)
     samples = np.frombuffer(raw, dtype=dtype).reshape(count, channels)
-    if dtype.kind == "i":
-        return samples.astype(np.float32) * _SCALE_16, rate
-    return samples.astype(np.float32), rate
+    if out is not None and channels == 1 and out.shape == (count,) and out.dtype == np.float32:
+        result = out.reshape(count, 1)
+    else:
+        result = np.empty((count, channels), dtype=np.float32)
+    if dtype.kind == "i":  # one pass: int16 -> float32 and the scale (exact, a power of 2)
+        np.multiply(samples, _SCALE_16, out=result)
+    else:
+        result[...] = samples
+    return result, rate

@@ -47,6 +47,7 @@ from speechkit.data.epoch_iterator import (
     stream_layout,
 )
 from speechkit.data.lists import read_train_list, speaker_to_label
+from speechkit.data.noise_bank import NoiseBank
 from speechkit.data.samplers import speaker_balanced_batches, speaker_coverage
 from speechkit.data.shard_dataset import ShardDataset, SpeakerItems
 from speechkit.data.shards import ShardIndex
@@ -133,7 +134,7 @@ class SpeakerVerificationTask(Task):
         ConfigError: an unknown scoring, ``n_per_speaker < 1``, neither or both of
             ``train_list`` and ``shards``, ``shards`` with ``n_per_speaker > 1``, or
             ``augmentation.on_device`` with a speed that is not a ratio ``down / up``
-            (``up <= 1000``).
+            (``up <= 1000``), or ``augmentation.noise_bank`` without ``on_device``.
     """
 
     needs = (
@@ -171,6 +172,12 @@ class SpeakerVerificationTask(Task):
             )
             self._log_coverage()
         self.device_augment = None
+        if cfg.augmentation.noise_bank and not (cfg.augment and cfg.augmentation.on_device):
+            raise ConfigError(
+                "task.augmentation.noise_bank=true keeps the noise sources on the training "
+                "device for the on-device augmentation; it needs task.augment=true and "
+                "task.augmentation.on_device=true"
+            )
         if cfg.augment and cfg.augmentation.on_device:
             if cfg.augmentation.speed_perturb:
                 for factor in cfg.augmentation.speeds:
@@ -283,7 +290,14 @@ class SpeakerVerificationTask(Task):
         cfg = self.cfg
         augment = build_augmenter(cfg.augmentation, cfg.root) if cfg.augment else None
         if augment is not None and self.device_augment is not None:
-            augment = AugmentDrawer(augment)  # workers draw, decode and crop; train_step mixes
+            layout = None
+            if cfg.augmentation.noise_bank and any(augment.sources.values()):
+                if self.device_augment.noise_bank is None:
+                    self.device_augment.noise_bank = NoiseBank.from_augmenter(augment)
+                layout = self.device_augment.noise_bank.layout
+            # workers draw, decode and crop (noise segments only without a bank); train_step
+            # renders the augmentation
+            augment = AugmentDrawer(augment, layout)
         if self.shard_index is not None:  # placed on its rank by the epoch iterator
             items = SpeakerItems(self.label_of_speaker, cfg.max_frames, augment)
             return ShardDataset(
