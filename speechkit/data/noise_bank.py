@@ -70,8 +70,6 @@ class NoiseBank:
             self.data = torch.from_numpy(np.concatenate(exact))
         else:
             self.data = torch.from_numpy(np.concatenate(samples).astype(np.float32, copy=False))
-        self._lengths = torch.from_numpy(self.lengths)
-        self._offsets = torch.from_numpy(self.offsets)
 
     @classmethod
     def from_augmenter(cls, augmenter: Augmenter) -> NoiseBank:
@@ -106,8 +104,6 @@ class NoiseBank:
     def to(self, device: torch.device | str) -> NoiseBank:
         """Move the bank to ``device`` (in place; returns self)."""
         self.data = self.data.to(device)
-        self._lengths = self._lengths.to(device)
-        self._offsets = self._offsets.to(device)
         return self
 
     @property
@@ -118,7 +114,7 @@ class NoiseBank:
         """Cut segments out of the bank, as ``random_crop`` cuts them from the decoded files.
 
         Args:
-            file: (S,) long file indices.
+            file: (S,) long file indices (any device: read on the host).
             start: (S,) long starts within the (wrap-padded) files.
             num_samples: segment length L.
 
@@ -126,11 +122,15 @@ class NoiseBank:
             (S, L) float32 on the bank's device; sample k of row s is sample
             ``(start[s] + k) mod lengths[file[s]]`` of file ``file[s]``.
         """
-        file, start = file.to(self.device), start.to(self.device)
-        steps = torch.arange(num_samples, device=self.device)
-        length = self._lengths[file][:, None]
-        index = self._offsets[file][:, None] + (start[:, None] + steps) % length
-        out = self.data[index]
+        rows = []
+        for f, s in zip(file.tolist(), start.tolist()):
+            first, length = int(self.offsets[f]), int(self.lengths[f])
+            if s + num_samples <= length:  # a slice (a view; one stack copies them all)
+                rows.append(self.data[first + s : first + s + num_samples])
+            else:  # a file not longer than the segment, repeated from its start
+                steps = torch.arange(s, s + num_samples, device=self.device)
+                rows.append(self.data[first + steps % length])
+        out = torch.stack(rows) if rows else self.data.new_zeros(0, num_samples)
         if out.dtype == torch.int16:
-            return out.float() * _SCALE_16
+            return out.float().mul_(_SCALE_16)  # exact: a power of 2
         return out
