@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from speechkit.data.audio import read_audio
-from speechkit.data.wav import read_plain_wav
+from speechkit.data.audio import audio_info, read_audio
+from speechkit.data.wav import plain_wav_info, read_plain_wav
 from speechkit.errors import DataError
 
 
@@ -49,6 +49,9 @@ def test_equals_libsndfile(tmp_path, subtype, channels):
         assert np.array_equal(got, want), (start, frames)
         got_b, _ = read_plain_wav(io.BytesIO(data), start, frames)
         assert np.array_equal(got_b, want)
+    info = sf.info(path)
+    assert plain_wav_info(path) == (info.frames, info.samplerate, info.channels)
+    assert audio_info(path) == (info.frames, info.samplerate, info.channels)
 
 
 def test_extensible_and_extra_chunks():
@@ -73,6 +76,7 @@ def test_other_files_are_left_to_libsndfile(tmp_path):
     assert read_plain_wav(io.BytesIO(good[:30])) is None  # cut inside the header
     assert read_plain_wav(io.BytesIO(b"")) is None
     assert read_plain_wav(io.BytesIO(good), start=100) is None  # start past the end
+    assert plain_wav_info(io.BytesIO(good[:-10])) is None  # left to soundfile.info
 
 
 @pytest.mark.parametrize("subtype", ["PCM_24", "PCM_16"])
@@ -93,6 +97,7 @@ def test_truncated_file_keeps_libsndfile_behaviour(tmp_path):
     path.write_bytes(data[:-400])  # header says 1000 samples, 800 are there
     got = read_audio(path)
     assert np.array_equal(got, reference(path)[0][:, 0]) and len(got) == 800
+    assert audio_info(path).frames == sf.info(path).frames  # libsndfile's answer
     (tmp_path / "junk.wav").write_bytes(b"RIFF\x10\x00\x00\x00WAVEjunk")
     with pytest.raises(DataError, match="junk.wav: cannot decode audio"):
         read_audio(tmp_path / "junk.wav")
