@@ -34,6 +34,7 @@ import torch.nn.functional as F
 from torch.utils.data import Dataset
 
 from speechkit.data.audio import read_audio
+from speechkit.data.batch_buffer import empty_batch
 from speechkit.data.labels import PAD, LabelDictionary, LabelFile, check_lengths
 from speechkit.data.manifest import Manifest, PackedStrings, read_manifest
 from speechkit.data.samplers import batch_by_size
@@ -125,11 +126,14 @@ class HubertCollater:
             ``(audio (B, audio_size) float32, padding_mask (B, audio_size) bool)``; the mask is
             True on padded samples.
         """
-        audio = sources[0].new_zeros(len(sources), audio_size)
-        padding_mask = torch.zeros(len(sources), audio_size, dtype=torch.bool)
+        # written once, in shared memory inside a DataLoader worker (no copy when sent)
+        audio = empty_batch((len(sources), audio_size), sources[0].dtype)
+        padding_mask = empty_batch((len(sources), audio_size), torch.bool)
         for b, (source, start) in enumerate(zip(sources, starts)):
             n = min(len(source) - start, audio_size)
             audio[b, :n] = source[start : start + n]
+            audio[b, n:] = 0.0
+            padding_mask[b, :n] = False
             padding_mask[b, n:] = True
         return audio, padding_mask
 
