@@ -45,10 +45,28 @@ def shared_data() -> Path:
     return path
 
 
+SLOWEST_MODULES = (
+    "test_sv_real_data.py",  # 430 s
+    "test_pretraining_real_data.py",  # 200 s
+    "test_enhancement_pipeline.py",  # 50 s
+    "test_syncnet_real_data.py",  # 45 s
+    "test_voicevector_variants_real_data.py",  # 45 s
+    "test_resume_and_signals.py",  # 45 s
+)
+"""Test files measured slowest (seconds on one worker of the 2-core CI machine), slowest first.
+The suite runs as ``pytest -n 2 --dist loadfile`` with ``--no-loadscope-reorder``
+(pyproject.toml): xdist hands out whole files in collection order, so these start first and
+the many short files fill in around them. xdist's default order (files with more tests first)
+started the 430 s file, which has 6 tests, late in the run, where it set the wall time."""
+
+
 def pytest_collection_modifyitems(config, items):
     """Markers ``pytest -m`` can select: ``real_data`` on every test that uses ``shared_data``;
     ``slow`` (set in the slow modules); ``gpu`` tests run only when the ``-m`` expression names
-    ``gpu`` (``pytest -m gpu``): elsewhere they are deselected, as CI has no GPU."""
+    ``gpu`` (``pytest -m gpu``): elsewhere they are deselected, as CI has no GPU. The files of
+    ``SLOWEST_MODULES`` are moved to the front, in that order (the rest keep theirs)."""
+    first = {name: rank for rank, name in enumerate(SLOWEST_MODULES)}
+    items.sort(key=lambda item: first.get(item.path.name, len(first)))  # stable
     for item in items:
         if "shared_data" in getattr(item, "fixturenames", ()):
             item.add_marker(pytest.mark.real_data)

@@ -10,7 +10,7 @@ import pytest
 import soundfile as sf
 
 from speechkit.data.audio import audio_info, read_audio
-from speechkit.data.wav import plain_wav_info, read_plain_wav
+from speechkit.data.wav import plain_wav_info, read_plain_wav, read_plain_wav_crop
 from speechkit.errors import DataError
 
 
@@ -110,3 +110,28 @@ def test_non_finite_float_wav_is_refused_with_the_sample(tmp_path):
     sf.write(path, x, 16000, subtype="FLOAT")
     with pytest.raises(DataError, match=r"nan.wav: 1 non-finite sample\(s\).*sample 800"):
         read_audio(path)
+
+
+def test_crop_in_one_open_reads_what_a_partial_read_reads(tmp_path):
+    rng = np.random.default_rng(2)
+    x = rng.uniform(-0.9, 0.9, 3000).astype(np.float32)
+    mono, stereo, rate8k = tmp_path / "m.wav", tmp_path / "s.wav", tmp_path / "r.wav"
+    sf.write(mono, x, 16000, subtype="PCM_16")
+    sf.write(stereo, np.stack([x, x], 1), 16000, subtype="PCM_16")
+    sf.write(rate8k, x, 8000, subtype="PCM_16")
+    seen = []
+
+    def draw(total):
+        seen.append(total)
+        return 1234
+
+    row = np.zeros(1000, np.float32)
+    wav, start = read_plain_wav_crop(mono, 1000, 16000, draw, out=row)
+    assert seen == [3000] and start == 1234 and np.may_share_memory(wav, row)
+    assert np.array_equal(row, reference(mono, 1234, 1000)[0][:, 0])
+    # other channel counts and rates, files not longer than the crop: None, nothing drawn
+    for path, frames, rate in ((stereo, 1000, 16000), (rate8k, 1000, 16000), (mono, 3000, 16000)):
+        assert read_plain_wav_crop(path, frames, rate, draw) is None
+    assert seen == [3000]
+    with pytest.raises(ValueError, match="draw_start gave 2500"):
+        read_plain_wav_crop(mono, 1000, 16000, lambda total: 2500)

@@ -34,7 +34,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from speechkit.data.audio import audio_info, read_audio
+from speechkit.data.audio import audio_info, check_finite, read_audio
 from speechkit.data.augment import Augmenter
 from speechkit.data.augment_draws import AugmentDrawer, collate_draws
 from speechkit.data.batch_buffer import empty_batch, stack_rows
@@ -47,6 +47,7 @@ from speechkit.data.crop import (
     wrap_pad,
 )
 from speechkit.data.lists import read_list_fields, speaker_to_label
+from speechkit.data.wav import read_plain_wav_crop
 from speechkit.errors import DataError
 
 __all__ = ["SpeakerEvalDataset", "SpeakerTrainDataset"]
@@ -160,6 +161,17 @@ class SpeakerTrainDataset(Dataset):
         else a new array (the caller copies it)."""
         path, n = self.paths[index], self.num_samples
         if self.partial_read:
+            try:  # a plain mono WAV at the model's rate: header, draw and read in one open
+                fast = read_plain_wav_crop(
+                    path, n, self.sample_rate, lambda total: random_crop_start(total, n, rng), out
+                )
+            except OSError:
+                fast = None  # the general path reports it
+            if fast is not None:
+                wav, start = fast
+                check_finite(wav, path, self.sample_rate, offset=start)
+                decoded_in_place = out is not None and np.may_share_memory(wav, out)
+                return out if decoded_in_place else wav
             info = audio_info(path)
             if info.sample_rate == self.sample_rate and info.frames > n:
                 start = random_crop_start(info.frames, n, rng)

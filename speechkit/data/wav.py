@@ -20,11 +20,12 @@ from __future__ import annotations
 import io
 import os
 import struct
+from collections.abc import Callable
 from typing import BinaryIO
 
 import numpy as np
 
-__all__ = ["plain_wav_info", "read_plain_wav"]
+__all__ = ["plain_wav_info", "read_plain_wav", "read_plain_wav_crop"]
 
 _PCM, _FLOAT, _EXTENSIBLE = 1, 3, 0xFFFE
 _DTYPES = {(_PCM, 16): np.dtype("<i2"), (_FLOAT, 32): np.dtype("<f4")}
@@ -124,8 +125,49 @@ def read_plain_wav(
     if not 0 <= start < total:
         return None
     count = total - start if frames < 0 else min(frames, total - start)
-    source.seek(offset + start * channels * dtype.itemsize)
-    raw = source.read(count * channels * dtype.itemsize)
+    return _samples(source, info, start, count, out), rate
+
+
+def read_plain_wav_crop(
+    path: str | os.PathLike,
+    num_frames: int,
+    sample_rate: int,
+    draw_start: Callable[[int], int],
+    out: np.ndarray | None = None,
+) -> tuple[np.ndarray, int] | None:
+    """A training crop in one open: for a complete plain mono WAV at ``sample_rate`` holding
+    more than ``num_frames`` frames, ``start = draw_start(frames in the file)``, then
+    ``num_frames`` frames from there (what :func:`read_plain_wav` would read at that start).
+
+    Args:
+        out: as for :func:`read_plain_wav`.
+
+    Returns:
+        ``((num_frames,) float32, start)``, or ``None`` WITHOUT calling ``draw_start`` for any
+        other file (other formats, rates or channel counts, or not longer than the crop: the
+        caller takes its general path, which also reports the errors). ``OSError`` from
+        opening ``path`` propagates.
+    """
+    with open(path, "rb") as f:
+        info = _header(f)
+        if info is None:
+            return None
+        _, channels, rate, _, total = info
+        if channels != 1 or rate != sample_rate or total <= num_frames:
+            return None
+        start = int(draw_start(total))
+        if not 0 <= start <= total - num_frames:
+            raise ValueError(f"draw_start gave {start} for a crop of {num_frames} of {total}")
+        return _samples(f, info, start, num_frames, out)[:, 0], start
+
+
+def _samples(
+    f: BinaryIO, info: tuple[np.dtype, int, int, int, int], start: int, count: int, out
+) -> np.ndarray:
+    """(count, C) float32 frames from ``start`` of the file ``info`` describes."""
+    dtype, channels, _, offset, _ = info
+    f.seek(offset + start * channels * dtype.itemsize)
+    raw = f.read(count * channels * dtype.itemsize)
     samples = np.frombuffer(raw, dtype=dtype).reshape(count, channels)
     if out is not None and channels == 1 and out.shape == (count,) and out.dtype == np.float32:
         result = out.reshape(count, 1)
@@ -135,4 +177,4 @@ def read_plain_wav(
         np.multiply(samples, _SCALE_16, out=result)
     else:
         result[...] = samples
-    return result, rate
+    return result
