@@ -11,15 +11,15 @@ training device would; plus the forward + backward + Adam time of ``resnet_se34l
 of the same shape. Run from the repository root::
 
     .venv/bin/python benchmarks/sv_dataloader.py [--speakers 32] [--per-speaker 2] \\
-        [--max-frames 200] [--batches 24] [--workers 1 2] [--data DIR] [--quick]
+        [--max-frames 200] [--batches 24] [--workers 1 2] [--repeats 3] [--data DIR] [--quick]
 
 JSON line: steady-state CPU ms per utterance of the data pipeline (all processes) with
 on-device augmentation and the noise bank (``task.augmentation.noise_bank``: the workers decode
 and crop the speech, draw, and send the noise segments as references) vs decode + crop +
 augment in the workers (today's path), at the largest ``--workers``; goal ratio <= 0.25.
 Steady state: the extra CPU of a pass over all batches over a pass over the first half, per
-extra utterance (a long training's cost once the workers run and their caches are warm); the
-cold figures of one pass are in ``config`` too. Side results: decode + crop alone, on-device
+extra utterance (a long training's cost once the workers run and their caches are warm),
+median over ``--repeats`` pairs of passes; the cold figures of one pass are in ``config`` too. Side results: decode + crop alone, on-device
 augmentation without the bank (segments decoded and sent), both paths with speed perturbation,
 and the on-device rendering cost per utterance on this CPU (not part of the figure: on a GPU it
 runs on the GPU).
@@ -95,17 +95,22 @@ def one_pass(dataset, batches, workers):
     return utterances, seconds, cpu_seconds() - cpu0
 
 
-def time_loader(dataset, batches, workers):
+def time_loader(dataset, batches, workers, repeats):
     """Utterances per second and CPU ms per utterance (all processes: robust when other jobs
     share the CPU) of one pass over the first half of ``batches`` (cold: worker start-up and
     first decodes of the noise files included), and the steady-state CPU ms per utterance:
     the extra CPU of a pass over all ``batches`` divided by the extra utterances (what a long
-    training pays per utterance once the workers run and their caches are warm)."""
+    training pays per utterance once the workers run and their caches are warm). Medians over
+    ``repeats`` such pairs of passes."""
     half = max(len(batches) // 2, 1)
-    utts, seconds, cpu = one_pass(dataset, batches[:half], workers)
-    utts_all, _, cpu_all = one_pass(dataset, batches, workers)
-    steady = (cpu_all - cpu) * 1e3 / max(utts_all - utts, 1)
-    return utts / seconds, cpu * 1e3 / utts, steady
+    rates, cold, steady = [], [], []
+    for _ in range(repeats):
+        utts, seconds, cpu = one_pass(dataset, batches[:half], workers)
+        utts_all, _, cpu_all = one_pass(dataset, batches, workers)
+        rates.append(utts / seconds)
+        cold.append(cpu * 1e3 / utts)
+        steady.append((cpu_all - cpu) * 1e3 / max(utts_all - utts, 1))
+    return float(np.median(rates)), float(np.median(cold)), float(np.median(steady))
 
 
 def time_device_augment(dataset, batches, workers, bank=None):
@@ -163,11 +168,15 @@ def main() -> None:
     parser.add_argument("--workers", type=int, nargs="+", default=[1, 2])
     parser.add_argument("--model-steps", type=int, default=3)
     parser.add_argument(
+        "--repeats", type=int, default=3, help="pairs of passes per pipeline (medians)"
+    )
+    parser.add_argument(
         "--quick", action="store_true", help="8 x 2 utterances, 3 batches, 1 worker, 1 step"
     )
     args = parser.parse_args()
     if args.quick:
         args.speakers, args.batches, args.workers, args.model_steps = 8, 3, [1], 1
+        args.repeats = 1
 
     data = find_shared_data(TRAIN_LIST, args.data)
     if data is None:
@@ -206,7 +215,7 @@ def main() -> None:
     drawn = "decode + crop + draws (on device)"
     speed_name, speed_drawn = "decode + crop + speed + augment", "+ speed draws (on device)"
     banked = "+ noise bank on the device"
-    bank = NoiseBank.from_augmenter(augment)
+    bank = NoiseBank.from_augmenter(augment)  # noise, babble and RIR files
     configs = [
         (crop, None, True),
         ("decode + crop (whole-file read)", None, False),
@@ -225,7 +234,9 @@ def main() -> None:
     )
     for name, aug, partial in configs:
         for workers in args.workers:
-            rate, cpu_ms, steady_ms = time_loader(dataset(aug, partial), batches, workers)
+            rate, cpu_ms, steady_ms = time_loader(
+                dataset(aug, partial), batches, workers, args.repeats
+            )
             results[name, workers] = rate, cpu_ms, steady_ms
             log(f"{name:34s} {workers:7d} {rate:8.1f} {cpu_ms:11.2f} {steady_ms:18.2f}")
 

@@ -95,8 +95,9 @@ def _worker_and_device(aug: Augmenter, crops: np.ndarray, seeds: range, bank: bo
         # the next draw (the next utterance's crop) is unchanged
         assert rng_w.integers(1 << 40) == rng_d.integers(1 << 40)
     batch = collate_draws(draws, crops.shape[1])
-    if bank:  # segments travel as references only
-        assert batch["noise"].shape[0] == 0 and batch["noise_file"].shape[0] > 0
+    if bank:  # segments and RIRs travel as references only
+        assert batch["noise"].shape[0] == 0 and batch["rir"].shape[0] == 0
+        assert batch["noise_file"].shape[0] + batch["rir_file"].shape[0] > 0
     out = device(torch.from_numpy(crops[: len(draws)].copy()).view(4, -1, crops.shape[1]), batch)
     return np.stack(worker), out.reshape(len(draws), -1).numpy(), [d.kind for d in draws]
 
@@ -112,6 +113,7 @@ def _worker_and_device(aug: Augmenter, crops: np.ndarray, seeds: range, bank: bo
         ("combined", False),
         ("noise", True),
         ("babble", True),
+        ("reverb", True),
         ("combined", True),
     ],
 )

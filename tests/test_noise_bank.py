@@ -86,3 +86,23 @@ def test_an_unreadable_source_is_named(files, tmp_path: Path) -> None:
     broken.write_bytes(b"RIFF0000WAVEnot audio")
     with pytest.raises(DataError, match="broken.wav"):
         NoiseBank.from_augmenter(Augmenter({"noise": [files["long16"], str(broken)]}))
+
+
+def test_rirs_travel_as_indices_and_come_back_whole(files, tmp_path: Path) -> None:
+    rirs = [files["short16"], files["exact16"]]
+    aug = Augmenter(rir_files=rirs)
+    bank = NoiseBank.from_augmenter(aug)
+    assert bank.files == rirs
+    drawer = AugmentDrawer(aug, bank.layout)
+    draws = [drawer.draw(CROP, np.random.default_rng(seed)) for seed in range(12)]
+    sent = [AugmentDrawer(aug).draw(CROP, np.random.default_rng(seed)) for seed in range(12)]
+    reverb = [(d, s) for d, s in zip(draws, sent) if d.kind == "reverb"]
+    assert reverb and all(d.rir is None and d.rir_ref >= 0 for d, _ in reverb)
+    whole = bank.whole(torch.tensor([d.rir_ref for d, _ in reverb]))
+    assert whole.shape == (len(reverb), CROP)  # zero-padded to the longest (exact16)
+    for row, (_, s) in zip(whole, reverb):
+        assert torch.equal(row[: len(s.rir)], torch.from_numpy(s.rir))
+        assert not row[len(s.rir) :].any()
+    silent = write(tmp_path / "silent.wav", np.zeros(400), "PCM_16")
+    with pytest.raises(DataError, match="silent.wav: the RIR is all zeros"):
+        NoiseBank.from_augmenter(Augmenter(rir_files=[rirs[0], silent]))

@@ -350,10 +350,10 @@ class AugmentConfig(SpeechkitDataclass):
     (``speechkit.data.device_augment``), equal to the worker path within float tolerance.
     ``false``: the whole augmentation runs in the workers."""
     noise_bank: bool = False
-    """With ``on_device``: decode every noise, music and babble source file once, when the
+    """With ``on_device``: decode every noise, music, babble and RIR file once, when the
     dataset is built, into one tensor kept on the training device
     (``speechkit.data.noise_bank``); the workers then send each noise segment as (file, start)
-    instead of decoding and sending its samples. Costs device memory: 2 bytes per sample of
+    and each RIR as its file index instead of decoding and sending their samples. Costs device memory: 2 bytes per sample of
     16-bit sources (115 MB per hour at 16 kHz), 4 for float ones."""
 
 

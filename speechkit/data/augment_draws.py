@@ -54,6 +54,7 @@ class UtteranceDraws:
         speed_start: start of the L-sample crop in the resampled signal when it is longer than
             L (speed < 1); -1 otherwise (shorter signals are wrap-padded, no draw).
         rir: (Lr,) float32 RIR as decoded (not normalised), for ``kind == "reverb"``.
+        rir_ref: instead, with a noise bank, the RIR's file index in the bank (-1: none).
         noise: (L,) float32 noise segments, one per source (3-7 for babble); empty with a
             noise bank, which cuts them on the device from ``noise_ref`` instead.
         noise_ref: ``(file index in the bank, start)`` of each segment, with a noise bank.
@@ -64,6 +65,7 @@ class UtteranceDraws:
     speed: float = 1.0
     speed_start: int = -1
     rir: np.ndarray | None = None
+    rir_ref: int = -1
     noise: tuple[np.ndarray, ...] = ()
     noise_ref: tuple[tuple[int, int], ...] = ()
     snr: tuple[float, ...] = ()
@@ -108,6 +110,8 @@ class AugmentDrawer:
             return UtteranceDraws(kind, speed, start)
         if kind == "reverb":  # Augmenter.reverb
             path = aug.rir_files[int(rng.integers(len(aug.rir_files)))]
+            if self.bank_layout is not None:  # all-zero RIRs were refused by the bank
+                return UtteranceDraws(kind, speed, start, rir_ref=self.bank_layout[path][0])
             rir = aug.load(path)
             if not np.any(rir):
                 raise DataError(f"{path}: the RIR is all zeros")
@@ -147,8 +151,9 @@ def collate_draws(draws: Sequence[UtteranceDraws], num_samples: int) -> dict[str
 
     Returns:
         ``kind`` (N,) long (index into ``AUGMENTATIONS``), ``speed`` (N,) float64,
-        ``speed_start`` (N,) long, ``rir`` (R, Lr_max) float32 zero-padded, ``rir_owner`` (R,)
-        long, ``noise`` (S, L) float32 (or, from a noise bank, (0, L) and the segments as
+        ``speed_start`` (N,) long, ``rir`` (R, Lr_max) float32 zero-padded (from a noise bank:
+        (0, 1), and ``rir_file`` (R,) long names them; else ``rir_file`` is (0,)), ``rir_owner``
+        (R,) long, ``noise`` (S, L) float32 (or, from a noise bank, (0, L) and the segments as
         ``noise_file`` and ``noise_start`` (S,) long; both (0,) otherwise),
         ``noise_owner`` (S,) long (non-decreasing),
         ``noise_slot`` (S,) long (position of the segment among its utterance's sources, the
@@ -156,10 +161,13 @@ def collate_draws(draws: Sequence[UtteranceDraws], num_samples: int) -> dict[str
 
     Raises:
         ValueError: a noise segment is not L samples long, or the draws mix decoded segments
-            and noise-bank references.
+            or RIRs and noise-bank references.
     """
-    rir_owner = [n for n, d in enumerate(draws) if d.rir is not None]
-    rirs = [torch.as_tensor(draws[n].rir, dtype=torch.float32) for n in rir_owner]
+    rir_refs = [(n, d.rir_ref) for n, d in enumerate(draws) if d.rir_ref >= 0]
+    rir_owner = [n for n, d in enumerate(draws) if d.rir is not None] or [n for n, _ in rir_refs]
+    if rir_refs and any(d.rir is not None for d in draws):
+        raise ValueError("a batch mixes decoded RIRs and noise-bank references")
+    rirs = [torch.as_tensor(d.rir, dtype=torch.float32) for d in draws if d.rir is not None]
     rir = torch.zeros(len(rirs), max((len(r) for r in rirs), default=1))
     for row, r in zip(rir, rirs):
         row[: len(r)] = r
@@ -187,6 +195,7 @@ def collate_draws(draws: Sequence[UtteranceDraws], num_samples: int) -> dict[str
         "speed_start": torch.tensor([int(d.speed_start) for d in draws], dtype=torch.long),
         "rir": rir,
         "rir_owner": torch.tensor(rir_owner, dtype=torch.long),
+        "rir_file": torch.tensor([f for _, f in rir_refs], dtype=torch.long),
         # default_collate stacks straight into shared memory in a DataLoader worker: the
         # segments are copied once, not again when the batch is sent to the main process
         "noise": default_collate(noise) if noise else torch.zeros(0, num_samples),

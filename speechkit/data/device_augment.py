@@ -359,7 +359,7 @@ class DeviceAugmenter:
                 lambda factor: self.kernel(factor, device),
                 self.sample_rate,
             )
-            x = reverberate(x, draws["rir"], draws["rir_owner"])
+            x = reverberate(x, self._rirs(draws, device), draws["rir_owner"])
             x = add_noise(
                 x,
                 self._noise(draws, length, device),
@@ -370,16 +370,26 @@ class DeviceAugmenter:
             )
         return x.reshape(shape)
 
+    def _bank(self, device: torch.device) -> NoiseBank:
+        if self.noise_bank is None:
+            raise ValueError("the draws name noise-bank files, but no noise bank was given")
+        if self.noise_bank.device != device:
+            self.noise_bank.to(device)
+        return self.noise_bank
+
     def _noise(self, draws: dict[str, torch.Tensor], length: int, device: torch.device):
         """(S, L) noise segments: as sent, or cut from the noise bank."""
         refs = draws.get("noise_file")
         if refs is None or refs.numel() == 0:
             return draws["noise"]
-        if self.noise_bank is None:
-            raise ValueError("the draws name noise-bank segments, but no noise bank was given")
-        if self.noise_bank.device != device:
-            self.noise_bank.to(device)
-        return self.noise_bank.segments(refs, draws["noise_start"], length)
+        return self._bank(device).segments(refs, draws["noise_start"], length)
+
+    def _rirs(self, draws: dict[str, torch.Tensor], device: torch.device) -> torch.Tensor:
+        """(R, Lr_max) RIRs: as sent, or the whole files from the noise bank."""
+        refs = draws.get("rir_file")
+        if refs is None or refs.numel() == 0:
+            return draws["rir"]
+        return self._bank(device).whole(refs)
 
     def augment_sample(self, sample: dict[str, Any]) -> dict[str, Any]:
         """A batch with ``audio`` augmented by its ``augment`` draws (the key removed)."""

@@ -1,11 +1,12 @@
-"""Every noise, music and babble source file, decoded once into one tensor on the training device.
+"""Every noise, music, babble and RIR file, decoded once into one tensor on the training device.
 
 With ``task.augmentation.on_device=true`` and ``task.augmentation.noise_bank=true`` the data
 workers no longer decode, crop and send the noise segments an utterance draws (1.5 segments of
 L samples per utterance on average with the reference's choices: about as much data as the
 speech itself, and on a corpus the size of MUSAN a per-worker file cache that cannot hold it,
 so every draw is a decode): a worker sends each segment as ``(file, start)`` and
-:meth:`NoiseBank.segments` cuts it out of the bank on the device.
+:meth:`NoiseBank.segments` cuts it out of the bank on the device; a drawn RIR travels as its
+file index (:meth:`NoiseBank.whole`).
 
 The segments are exactly those of the worker path: the bank holds what
 :meth:`speechkit.data.augment.Augmenter.load` returns for each file (resampled and averaged to
@@ -26,6 +27,7 @@ import numpy as np
 import torch
 
 from speechkit.data.augment import Augmenter
+from speechkit.errors import DataError
 
 logger = logging.getLogger(__name__)
 
@@ -77,18 +79,19 @@ class NoiseBank:
         without its cache; errors name the file).
 
         Raises:
-            DataError: a file cannot be read (missing, corrupt, empty, NaN/inf).
-            ValueError: the augmenter has no noise sources.
+            DataError: a file cannot be read (missing, corrupt, empty, NaN/inf), or an RIR is
+                all zeros (the worker path refuses it when drawn; the bank at once).
+            ValueError: the augmenter has no noise sources and no RIRs.
         """
-        files = list(
-            dict.fromkeys(
-                p for kind in ("noise", "music", "babble") for p in augmenter.sources[kind]
-            )
-        )
+        sources = [p for kind in ("noise", "music", "babble") for p in augmenter.sources[kind]]
+        files = list(dict.fromkeys(sources + list(augmenter.rir_files)))
         samples = [augmenter.decode(path) for path in files]
+        for path in augmenter.rir_files:
+            if not np.any(samples[files.index(path)]):
+                raise DataError(f"{path}: the RIR is all zeros")
         bank = cls(files, samples)
         logger.info(
-            "noise bank: %d source files, %.1f hours, %.1f MB (%s) on the training device",
+            "noise bank: %d noise / RIR files, %.1f hours, %.1f MB (%s) on the training device",
             len(files),
             bank.lengths.sum() / augmenter.sample_rate / 3600,
             bank.data.numel() * bank.data.element_size() / 1e6,
@@ -100,6 +103,29 @@ class NoiseBank:
     def layout(self) -> dict[str, tuple[int, int]]:
         """``{path: (file index, samples)}``: what a data worker needs to draw segments."""
         return {path: (i, int(n)) for i, (path, n) in enumerate(zip(self.files, self.lengths))}
+
+    def whole(self, file: torch.Tensor) -> torch.Tensor:
+        """Whole files (RIRs), zero-padded to the longest.
+
+        Args:
+            file: (R,) long file indices (any device: read on the host).
+
+        Returns:
+            (R, max length) float32 on the bank's device (R >= 1: (0, 1) when ``file`` is
+            empty, as ``collate_draws`` packs no RIR).
+        """
+        files = file.tolist()
+        width = max((int(self.lengths[f]) for f in files), default=1)
+        out = torch.zeros(len(files), width, device=self.device)
+        for row, f in zip(out, files):
+            first, length = int(self.offsets[f]), int(self.lengths[f])
+            row[:length] = self._float(self.data[first : first + length])
+        return out
+
+    def _float(self, samples: torch.Tensor) -> torch.Tensor:
+        if samples.dtype == torch.int16:
+            return samples.float().mul_(_SCALE_16)  # exact: a power of 2
+        return samples
 
     def to(self, device: torch.device | str) -> NoiseBank:
         """Move the bank to ``device`` (in place; returns self)."""
@@ -131,6 +157,4 @@ class NoiseBank:
                 steps = torch.arange(s, s + num_samples, device=self.device)
                 rows.append(self.data[first + steps % length])
         out = torch.stack(rows) if rows else self.data.new_zeros(0, num_samples)
-        if out.dtype == torch.int16:
-            return out.float().mul_(_SCALE_16)  # exact: a power of 2
-        return out
+        return self._float(out)
