@@ -291,9 +291,7 @@ class SpeakerVerificationTask(Task):
         augment = build_augmenter(cfg.augmentation, cfg.root) if cfg.augment else None
         if augment is not None and self.device_augment is not None:
             layout = None
-            if cfg.augmentation.noise_bank and (
-                any(augment.sources.values()) or augment.rir_files
-            ):
+            if cfg.augmentation.noise_bank and (any(augment.sources.values()) or augment.rir_files):
                 if self.device_augment.noise_bank is None:
                     self.device_augment.noise_bank = NoiseBank.from_augmenter(augment)
                 layout = self.device_augment.noise_bank.layout
