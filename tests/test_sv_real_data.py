@@ -121,15 +121,16 @@ def logmel_stats_baseline_eer(shared, trials_file) -> float:
 
 def test_generalise_to_unseen_speakers(shared_data, tmp_path):
     # 6 training speakers (with the reference's noise and reverberation augmentation), 4 unseen
-    # ones. Measured (300 updates, cosine LR, 1 pinned thread): seed 1: 36.67 -> 32.78 (OMP 2),
-    # seed 2: 28.33 -> 31.11 (OMP 2), seed 3: 37.22 -> 37.78 (OMP 1); the log-mel mean/std
-    # baseline is 6.11 on these trials. Six speakers are too few to learn voices that
-    # transfer: the trained net does not reliably beat its own random init on unseen speakers,
-    # and the plain log-mel statistics beat both (the models' per-utterance instance norm
-    # removes exactly the per-bin mean and spread that the baseline compares; see the
+    # ones; 1 s training crops (2 s cost twice the suite time for no firmer result). Measured
+    # (300 updates, cosine LR, 1 pinned thread, OMP_NUM_THREADS=1): seed 1: 36.67 -> 29.44, seed
+    # 2: 28.33 -> 36.11, seed 3: 37.22 -> 37.78 (with 2 s crops: 32.78, 31.11, 37.78); the
+    # log-mel mean/std baseline is 6.11 on these trials. Six speakers are too few to learn
+    # voices that transfer: the trained net does not reliably beat its own random init on unseen
+    # speakers, and the plain log-mel statistics beat both (the models' per-utterance instance
+    # norm removes exactly the per-bin mean and spread that the baseline compares; see the
     # sv_shared_aam preset in the README). What holds on every run: the trained net separates
-    # unseen speakers far better than chance, and training does not wreck what the random
-    # init gives.
+    # unseen speakers far better than chance, and training does not wreck what the random init
+    # gives.
     lists = shared_data / "lists"
     before, after, _ = train_sv(
         shared_data,
@@ -140,6 +141,7 @@ def test_generalise_to_unseen_speakers(shared_data, tmp_path):
         "task.augment=true",
         f"task.augmentation.noise_list={lists / 'noise_list.txt'}",
         f"task.augmentation.rir_list={lists / 'rir_list.txt'}",
+        "task.max_frames=100",
     )
     baseline = logmel_stats_baseline_eer(shared_data, shared_data / "lists/split_test_trials.txt")
     print(
@@ -148,7 +150,7 @@ def test_generalise_to_unseen_speakers(shared_data, tmp_path):
     )
     assert baseline < 15.0  # the statistics alone separate these 4 speakers well
     assert after < 45.0  # chance is 50%; measured at most 37.8
-    assert after < before + 8.0  # measured change: -3.9 to +2.8 points
+    assert after < before + 10.0  # measured change: -7.2 to +7.8 points
 
 
 def test_eval_eer_script_writes_scores_and_det(overfit, shared_data, tmp_path, capsys):
