@@ -73,26 +73,28 @@ def make_batches(labels, speakers, per_speaker, count, seed=0):
     return batches
 
 
-def cpu_seconds() -> float:
-    """User + system CPU time of this process and its reaped children (DataLoader workers)."""
+def cpu_seconds(workers_only: bool = False) -> float:
+    """User + system CPU time of this process and its reaped children (DataLoader workers), or
+    of the children alone."""
     own, kids = (
         resource.getrusage(resource.RUSAGE_SELF),
         resource.getrusage(resource.RUSAGE_CHILDREN),
     )
-    return own.ru_utime + own.ru_stime + kids.ru_utime + kids.ru_stime
+    children = kids.ru_utime + kids.ru_stime
+    return children if workers_only else own.ru_utime + own.ru_stime + children
 
 
 def one_pass(dataset, batches, workers):
-    """(utterances, seconds, CPU seconds of all processes) of one pass of a fresh DataLoader
-    (worker start-up and cold noise caches included)."""
-    cpu0, start = cpu_seconds(), time.perf_counter()
+    """(utterances, seconds, CPU seconds of all processes, of the workers alone) of one pass of
+    a fresh DataLoader (worker start-up and cold noise caches included)."""
+    cpu0, kids0, start = cpu_seconds(), cpu_seconds(True), time.perf_counter()
     loader = DataLoader(
         dataset, batch_sampler=batches, collate_fn=dataset.collater, num_workers=workers
     )
     utterances = sum(b["audio"].shape[0] * b["audio"].shape[1] for b in loader)
     seconds = time.perf_counter() - start
     del loader  # the exhausted iterator has joined its workers: their CPU time is counted
-    return utterances, seconds, cpu_seconds() - cpu0
+    return utterances, seconds, cpu_seconds() - cpu0, cpu_seconds(True) - kids0
 
 
 def time_loader(dataset, batches, workers, repeats):
@@ -100,17 +102,18 @@ def time_loader(dataset, batches, workers, repeats):
     share the CPU) of one pass over the first half of ``batches`` (cold: worker start-up and
     first decodes of the noise files included), and the steady-state CPU ms per utterance:
     the extra CPU of a pass over all ``batches`` divided by the extra utterances (what a long
-    training pays per utterance once the workers run and their caches are warm). Medians over
-    ``repeats`` such pairs of passes."""
+    training pays per utterance once the workers run and their caches are warm), and the same
+    for the worker processes alone. Medians over ``repeats`` such pairs of passes."""
     half = max(len(batches) // 2, 1)
-    rates, cold, steady = [], [], []
+    rates, cold, steady, steady_workers = [], [], [], []
     for _ in range(repeats):
-        utts, seconds, cpu = one_pass(dataset, batches[:half], workers)
-        utts_all, _, cpu_all = one_pass(dataset, batches, workers)
+        utts, seconds, cpu, kids = one_pass(dataset, batches[:half], workers)
+        utts_all, _, cpu_all, kids_all = one_pass(dataset, batches, workers)
         rates.append(utts / seconds)
         cold.append(cpu * 1e3 / utts)
         steady.append((cpu_all - cpu) * 1e3 / max(utts_all - utts, 1))
-    return float(np.median(rates)), float(np.median(cold)), float(np.median(steady))
+        steady_workers.append((kids_all - kids) * 1e3 / max(utts_all - utts, 1))
+    return tuple(float(np.median(x)) for x in (rates, cold, steady, steady_workers))
 
 
 def time_device_augment(dataset, batches, workers, bank=None):
@@ -230,15 +233,18 @@ def main() -> None:
     log(f"load average before: {load_before:.2f} (other jobs on this machine)")
     log(
         f"\n{'pipeline':34s} {'workers':>7s} {'utt/s':>8s} {'CPU ms/utt':>11s} "
-        f"{'steady CPU ms/utt':>18s}"
+        f"{'steady CPU ms/utt':>18s} {'of which workers':>15s}"
     )
     for name, aug, partial in configs:
         for workers in args.workers:
-            rate, cpu_ms, steady_ms = time_loader(
+            rate, cpu_ms, steady_ms, worker_ms = time_loader(
                 dataset(aug, partial), batches, workers, args.repeats
             )
-            results[name, workers] = rate, cpu_ms, steady_ms
-            log(f"{name:34s} {workers:7d} {rate:8.1f} {cpu_ms:11.2f} {steady_ms:18.2f}")
+            results[name, workers] = rate, cpu_ms, steady_ms, worker_ms
+            log(
+                f"{name:34s} {workers:7d} {rate:8.1f} {cpu_ms:11.2f} {steady_ms:18.2f} "
+                f"{worker_ms:15.2f}"
+            )
 
     workers = max(args.workers)
     device_batches = batches[: min(len(batches), 4)]
@@ -261,7 +267,7 @@ def main() -> None:
         f"{samples}: {step:.2f} s/step = {model_rate:.1f} utt/s, {model_cpu_ms:.1f} CPU ms/utt"
     )
     for workers_ in args.workers:
-        rate, cpu_ms, _ = results[augmented, workers_]
+        rate, cpu_ms, _, _ = results[augmented, workers_]
         log(
             f"  augmented input with {workers_} worker(s): {rate / model_rate:.1f}x the "
             f"model's utt/s; {100 * cpu_ms / model_cpu_ms:.1f}% of its CPU time per utt"
@@ -284,6 +290,9 @@ def main() -> None:
             },
             "steady_cpu_ms_per_utt": {
                 name: round(results[name, workers][2], 3) for name, _, _ in configs
+            },
+            "steady_worker_cpu_ms_per_utt": {
+                name: round(results[name, workers][3], 3) for name, _, _ in configs
             },
             "device_augment_cpu_ms_per_utt": round(device_ms, 3),
             "device_augment_speed_cpu_ms_per_utt": round(device_speed_ms, 3),
