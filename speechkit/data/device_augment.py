@@ -302,8 +302,9 @@ class DeviceAugmenter:
     Args:
         sample_rate: audio rate in Hz (the speed perturbation's output rate).
         level_eps: the level definition's ``eps`` (``AugmentConfig.level_eps``).
-        noise_bank: the noise sources on the device, for draws that name segments by
-            ``noise_file`` / ``noise_start`` (moved to the batch's device on first use).
+        noise_bank: the noise sources and RIRs on the device, for draws that name segments
+            by ``noise_file`` / ``noise_start`` and RIRs by ``rir_file`` (moved to the batch's
+            device on first use).
 
     soxr kernels are measured on first use of each speed factor (CPU, ~0.1 s) and cached per
     device.

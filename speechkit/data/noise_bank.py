@@ -46,7 +46,7 @@ def _as_int16(wav: np.ndarray) -> np.ndarray | None:
 
 
 class NoiseBank:
-    """The decoded noise / music / babble files of an :class:`Augmenter`, concatenated.
+    """The decoded noise / music / babble / RIR files of an :class:`Augmenter`, concatenated.
 
     Args:
         files: source files (paths as the augmenter's lists give them).

@@ -295,8 +295,8 @@ class SpeakerVerificationTask(Task):
                 if self.device_augment.noise_bank is None:
                     self.device_augment.noise_bank = NoiseBank.from_augmenter(augment)
                 layout = self.device_augment.noise_bank.layout
-            # workers draw, decode and crop (noise segments only without a bank); train_step
-            # renders the augmentation
+            # workers draw, decode and crop (noise segments and RIRs only without a bank);
+            # train_step renders the augmentation
             augment = AugmentDrawer(augment, layout)
         if self.shard_index is not None:  # placed on its rank by the epoch iterator
             items = SpeakerItems(self.label_of_speaker, cfg.max_frames, augment)
