@@ -5,9 +5,9 @@ other jobs on the machine) through decode + random crop, then + augmentation (no
 reverb from the shared lists, as voxceleb_trainer's ``AugmentWAV`` in ``DatasetLoader.py``, then
 + speed perturbation) with a torch DataLoader over the real train list, for several worker
 counts; the same with ``task.augmentation.on_device=true`` (the workers draw, decode and crop:
-the speech crop, the drawn noise segments and RIRs; ``speechkit.data.augment_draws``); the CPU
-cost of rendering those draws batched (``speechkit.data.device_augment``) on this CPU, as the
-training device would; plus the forward + backward + Adam time of ``resnet_se34l`` on one batch
+the speech crop, the drawn noise segments and RIRs; ``speechkit.data.augment_draws``; the
+crops sent as 16-bit PCM, as the task does); the CPU cost of rendering those draws batched
+(``speechkit.data.device_augment``) on this CPU, as the training device would; plus the forward + backward + Adam time of ``resnet_se34l`` on one batch
 of the same shape. Run from the repository root::
 
     .venv/bin/python benchmarks/sv_dataloader.py [--speakers 32] [--per-speaker 2] \\
@@ -52,6 +52,7 @@ from speechkit.data.lists import read_train_list
 from speechkit.data.noise_bank import NoiseBank
 from speechkit.data.speaker_dataset import SpeakerTrainDataset
 from speechkit.registry import MODEL_REGISTRY
+from speechkit.tasks.speaker_verification import PCM16_SCALE
 
 TRAIN_LIST = "lists/librispeech_test_other_train_all.txt"
 
@@ -128,7 +129,10 @@ def time_device_augment(dataset, batches, workers, bank=None):
     cpu, utterances = 0.0, 0
     for batch in loader:
         c0 = time.process_time()
-        device(batch["audio"], batch["augment"])
+        audio = batch["audio"]
+        if audio.dtype == torch.int16:  # 16-bit PCM from the workers: the task scales it
+            audio = audio.float().mul_(PCM16_SCALE)
+        device(audio, batch["augment"])
         cpu += time.process_time() - c0
         utterances += batch["audio"].shape[0] * batch["audio"].shape[1]
     return cpu * 1e3 / utterances
@@ -210,6 +214,7 @@ def main() -> None:
             augment=aug,
             seed=1,
             partial_read=partial,
+            pcm16=isinstance(aug, AugmentDrawer),  # as the task sets it for on-device
         )
 
     labels = dataset(None).labels

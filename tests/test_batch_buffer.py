@@ -95,3 +95,34 @@ def test_a_worker_sends_the_buffer_in_shared_memory(datasets) -> None:
     assert batch["audio"].is_shared()
     for key in ("id", "audio", "label"):
         assert torch.equal(batch[key], expected[key]), key
+
+
+def test_pcm16_batches_are_the_float_batches_scaled(datasets, tmp_path: Path) -> None:
+    drawn = datasets["drawn"]
+    items = list(zip(drawn.speakers, drawn.paths))
+    pcm16 = SpeakerTrainDataset(
+        items, max_frames=100, n_per_speaker=2, augment=drawn.augment, seed=3, pcm16=True
+    )
+    floats = drawn.collater(drawn.__getitems__(GROUPS))
+    batch = pcm16.collater(pcm16.__getitems__(GROUPS))
+    assert batch["audio"].dtype == torch.int16
+    assert torch.equal(batch["audio"].float() * 2**-15, floats["audio"])
+    for key, value in floats["augment"].items():
+        assert torch.equal(batch["augment"][key], value), key
+    # a float WAV that int16 cannot hold: that batch comes as float32, equal to the float path
+    rng = np.random.default_rng(0)
+    odd = tmp_path / "float.wav"
+    sf.write(odd, rng.uniform(-0.5, 0.5, 40000).astype(np.float32), 16000, subtype="FLOAT")
+    mixed = [*items, (items[0][0], str(odd))]
+    kwargs = dict(max_frames=100, n_per_speaker=2, seed=3)
+    groups = [[0, len(mixed) - 1], [10, 11]]
+    want = SpeakerTrainDataset(mixed, **kwargs)
+    got = SpeakerTrainDataset(mixed, pcm16=True, **kwargs)
+    expected, fallback = (
+        want.collater(want.__getitems__(groups)),
+        got.collater(got.__getitems__(groups)),
+    )
+    assert fallback["audio"].dtype == torch.float32
+    assert torch.equal(fallback["audio"], expected["audio"])
+    with pytest.raises(ValueError, match="pcm16"):
+        SpeakerTrainDataset(items, pcm16=True, augment=datasets["worker"].augment)

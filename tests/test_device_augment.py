@@ -253,6 +253,11 @@ def test_train_step_augments_like_the_worker_path(shared_data: Path, tmp_path: P
             assert (draws["noise_file"].numel() > 0) == (bank == "true")
         loss, size, _ = task.train_step(sample, ModelWithCriterion(model, criterion), 0)
         losses.append(float(loss.detach()))
+        if on_device == "true":  # the DataLoader's batch path sends 16-bit PCM: same loss
+            pcm = dataset.collater(dataset.__getitems__(task.batches("train", 1, 4)[0]))
+            assert pcm["audio"].dtype == torch.int16
+            loss16, _, _ = task.train_step(pcm, ModelWithCriterion(model, criterion), 0)
+            assert float(loss16.detach()) == pytest.approx(losses[-1], rel=1e-6)
     assert losses[1] == pytest.approx(losses[0], rel=1e-4)
     assert losses[2] == pytest.approx(losses[0], rel=1e-4)
     with pytest.raises(ConfigError, match="noise_bank=true .* needs task.augment=true and"):

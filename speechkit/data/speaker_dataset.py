@@ -58,6 +58,20 @@ CONVERT_HINT = (
 )
 
 
+class _NotPcm16(Exception):
+    """A crop is not 16-bit exact (float or 24-bit audio): the batch is loaded as float32."""
+
+
+def _exact_pcm16(wav: np.ndarray) -> np.ndarray:
+    """``wav * 2**15`` as int16 when that is exact for every sample, else ``_NotPcm16``."""
+    scaled = wav * np.float32(32768.0)  # exact in float32 (a power of 2)
+    with np.errstate(invalid="ignore"):  # out-of-range values fail the comparison below
+        as_int = scaled.astype(np.int16)
+    if not np.array_equal(as_int, scaled):  # fractions, or outside [-32768, 32767]
+        raise _NotPcm16
+    return as_int
+
+
 class SpeakerTrainDataset(Dataset):
     """Training crops of one speaker's utterances per item, for metric and classification losses.
 
@@ -86,6 +100,12 @@ class SpeakerTrainDataset(Dataset):
             for NaN/inf samples).
         list_path: the train list ``items`` came from, one item per non-blank line in order;
             errors then name ``list:LINE`` (found by re-reading the list only on an error).
+        pcm16: batches loaded by ``__getitems__`` carry ``audio`` as int16 16-bit PCM
+            (``audio * 2**-15`` is the float audio, exactly) when every crop of the batch is
+            16-bit exact, else float32 as usual: half the bytes to send to the main process and
+            the device, and no conversion in the worker. For training paths that convert on the
+            device (the speaker task's on-device augmentation); not with a worker-side
+            ``Augmenter``, whose output is float.
 
     Raises:
         DataError (from ``__getitem__``): an unreadable or empty audio file, NaN/inf samples, or
@@ -105,6 +125,7 @@ class SpeakerTrainDataset(Dataset):
         sample_rate: int = 16000,
         partial_read: bool = True,
         list_path: str | os.PathLike | None = None,
+        pcm16: bool = False,
     ):
         if labels is None:
             labels = speaker_to_label(s for s, _ in items)
@@ -120,6 +141,9 @@ class SpeakerTrainDataset(Dataset):
         self.sample_rate = sample_rate
         self.partial_read = partial_read
         self.list_path = os.fspath(list_path) if list_path is not None else None
+        if pcm16 and isinstance(augment, Augmenter):
+            raise ValueError("pcm16 batches need clean crops: not with a worker-side Augmenter")
+        self.pcm16 = pcm16
         self.epoch = 0
 
     @property
@@ -215,11 +239,19 @@ class SpeakerTrainDataset(Dataset):
         groups = [self._indices(g) for g in groups]
         if not groups or len({len(g) for g in groups}) != 1:
             return [self._load_group(g, torch.empty(len(g), self.num_samples)) for g in groups]
-        buffer = empty_batch((len(groups), len(groups[0]), self.num_samples))
+        shape = (len(groups), len(groups[0]), self.num_samples)
+        if self.pcm16:
+            buffer = empty_batch(shape, torch.int16)
+            try:
+                return [self._load_group(g, buffer[b]) for b, g in enumerate(groups)]
+            except _NotPcm16:
+                pass  # a crop that int16 cannot hold exactly: the batch again, in float32
+        buffer = empty_batch(shape)
         return [self._load_group(g, buffer[b]) for b, g in enumerate(groups)]
 
     def _load_group(self, indices: list[int], audio: torch.Tensor) -> dict[str, Any]:
-        """The item of one group, its M crops written into ``audio`` ((M, L) float32)."""
+        """The item of one group, its M crops written into ``audio`` ((M, L) float32, or int16:
+        16-bit PCM, raising ``_NotPcm16`` for a crop that int16 cannot hold exactly)."""
         rng = np.random.default_rng([self.seed, self.epoch, *indices])
         rows, draws = audio.numpy(), []
         for row, index in zip(rows, indices):
@@ -235,6 +267,8 @@ class SpeakerTrainDataset(Dataset):
             elif self.augment is not None:
                 wav = self.augment(wav, rng)
             if wav is not row:
+                if row.dtype == np.int16:
+                    wav = _exact_pcm16(wav)
                 row[...] = wav
         item = {
             "id": torch.tensor(indices, dtype=torch.long),

@@ -140,10 +140,11 @@ def read_plain_wav_crop(
     ``num_frames`` frames from there (what :func:`read_plain_wav` would read at that start).
 
     Args:
-        out: as for :func:`read_plain_wav`.
+        out: as for :func:`read_plain_wav`, or an int16 (num_frames,) array that a 16-bit
+            file's raw samples are copied into (unscaled: ``sample * 2**-15`` is the audio).
 
     Returns:
-        ``((num_frames,) float32, start)``, or ``None`` WITHOUT calling ``draw_start`` for any
+        ``((num_frames,) float32, start)`` (int16 when read into an int16 ``out``), or ``None`` WITHOUT calling ``draw_start`` for any
         other file (other formats, rates or channel counts, or not longer than the crop: the
         caller takes its general path, which also reports the errors). ``OSError`` from
         opening ``path`` propagates.
@@ -158,18 +159,30 @@ def read_plain_wav_crop(
         start = int(draw_start(total))
         if not 0 <= start <= total - num_frames:
             raise ValueError(f"draw_start gave {start} for a crop of {num_frames} of {total}")
-        return _samples(f, info, start, num_frames, out)[:, 0], start
+        return _samples(f, info, start, num_frames, out, raw16=True)[:, 0], start
 
 
 def _samples(
-    f: BinaryIO, info: tuple[np.dtype, int, int, int, int], start: int, count: int, out
+    f: BinaryIO,
+    info: tuple[np.dtype, int, int, int, int],
+    start: int,
+    count: int,
+    out,
+    raw16: bool = False,
 ) -> np.ndarray:
-    """(count, C) float32 frames from ``start`` of the file ``info`` describes."""
+    """(count, C) float32 frames from ``start`` of the file ``info`` describes; into ``out``
+    when it fits: a float32 ``out``, or with ``raw16`` an int16 ``out`` for a 16-bit file (the
+    raw samples, unscaled)."""
     dtype, channels, _, offset, _ = info
     f.seek(offset + start * channels * dtype.itemsize)
     raw = f.read(count * channels * dtype.itemsize)
     samples = np.frombuffer(raw, dtype=dtype).reshape(count, channels)
-    if out is not None and channels == 1 and out.shape == (count,) and out.dtype == np.float32:
+    fits = out is not None and channels == 1 and out.shape == (count,)
+    if fits and raw16 and out.dtype == np.int16 and dtype == np.int16:
+        result = out.reshape(count, 1)
+        result[...] = samples
+        return result
+    if fits and out.dtype == np.float32:
         result = out.reshape(count, 1)
     else:
         result = np.empty((count, channels), dtype=np.float32)

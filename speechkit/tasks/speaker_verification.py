@@ -62,6 +62,9 @@ from speechkit.tasks.base import Task, model_embed_dim
 
 logger = logging.getLogger(__name__)
 
+PCM16_SCALE = 2.0**-15
+"""16-bit PCM sample -> float audio in [-1, 1) (exact: a power of 2)."""
+
 
 class SpeakerScoring(ChoiceEnum):
     """Trial scoring rules (``speechkit.inference.speaker_embedding.score_trials``)."""
@@ -311,6 +314,8 @@ class SpeakerVerificationTask(Task):
             augment=augment,
             seed=self.seed,
             list_path=cfg.train_list,
+            # on-device augmentation: the workers send 16-bit PCM, train_step scales it
+            pcm16=self.device_augment is not None,
         )
 
     def set_epoch(self, split: str, epoch: int) -> None:
@@ -319,8 +324,12 @@ class SpeakerVerificationTask(Task):
     def train_step(
         self, sample: Any, model_and_criterion: nn.Module, update_num: int
     ) -> tuple[torch.Tensor, int, dict]:
-        """With ``augmentation.on_device``: augment the batch's crops where they are
-        (``DeviceAugmenter``, from the draws the workers made), then forward as the base task."""
+        """With ``augmentation.on_device``: scale 16-bit PCM crops (int16 ``audio``, see
+        ``SpeakerTrainDataset(pcm16=True)``) to float on the device, augment them where they
+        are (``DeviceAugmenter``, from the draws the workers made), then forward as the base
+        task."""
+        if sample["audio"].dtype == torch.int16:
+            sample = {**sample, "audio": sample["audio"].float().mul_(PCM16_SCALE)}
         if self.device_augment is not None and "augment" in sample:
             sample = self.device_augment.augment_sample(sample)
         return model_and_criterion(sample)
