@@ -5,24 +5,25 @@ other jobs on the machine) through decode + random crop, then + augmentation (no
 reverb from the shared lists, as voxceleb_trainer's ``AugmentWAV`` in ``DatasetLoader.py``, then
 + speed perturbation) with a torch DataLoader over the real train list, for several worker
 counts; the same with ``task.augmentation.on_device=true`` (the workers draw, decode and crop:
-the speech crop, the drawn noise segments and RIRs; ``speechkit.data.augment_draws``; the
-crops sent as 16-bit PCM, as the task does); the CPU cost of rendering those draws batched
-(``speechkit.data.device_augment``) on this CPU, as the training device would; plus the forward + backward + Adam time of ``resnet_se34l`` on one batch
-of the same shape. Run from the repository root::
+the speech crop, the drawn noise segments and RIRs; ``speechkit.data.augment_draws``; the crops
+sent as 16-bit PCM, as the task does); the CPU cost of rendering those draws batched
+(``speechkit.data.device_augment``) on this CPU, as the training device would; plus the
+forward, backward and Adam time of ``resnet_se34l`` on one batch of the same shape. Run from the
+repository root::
 
     .venv/bin/python benchmarks/sv_dataloader.py [--speakers 32] [--per-speaker 2] \\
         [--max-frames 200] [--batches 24] [--workers 1 2] [--repeats 3] [--data DIR] [--quick]
 
-JSON line: steady-state CPU ms per utterance of the data pipeline (all processes) with
-on-device augmentation and the noise bank (``task.augmentation.noise_bank``: the workers decode
-and crop the speech, draw, and send the noise segments as references) vs decode + crop +
-augment in the workers (today's path), at the largest ``--workers``; goal ratio <= 0.25.
-Steady state: the extra CPU of a pass over all batches over a pass over the first half, per
-extra utterance (a long training's cost once the workers run and their caches are warm),
-median over ``--repeats`` pairs of passes; the cold figures of one pass are in ``config`` too. Side results: decode + crop alone, on-device
-augmentation without the bank (segments decoded and sent), both paths with speed perturbation,
-and the on-device rendering cost per utterance on this CPU (not part of the figure: on a GPU it
-runs on the GPU).
+JSON line: steady-state CPU ms per utterance of the data pipeline (all processes) with on-device
+augmentation and the noise bank (``task.augmentation.noise_bank``: the workers decode and crop
+the speech, draw, and send the noise segments as references) vs decode + crop + augment in the
+workers (today's path), at the largest ``--workers``; goal ratio <= 0.25. Steady state: the
+extra CPU of a pass over all batches over a pass over the first half, per extra utterance (a
+long training's cost once the workers run and their caches are warm), median over ``--repeats``
+pairs of passes; the cold figures of one pass are in ``config`` too. Side results: decode + crop
+alone, on-device augmentation without the bank (segments decoded and sent), both paths with
+speed perturbation, and the on-device rendering cost per utterance on this CPU (not part of the
+figure: on a GPU it runs on the GPU).
 
 The shared train list has only 10 speakers, fewer than 32 per batch, so the benchmark's batches
 are drawn with speaker repetition (each group is still one speaker's utterances); the data cost
@@ -51,8 +52,8 @@ from speechkit.data.device_augment import DeviceAugmenter
 from speechkit.data.lists import read_train_list
 from speechkit.data.noise_bank import NoiseBank
 from speechkit.data.speaker_dataset import SpeakerTrainDataset
+from speechkit.data.wav import PCM16_SCALE
 from speechkit.registry import MODEL_REGISTRY
-from speechkit.tasks.speaker_verification import PCM16_SCALE
 
 TRAIN_LIST = "lists/librispeech_test_other_train_all.txt"
 

@@ -353,8 +353,9 @@ class AugmentConfig(SpeechkitDataclass):
     """With ``on_device``: decode every noise, music, babble and RIR file once, when the
     dataset is built, into one tensor kept on the training device
     (``speechkit.data.noise_bank``); the workers then send each noise segment as (file, start)
-    and each RIR as its file index instead of decoding and sending their samples. Costs device memory: 2 bytes per sample of
-    16-bit sources (115 MB per hour at 16 kHz), 4 for float ones."""
+    and each RIR as its file index instead of decoding and sending their samples. Costs device
+    memory: 2 bytes per sample of 16-bit sources (115 MB per hour at 16 kHz), 4 for float
+    ones."""
 
 
 def _list_file(value: str, key: str, root: str | os.PathLike) -> str:

@@ -27,22 +27,12 @@ import numpy as np
 import torch
 
 from speechkit.data.augment import Augmenter
+from speechkit.data.wav import PCM16_SCALE, exact_pcm16
 from speechkit.errors import DataError
 
 logger = logging.getLogger(__name__)
 
 __all__ = ["NoiseBank"]
-
-_SCALE_16 = 2.0**-15
-
-
-def _as_int16(wav: np.ndarray) -> np.ndarray | None:
-    """``wav * 32768`` as int16 when that is exact for every sample, else None."""
-    scaled = wav.astype(np.float64) * 32768.0
-    if scaled.size and (scaled.min() < -32768 or scaled.max() > 32767):
-        return None
-    as_int = scaled.astype(np.int16)
-    return as_int if np.array_equal(as_int, scaled) else None
 
 
 class NoiseBank:
@@ -67,7 +57,7 @@ class NoiseBank:
         self.index = {path: i for i, path in enumerate(self.files)}
         self.lengths = np.array([len(s) for s in samples], dtype=np.int64)
         self.offsets = np.concatenate([[0], np.cumsum(self.lengths)[:-1]]).astype(np.int64)
-        exact = [_as_int16(s) for s in samples]
+        exact = [exact_pcm16(s) for s in samples]
         if all(e is not None for e in exact):
             self.data = torch.from_numpy(np.concatenate(exact))
         else:
@@ -124,7 +114,7 @@ class NoiseBank:
 
     def _float(self, samples: torch.Tensor) -> torch.Tensor:
         if samples.dtype == torch.int16:
-            return samples.float().mul_(_SCALE_16)  # exact: a power of 2
+            return samples.float().mul_(PCM16_SCALE)  # exact: a power of 2
         return samples
 
     def to(self, device: torch.device | str) -> NoiseBank:

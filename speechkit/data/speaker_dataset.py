@@ -47,7 +47,7 @@ from speechkit.data.crop import (
     wrap_pad,
 )
 from speechkit.data.lists import read_list_fields, speaker_to_label
-from speechkit.data.wav import read_plain_wav_crop
+from speechkit.data.wav import exact_pcm16, read_plain_wav_crop
 from speechkit.errors import DataError
 
 __all__ = ["SpeakerEvalDataset", "SpeakerTrainDataset"]
@@ -60,16 +60,6 @@ CONVERT_HINT = (
 
 class _NotPcm16(Exception):
     """A crop is not 16-bit exact (float or 24-bit audio): the batch is loaded as float32."""
-
-
-def _exact_pcm16(wav: np.ndarray) -> np.ndarray:
-    """``wav * 2**15`` as int16 when that is exact for every sample, else ``_NotPcm16``."""
-    scaled = wav * np.float32(32768.0)  # exact in float32 (a power of 2)
-    with np.errstate(invalid="ignore"):  # out-of-range values fail the comparison below
-        as_int = scaled.astype(np.int16)
-    if not np.array_equal(as_int, scaled):  # fractions, or outside [-32768, 32767]
-        raise _NotPcm16
-    return as_int
 
 
 class SpeakerTrainDataset(Dataset):
@@ -268,7 +258,9 @@ class SpeakerTrainDataset(Dataset):
                 wav = self.augment(wav, rng)
             if wav is not row:
                 if row.dtype == np.int16:
-                    wav = _exact_pcm16(wav)
+                    wav = exact_pcm16(wav)
+                    if wav is None:
+                        raise _NotPcm16
                 row[...] = wav
         item = {
             "id": torch.tensor(indices, dtype=torch.long),

@@ -25,11 +25,13 @@ from typing import BinaryIO
 
 import numpy as np
 
-__all__ = ["plain_wav_info", "read_plain_wav", "read_plain_wav_crop"]
+__all__ = ["PCM16_SCALE", "exact_pcm16", "plain_wav_info", "read_plain_wav", "read_plain_wav_crop"]
 
 _PCM, _FLOAT, _EXTENSIBLE = 1, 3, 0xFFFE
 _DTYPES = {(_PCM, 16): np.dtype("<i2"), (_FLOAT, 32): np.dtype("<f4")}
-_SCALE_16 = np.float32(1.0 / 32768.0)
+PCM16_SCALE = 2.0**-15
+"""16-bit PCM sample -> float audio in [-1, 1) (exact: a power of 2)."""
+_SCALE_16 = np.float32(PCM16_SCALE)
 _MAX_CHUNKS = 64  # a plain file has a handful (fmt, LIST, fact, data)
 
 
@@ -75,6 +77,15 @@ def _header(f: BinaryIO) -> tuple[np.dtype, int, int, int, int] | None:
         pos = body + size + (size & 1)
         f.seek(pos)
     return None
+
+
+def exact_pcm16(wav: np.ndarray) -> np.ndarray | None:
+    """``wav / PCM16_SCALE`` as int16 when that is exact for every sample (16-bit audio, as
+    decoded), else ``None`` (fractions of a step, values outside [-1, 1 - 2**-15], NaN)."""
+    scaled = wav.astype(np.float64) / PCM16_SCALE
+    with np.errstate(invalid="ignore"):  # NaN / out-of-range casts fail the comparison below
+        as_int = scaled.astype(np.int16)
+    return as_int if np.array_equal(as_int, scaled) else None
 
 
 def plain_wav_info(source: str | os.PathLike | BinaryIO) -> tuple[int, int, int] | None:
@@ -144,9 +155,10 @@ def read_plain_wav_crop(
             file's raw samples are copied into (unscaled: ``sample * 2**-15`` is the audio).
 
     Returns:
-        ``((num_frames,) float32, start)`` (int16 when read into an int16 ``out``), or ``None`` WITHOUT calling ``draw_start`` for any
-        other file (other formats, rates or channel counts, or not longer than the crop: the
-        caller takes its general path, which also reports the errors). ``OSError`` from
+        ``((num_frames,) float32, start)`` (int16 when read into an int16 ``out``), or
+        ``None`` WITHOUT calling ``draw_start`` for any other file (other formats, rates or
+        channel counts, or not longer than the crop: the caller takes its general path, which
+        also reports the errors). ``OSError`` from
         opening ``path`` propagates.
     """
     with open(path, "rb") as f:

@@ -52,6 +52,7 @@ from speechkit.data.samplers import speaker_balanced_batches, speaker_coverage
 from speechkit.data.shard_dataset import ShardDataset, SpeakerItems
 from speechkit.data.shards import ShardIndex
 from speechkit.data.speaker_dataset import SpeakerTrainDataset
+from speechkit.data.wav import PCM16_SCALE
 from speechkit.dataclass import SpeechkitDataclass
 from speechkit.errors import ConfigError, DataError
 from speechkit.inference.speaker_embedding import extract_embeddings, score_trials
@@ -61,9 +62,6 @@ from speechkit.registry import ChoiceEnum, register_task
 from speechkit.tasks.base import Task, model_embed_dim
 
 logger = logging.getLogger(__name__)
-
-PCM16_SCALE = 2.0**-15
-"""16-bit PCM sample -> float audio in [-1, 1) (exact: a power of 2)."""
 
 
 class SpeakerScoring(ChoiceEnum):
