@@ -76,3 +76,27 @@ def test_eer_speed_quick_ends_with_the_json_line():
     assert record["figure"] > 0 and record["reference_figure"] > 0
     assert record["ratio"] == pytest.approx(record["figure"] / record["reference_figure"], rel=1e-3)
     assert "evaluate_scores" in result.stderr  # the human-readable table goes to stderr
+
+
+def test_sv_train_step_quick_reports_the_trainers_data_wait(shared_data):
+    """The GPU benchmark of the loader-wait goal, run small on the CPU so that it cannot rot
+    while no GPU is at hand: both paths train and the JSON line carries their data_wait."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "SPEECHKIT_SHARED_DATA": str(shared_data)}
+    result = subprocess.run(
+        [sys.executable, str(BENCHMARKS / "sv_train_step.py"), "--quick", "--device", "cpu"],
+        cwd=BENCHMARKS.parent,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    lines = result.stdout.splitlines()
+    assert len(lines) == 1, result.stdout
+    record = json.loads(lines[0])
+    assert record["name"] == "sv_train_step"
+    waits = record["config"]["data_wait"]
+    assert set(waits) == {"worker", "bank"}
+    assert all(0.0 <= w <= 1.0 for w in waits.values())
+    assert record["figure"] == pytest.approx(waits["bank"], abs=1e-4)  # both rounded
+    assert all(s > 0 for s in record["config"]["s_per_update"].values())

@@ -237,3 +237,48 @@ def test_reduce_on_plateau():
     other = LR_SCHEDULER_REGISTRY.build({"_name": "reduce_lr_on_plateau"}, opt, 1.0, 0)
     other.load_state_dict(state)
     assert other.get_lr() == pytest.approx(0.1) and other.best == pytest.approx(0.9)
+
+
+class FakeClock:
+    """Stands in for ``time`` in ``speechkit.trainer.metrics``: time moves only when told."""
+
+    def __init__(self):
+        self.now = 100.0
+
+    def perf_counter(self):
+        return self.now
+
+
+def test_data_wait_is_the_share_of_wall_time_spent_in_the_loader(monkeypatch):
+    from speechkit.trainer import metrics
+
+    clock = FakeClock()
+    monkeypatch.setattr(metrics, "time", clock)
+
+    def loader():  # each batch takes 3 s to arrive
+        for batch in range(4):
+            clock.now += 3.0
+            yield batch
+
+    meter = metrics.IntervalMeter()
+    seen = []
+    for batch in metrics.timed_batches(loader(), meter):
+        seen.append(batch)
+        clock.now += 1.0  # the update takes 1 s
+        meter.add({"loss": 1.0}, grad_norm=None)
+    assert seen == [0, 1, 2, 3]
+    extras = meter.extras()
+    assert extras["data_wait"] == pytest.approx(12.0 / 16.0)
+    assert extras["ups"] == pytest.approx(4 / 16.0)
+    meter.reset()
+    assert meter.extras()["data_wait"] == 0.0
+
+
+def test_train_records_report_data_wait(tmp_path):
+    from tests.helpers import read_metrics
+
+    t = make_trainer(tmp_path, "optimization.max_update=6", "common.log_interval=2")
+    t.train()
+    train = read_metrics(tmp_path, split="train")
+    assert sorted(train) == [2, 4, 6]
+    assert all(0.0 <= r["data_wait"] <= 1.0 for r in train.values())

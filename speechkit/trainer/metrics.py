@@ -7,8 +7,9 @@ import logging
 import math
 import sys
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
+from typing import TypeVar
 
 from speechkit.atomic import atomic_write_text
 
@@ -24,8 +25,20 @@ def sum_logging_outputs(outputs: Iterable[Mapping[str, float]]) -> dict[str, flo
     return total
 
 
+T = TypeVar("T")
+
+
 class IntervalMeter:
-    """Accumulates summed logging outputs and timing between two log lines."""
+    """Accumulates summed logging outputs and timing between two log lines.
+
+    Besides the task's sums, :meth:`extras` reports ``ups`` (updates per second of wall-clock
+    time), ``gnorm`` (mean gradient norm before clipping) and ``data_wait``: the fraction (0-1)
+    of the interval's wall-clock time the trainer spent waiting for the next batch from the
+    data loader (:func:`timed_batches`). Near 0 the loader keeps up; a large value means the
+    device idles for data (more ``dataset.num_workers``, augmentation on the device). On a GPU
+    the update ends with a host synchronisation (the loss and gradient norm are read), so the
+    wait is device idle time, less the optimizer step's kernels still queued.
+    """
 
     def __init__(self) -> None:
         self.reset()
@@ -35,6 +48,7 @@ class IntervalMeter:
         self.updates = 0
         self.grad_norm_sum = 0.0
         self.grad_norm_count = 0
+        self.wait_s = 0.0
         self.start = time.perf_counter()
 
     def add(self, sums: Mapping[str, float], grad_norm: float | None) -> None:
@@ -47,10 +61,24 @@ class IntervalMeter:
 
     def extras(self) -> dict[str, float]:
         elapsed = max(time.perf_counter() - self.start, 1e-9)
-        out = {"ups": self.updates / elapsed}
+        out = {"ups": self.updates / elapsed, "data_wait": min(self.wait_s / elapsed, 1.0)}
         if self.grad_norm_count:
             out["gnorm"] = self.grad_norm_sum / self.grad_norm_count
         return out
+
+
+def timed_batches(batches: Iterable[T], meter: IntervalMeter) -> Iterator[T]:
+    """Yield the items of ``batches``, adding the time each one took to arrive (the wait for
+    the loader, its workers' start-up included) to ``meter.wait_s``."""
+    it = iter(batches)
+    while True:
+        t0 = time.perf_counter()
+        try:
+            item = next(it)
+        except StopIteration:
+            return
+        meter.wait_s += time.perf_counter() - t0
+        yield item
 
 
 METRICS_FILE = "metrics.jsonl"

@@ -34,7 +34,7 @@ from speechkit.registry import LR_SCHEDULER_REGISTRY, OPTIMIZER_REGISTRY
 from speechkit.trainer.checkpoint import CheckpointWriter, load_finetune_weights, load_resume_state
 from speechkit.trainer.compile import maybe_compile
 from speechkit.trainer.guard import NonFiniteGuard
-from speechkit.trainer.metrics import IntervalMeter, RunLog, sum_logging_outputs
+from speechkit.trainer.metrics import IntervalMeter, RunLog, sum_logging_outputs, timed_batches
 from speechkit.trainer.rng import (
     configure_determinism,
     get_rng_state,
@@ -277,7 +277,7 @@ class Trainer:
         def due(every: int) -> bool:  # an interval action at this update
             return every > 0 and self.num_updates % every == 0
 
-        for samples in epoch_iter:
+        for samples in timed_batches(epoch_iter, self.meter):
             stepped = self._train_update(samples)
             self.iterations_in_epoch += len(samples)
             self.log.advance(len(samples))
