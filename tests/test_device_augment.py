@@ -30,6 +30,7 @@ from speechkit.data.augment import (
 from speechkit.data.augment_draws import AugmentDrawer, collate_draws, speed_length
 from speechkit.data.crop import random_crop
 from speechkit.data.device_augment import DeviceAugmenter, probe_speed_kernel, resample
+from speechkit.data.epoch_iterator import move_to_device
 from speechkit.data.lists import read_train_list
 from speechkit.data.noise_bank import NoiseBank
 from speechkit.data.shard_dataset import ShardDataset, SpeakerItems, batched
@@ -81,10 +82,13 @@ def test_measured_kernel_equals_soxr(factor: float, crops: np.ndarray) -> None:
         probe_speed_kernel(0.7071067811865476)
 
 
-def _worker_and_device(aug: Augmenter, crops: np.ndarray, seeds: range, bank: bool = False):
+def _worker_and_device(
+    aug: Augmenter, crops: np.ndarray, seeds: range, bank: bool = False, on: str = "cpu"
+):
     """(worker outputs, device outputs, drawn kinds) for crop i augmented with seed i; with
-    ``bank`` the noise segments are cut from a ``NoiseBank`` instead of sent."""
-    noise_bank = NoiseBank.from_augmenter(aug) if bank else None
+    ``bank`` the noise segments are cut from a ``NoiseBank`` instead of sent. The device path
+    runs on ``on`` (the crops, the draws and the bank moved there, as the task moves them)."""
+    noise_bank = NoiseBank.from_augmenter(aug).to(on) if bank else None
     drawer = AugmentDrawer(aug, noise_bank.layout if bank else None)
     device = DeviceAugmenter(level_eps=aug.level_eps, noise_bank=noise_bank)
     worker, draws = [], []
@@ -98,8 +102,10 @@ def _worker_and_device(aug: Augmenter, crops: np.ndarray, seeds: range, bank: bo
     if bank:  # segments and RIRs travel as references only
         assert batch["noise"].shape[0] == 0 and batch["rir"].shape[0] == 0
         assert batch["noise_file"].shape[0] + batch["rir_file"].shape[0] > 0
-    out = device(torch.from_numpy(crops[: len(draws)].copy()).view(4, -1, crops.shape[1]), batch)
-    return np.stack(worker), out.reshape(len(draws), -1).numpy(), [d.kind for d in draws]
+    audio = torch.from_numpy(crops[: len(draws)].copy()).view(4, -1, crops.shape[1])
+    out = device(audio.to(on), move_to_device(batch, torch.device(on)))
+    assert out.device.type == torch.device(on).type
+    return np.stack(worker), out.reshape(len(draws), -1).cpu().numpy(), [d.kind for d in draws]
 
 
 @pytest.mark.parametrize(

@@ -8,9 +8,14 @@ from __future__ import annotations
 import json
 import subprocess
 
+import numpy as np
 import pytest
 import torch
 
+from speechkit.data.audio import read_audio
+from speechkit.data.augment import Augmenter, read_babble_list, read_noise_list, read_rir_list
+from speechkit.data.crop import random_crop
+from speechkit.data.lists import read_train_list
 from tests.helpers import (
     REPO_ROOT,
     TOY,
@@ -20,6 +25,7 @@ from tests.helpers import (
     run_train,
     train_cmd,
 )
+from tests.test_device_augment import CROP, _worker_and_device
 
 pytestmark = pytest.mark.gpu
 
@@ -74,3 +80,26 @@ def test_nccl_process_group_on_one_gpu(tmp_path):
     )
     assert proc.returncode == 0, proc.stderr[-4000:]
     assert "done: 10 updates" in proc.stderr
+
+
+@pytest.mark.parametrize("bank", [False, True], ids=["sent", "noise_bank"])
+def test_device_augmentation_on_cuda_equals_the_worker_path(shared_data, bank):
+    """Noise, babble, reverb and speed rendered on the GPU (cuFFT, the bank's gather) against
+    the worker path on the CPU for the same draws. Reads only the cohort, noise and RIR files
+    (the subset ``benchmarks/gpu_checks.sh prepare`` carries)."""
+    lists = shared_data / "lists"
+    aug = Augmenter(
+        read_noise_list(lists / "noise_list.txt", shared_data),
+        read_rir_list(lists / "rir_list.txt", shared_data),
+        read_babble_list(lists / "cohort_list.txt", shared_data)[:40],
+        speed_perturb=True,
+    )
+    items = read_train_list(lists / "cohort_list.txt", shared_data)[40:]
+    rng = np.random.default_rng(0)
+    crops = np.stack([random_crop(read_audio(path), CROP, rng) for _, path in items[:24]])
+    worker, device, kinds = _worker_and_device(aug, crops, range(100, 124), bank, on="cuda")
+    assert set(kinds) == {"none", "reverb", "babble", "noise"}
+    print(
+        f"\nmax |GPU - worker| ({'bank' if bank else 'sent'}): {np.abs(device - worker).max():.2e}"
+    )
+    np.testing.assert_allclose(device, worker, rtol=0, atol=1e-5)  # CPU: 2e-6 (float32 FFTs)
