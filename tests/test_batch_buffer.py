@@ -124,5 +124,11 @@ def test_pcm16_batches_are_the_float_batches_scaled(datasets, tmp_path: Path) ->
     )
     assert fallback["audio"].dtype == torch.float32
     assert torch.equal(fallback["audio"], expected["audio"])
+    # the float file is remembered: its batches load as float32 at once, the others as int16
+    assert got._not_pcm16 == {len(mixed) - 1}
+    again = got.collater(got.__getitems__(groups))
+    assert again["audio"].dtype == torch.float32
+    assert torch.equal(again["audio"], expected["audio"])
+    assert got.collater(got.__getitems__([[10, 11]]))["audio"].dtype == torch.int16
     with pytest.raises(ValueError, match="pcm16"):
         SpeakerTrainDataset(items, pcm16=True, augment=datasets["worker"].augment)

@@ -93,7 +93,9 @@ class SpeakerTrainDataset(Dataset):
         pcm16: batches loaded by ``__getitems__`` carry ``audio`` as int16 16-bit PCM
             (``audio * 2**-15`` is the float audio, exactly) when every crop of the batch is
             16-bit exact, else float32 as usual: half the bytes to send to the main process and
-            the device, and no conversion in the worker. For training paths that convert on the
+            the device, and no conversion in the worker. A batch found to hold a crop int16
+            cannot (a float or 24-bit file) is loaded again as float32, and the file is
+            remembered (per process), so that its later batches are loaded as float32 at once. For training paths that convert on the
             device (the speaker task's on-device augmentation); not with a worker-side
             ``Augmenter``, whose output is float.
 
@@ -134,6 +136,7 @@ class SpeakerTrainDataset(Dataset):
         if pcm16 and isinstance(augment, Augmenter):
             raise ValueError("pcm16 batches need clean crops: not with a worker-side Augmenter")
         self.pcm16 = pcm16
+        self._not_pcm16: set[int] = set()  # utterances seen with crops int16 cannot hold
         self.epoch = 0
 
     @property
@@ -230,7 +233,7 @@ class SpeakerTrainDataset(Dataset):
         if not groups or len({len(g) for g in groups}) != 1:
             return [self._load_group(g, torch.empty(len(g), self.num_samples)) for g in groups]
         shape = (len(groups), len(groups[0]), self.num_samples)
-        if self.pcm16:
+        if self.pcm16 and self._not_pcm16.isdisjoint(i for g in groups for i in g):
             buffer = empty_batch(shape, torch.int16)
             try:
                 return [self._load_group(g, buffer[b]) for b, g in enumerate(groups)]
@@ -260,6 +263,7 @@ class SpeakerTrainDataset(Dataset):
                 if row.dtype == np.int16:
                     wav = exact_pcm16(wav)
                     if wav is None:
+                        self._not_pcm16.add(index)
                         raise _NotPcm16
                 row[...] = wav
         item = {
