@@ -10,7 +10,8 @@
 # not travel: `prepare` puts both into .device/ (about 35 MB: the wheels, the shared lists, the
 # noise and RIR files and the 211-speaker LibriSpeech cohort). `run` installs the wheels into
 # /tmp/site and, writing each log and JSON line to $OUT (else ./gpu_results):
-#   1. pytest -m gpu (tests/test_gpu.py: bf16/fp16 training, NCCL, compiled CUDA step, ...);
+#   1. pytest -m gpu (tests/test_gpu.py: bf16/fp16 training, NCCL, a compiled CUDA run and its
+#      exact resume, the device augmentation and noise bank on CUDA vs the worker path);
 #   2. benchmarks/hubert_step.py --device cuda: HuBERT Base bf16 audio-s/s and MFU;
 #   3. benchmarks/sv_train_step.py --device cuda --workers 8: the Trainer's data_wait with the
 #      noise bank on the device vs augmentation in the workers.
