@@ -161,7 +161,7 @@ def check_finite(
         DataError: ``"<path>: N non-finite sample(s) (NaN/inf), the first at sample I (T s);
             expected finite audio"``.
     """
-    if np.isfinite(wav).all():  # one vectorised pass; the common case ends here
+    if wav.dtype.kind in "iu" or np.isfinite(wav).all():  # integer PCM is always finite
         return
     bad = ~np.isfinite(wav)
     if bad.ndim > 1:
