@@ -95,9 +95,9 @@ class SpeakerTrainDataset(Dataset):
             16-bit exact, else float32 as usual: half the bytes to send to the main process and
             the device, and no conversion in the worker. A batch found to hold a crop int16
             cannot (a float or 24-bit file) is loaded again as float32, and the file is
-            remembered (per process), so that its later batches are loaded as float32 at once. For training paths that convert on the
-            device (the speaker task's on-device augmentation); not with a worker-side
-            ``Augmenter``, whose output is float.
+            remembered (per process), so that its later batches are loaded as float32 at once.
+            For training paths that convert on the device (the speaker task's on-device
+            augmentation); not with a worker-side ``Augmenter``, whose output is float.
 
     Raises:
         DataError (from ``__getitem__``): an unreadable or empty audio file, NaN/inf samples, or

@@ -37,7 +37,8 @@ class IntervalMeter:
     data loader (:func:`timed_batches`). Near 0 the loader keeps up; a large value means the
     device idles for data (more ``dataset.num_workers``, augmentation on the device). On a GPU
     the update ends with a host synchronisation (the loss and gradient norm are read), so the
-    wait is device idle time, less the optimizer step's kernels still queued.
+    wait is device idle time, less the optimizer step's kernels still queued. With several
+    ranks, ``ups`` and ``data_wait`` are rank 0's (the ranks wait for each other every update).
     """
 
     def __init__(self) -> None:
