@@ -46,8 +46,8 @@ def shared_data() -> Path:
 
 
 SLOWEST_MODULES = (
-    "test_sv_real_data.py",  # 290 s
     "test_pretraining_real_data.py",  # 175 s
+    "test_sv_real_data.py",  # 170 s
     "test_enhancement_pipeline.py",  # 50 s
     "test_syncnet_real_data.py",  # 45 s
     "test_voicevector_variants_real_data.py",  # 45 s

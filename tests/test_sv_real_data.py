@@ -1,4 +1,4 @@
-"""Speaker verification on real speech (../shared/data): overfit, generalise, eval_eer.py.
+"""Speaker verification on real speech (../shared/data): overfit, eval_eer.py, inference.
 
 The numbers each test measures are printed (``pytest -s``) so they can be reported.
 """
@@ -118,40 +118,6 @@ def logmel_stats_baseline_eer(shared, trials_file) -> float:
     e2 = torch.stack([vectors[p] for p in trials.paths2])
     scores = torch.nn.functional.cosine_similarity(e1, e2).numpy()
     return compute_eer(scores, trials.labels)[0]
-
-
-def test_generalise_to_unseen_speakers(shared_data, tmp_path):
-    # 6 training speakers (with the reference's noise and reverberation augmentation), 4 unseen
-    # ones; 1 s training crops (2 s cost twice the suite time for no firmer result). Measured
-    # (300 updates, cosine LR, 1 pinned thread, OMP_NUM_THREADS=1): seed 1: 36.67 -> 29.44, seed
-    # 2: 28.33 -> 36.11, seed 3: 37.22 -> 37.78 (with 2 s crops: 32.78, 31.11, 37.78); the
-    # log-mel mean/std baseline is 6.11 on these trials. Six speakers are too few to learn
-    # voices that transfer: the trained net does not reliably beat its own random init on unseen
-    # speakers, and the plain log-mel statistics beat both (the models' per-utterance instance
-    # norm removes exactly the per-bin mean and spread that the baseline compares; see the
-    # sv_shared_aam preset in the README). What holds on every run: the trained net separates
-    # unseen speakers far better than chance, and training does not wreck what the random init
-    # gives.
-    lists = shared_data / "lists"
-    before, after, _ = train_sv(
-        shared_data,
-        tmp_path,
-        "split_train_list.txt",
-        "split_test_trials.txt",
-        300,
-        "task.augment=true",
-        f"task.augmentation.noise_list={lists / 'noise_list.txt'}",
-        f"task.augmentation.rir_list={lists / 'rir_list.txt'}",
-        "task.max_frames=100",
-    )
-    baseline = logmel_stats_baseline_eer(shared_data, shared_data / "lists/split_test_trials.txt")
-    print(
-        f"\ngeneralise (6 train / 4 unseen speakers, 360 trials): EER untrained {before:.2f}%, "
-        f"trained {after:.2f}%, log-mel mean/std baseline {baseline:.2f}%"
-    )
-    assert baseline < 15.0  # the statistics alone separate these 4 speakers well
-    assert after < 45.0  # chance is 50%; measured at most 37.8
-    assert after < before + 10.0  # measured change: -7.2 to +7.8 points
 
 
 def test_eval_eer_script_writes_scores_and_det(overfit, shared_data, tmp_path, capsys):
