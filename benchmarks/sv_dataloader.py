@@ -47,12 +47,12 @@ import speechkit.models.resnet_se  # noqa: F401  (registers resnet_se34l)
 from speechkit.cli.paths import find_shared_data
 from speechkit.data.augment import Augmenter, read_babble_list, read_noise_list, read_rir_list
 from speechkit.data.augment_draws import AugmentDrawer
+from speechkit.data.batch_buffer import float_audio
 from speechkit.data.crop import frames_to_samples
 from speechkit.data.device_augment import DeviceAugmenter
 from speechkit.data.lists import read_train_list
 from speechkit.data.noise_bank import NoiseBank
 from speechkit.data.speaker_dataset import SpeakerTrainDataset
-from speechkit.data.wav import PCM16_SCALE
 from speechkit.registry import MODEL_REGISTRY
 
 TRAIN_LIST = "lists/librispeech_test_other_train_all.txt"
@@ -130,10 +130,7 @@ def time_device_augment(dataset, batches, workers, bank=None):
     cpu, utterances = 0.0, 0
     for batch in loader:
         c0 = time.process_time()
-        audio = batch["audio"]
-        if audio.dtype == torch.int16:  # 16-bit PCM from the workers: the task scales it
-            audio = audio.float().mul_(PCM16_SCALE)
-        device(audio, batch["augment"])
+        device(float_audio(batch["audio"]), batch["augment"])  # 16-bit PCM: as the task does
         cpu += time.process_time() - c0
         utterances += batch["audio"].shape[0] * batch["audio"].shape[1]
     return cpu * 1e3 / utterances

@@ -18,7 +18,9 @@ from collections.abc import Sequence
 import torch
 from torch.utils.data import get_worker_info
 
-__all__ = ["empty_batch", "stack_rows"]
+from speechkit.data.wav import PCM16_SCALE
+
+__all__ = ["empty_batch", "float_audio", "stack_rows"]
 
 
 def empty_batch(shape: Sequence[int], dtype: torch.dtype = torch.float32) -> torch.Tensor:
@@ -62,3 +64,12 @@ def stack_rows(rows: Sequence[torch.Tensor]) -> torch.Tensor:
         )
     out = empty_batch((len(rows), *first.shape), first.dtype)
     return torch.stack(list(rows), out=out)
+
+
+def float_audio(samples: torch.Tensor) -> torch.Tensor:
+    """Audio samples as float: an int16 tensor of 16-bit PCM (an int16 batch buffer, a noise
+    bank) scaled by ``PCM16_SCALE`` (exact, a power of 2) on its device; any other tensor as
+    it is."""
+    if samples.dtype == torch.int16:
+        return samples.float().mul_(PCM16_SCALE)
+    return samples

@@ -27,7 +27,8 @@ import numpy as np
 import torch
 
 from speechkit.data.augment import Augmenter
-from speechkit.data.wav import PCM16_SCALE, exact_pcm16
+from speechkit.data.batch_buffer import float_audio
+from speechkit.data.wav import exact_pcm16
 from speechkit.errors import DataError
 
 logger = logging.getLogger(__name__)
@@ -109,13 +110,8 @@ class NoiseBank:
         out = torch.zeros(len(files), width, device=self.device)
         for row, f in zip(out, files):
             first, length = int(self.offsets[f]), int(self.lengths[f])
-            row[:length] = self._float(self.data[first : first + length])
+            row[:length] = float_audio(self.data[first : first + length])
         return out
-
-    def _float(self, samples: torch.Tensor) -> torch.Tensor:
-        if samples.dtype == torch.int16:
-            return samples.float().mul_(PCM16_SCALE)  # exact: a power of 2
-        return samples
 
     def to(self, device: torch.device | str) -> NoiseBank:
         """Move the bank to ``device`` (in place; returns self)."""
@@ -147,4 +143,4 @@ class NoiseBank:
                 steps = torch.arange(s, s + num_samples, device=self.device)
                 rows.append(self.data[first + steps % length])
         out = torch.stack(rows) if rows else self.data.new_zeros(0, num_samples)
-        return self._float(out)
+        return float_audio(out)

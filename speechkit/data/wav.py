@@ -189,14 +189,15 @@ def _samples(
     f.seek(offset + start * channels * dtype.itemsize)
     nbytes = count * channels * dtype.itemsize
     fits = out is not None and channels == 1 and out.shape == (count,)
-    if fits and raw16 and out.dtype == np.int16 and dtype == np.int16 and out.flags.c_contiguous:
+    raw_into_out = fits and raw16 and out.dtype == np.int16 and dtype == np.int16
+    if raw_into_out and out.flags.c_contiguous:
         # the raw little-endian samples straight into ``out``: no bytes object, no copy
         if f.readinto(memoryview(out).cast("B")) == nbytes:  # always, unless the file shrank
             return out.reshape(count, 1)
         f.seek(offset + start * channels * dtype.itemsize)
     raw = f.read(nbytes)
     samples = np.frombuffer(raw, dtype=dtype).reshape(count, channels)
-    if fits and raw16 and out.dtype == np.int16 and dtype == np.int16:
+    if raw_into_out:
         result = out.reshape(count, 1)
         result[...] = samples
         return result

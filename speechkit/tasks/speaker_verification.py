@@ -38,6 +38,7 @@ from torch import nn
 from speechkit import distributed as dist_utils
 from speechkit.data.augment import AugmentConfig, build_augmenter
 from speechkit.data.augment_draws import AugmentDrawer
+from speechkit.data.batch_buffer import float_audio
 from speechkit.data.device_augment import DeviceAugmenter, speed_ratio
 from speechkit.data.epoch_iterator import (
     Batching,
@@ -52,7 +53,6 @@ from speechkit.data.samplers import speaker_balanced_batches, speaker_coverage
 from speechkit.data.shard_dataset import ShardDataset, SpeakerItems
 from speechkit.data.shards import ShardIndex
 from speechkit.data.speaker_dataset import SpeakerTrainDataset
-from speechkit.data.wav import PCM16_SCALE
 from speechkit.dataclass import SpeechkitDataclass
 from speechkit.errors import ConfigError, DataError
 from speechkit.inference.speaker_embedding import extract_embeddings, score_trials
@@ -327,7 +327,7 @@ class SpeakerVerificationTask(Task):
         are (``DeviceAugmenter``, from the draws the workers made), then forward as the base
         task."""
         if sample["audio"].dtype == torch.int16:
-            sample = {**sample, "audio": sample["audio"].float().mul_(PCM16_SCALE)}
+            sample = {**sample, "audio": float_audio(sample["audio"])}
         if self.device_augment is not None and "augment" in sample:
             sample = self.device_augment.augment_sample(sample)
         return model_and_criterion(sample)
